@@ -1,0 +1,15 @@
+"""Face model: coefficient layout, camera, SH shading and morphable models (BFM09, procedural)."""
+
+from talkinghead.face.camera import Camera, euler_to_rotation, pose_vertices, rotation_to_euler
+from talkinghead.face.coeffs import (
+    COEFF_DIM,
+    EXP_DIM,
+    ID_DIM,
+    POSE_DIM,
+    SH_DIM,
+    SLICES,
+    TEX_DIM,
+    FaceCoeffs,
+    join_coeffs,
+    split_coeffs,
+)
