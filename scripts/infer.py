@@ -1,0 +1,17 @@
+"""Render a person saying any audio, as an mp4 with sound.
+
+    python scripts/infer.py person=DIR audio=FILE out=FILE.mp4 [pose.mode=matched|predicted|still] [paste_back=true]
+    python scripts/infer.py manifest=FILE.csv   (columns: person,audio,out; models loaded once)
+"""
+
+from talkinghead.cli import run_cli
+
+
+def main(cfg):
+    from talkinghead.pipeline.infer import infer_from_config
+
+    return infer_from_config(cfg)
+
+
+if __name__ == "__main__":
+    run_cli("infer", main)

@@ -1,0 +1,16 @@
+"""General training of one stage over a corpus of person clips.
+
+    python scripts/train.py stage=audio2coeff|refiner data.root=DIR out=DIR [experiment=paper] [debug=tiny]
+"""
+
+from talkinghead.cli import run_cli
+
+
+def main(cfg):
+    from talkinghead.train.stages import train_from_config
+
+    return train_from_config(cfg)
+
+
+if __name__ == "__main__":
+    run_cli("train", main)

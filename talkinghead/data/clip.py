@@ -1,0 +1,277 @@
+"""The person-clip format: the contract between preprocessing (real or synthetic) and training /
+inference. Documented in ``docs/data-format.md``; this module is its only reader and writer.
+
+A clip is a directory::
+
+    PERSON/
+      meta.json        format_version, name, fps, num_frames, crop_size, sample_rate, source,
+                       has_audio, split, train/test frame ranges, face_model spec, extra
+      coeffs.npy       float32 [N, 257]   per-frame 3DMM coefficients (layout: face/coeffs.py),
+                                          fitted in the fixed-crop frame (head motion kept)
+      landmarks.npy    float32 [N, 68, 2] 2-D landmarks in fixed-crop pixels (u right, v down)
+      fixed.npy        uint8 [N, S, S, 3] crops cut with frame 0's transform: the head moves
+                                          inside them; the background source and Stage-2 target
+      aligned.npy      uint8 [N, S, S, 3] per-frame 5-point similarity-aligned crops
+      transforms.npz   fixed [2, 3] (full frame -> fixed crop, frame 0's), aligned [N, 2, 3]
+      audio.wav        16 kHz mono PCM (absent when the source had no audio track)
+      source.mp4       optional: the 25-fps source video, for paste-back into the full frame
+
+Frames are stored as raw ``.npy`` (memory-mapped on read: random access for datasets without
+decoding, and byte-identical output for identical input). A clip is written into a temporary
+sibling directory and renamed into place, so a crash never leaves a half-written clip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from talkinghead.errors import InputError
+from talkinghead.face.coeffs import COEFF_DIM
+
+FORMAT_VERSION = 1
+TRAIN_FRAMES = (0, 300)  # fine-tuning frames (method.md section 2)
+TEST_FRAMES = (300, 400)  # held-out frames
+MIN_FRAMES = 300
+CORPUS_FILE = "corpus.json"
+
+_REQUIRED = ("meta.json", "coeffs.npy", "landmarks.npy", "fixed.npy", "aligned.npy", "transforms.npz")
+
+
+@dataclass
+class ClipMeta:
+    """Contents of ``meta.json``."""
+
+    name: str
+    num_frames: int
+    fps: int = 25
+    crop_size: int = 224
+    sample_rate: int = 16000
+    source: str = "video"  # "video" | "synthetic"
+    has_audio: bool = True
+    split: str = "person"  # "train" | "heldout" in a corpus; "person" for a user's own clip
+    train_frames: tuple[int, int] = TRAIN_FRAMES
+    test_frames: tuple[int, int] = TEST_FRAMES
+    face_model: dict = field(default_factory=lambda: {"kind": "procedural", "seed": 0})
+    extra: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["train_frames"], d["test_frames"] = list(self.train_frames), list(self.test_frames)
+        return json.dumps(d, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict, path: Path) -> "ClipMeta":
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise InputError(
+                f"{path}: clip format version {version!r} is not supported (expected {FORMAT_VERSION}); "
+                "re-create the clip with scripts/preprocess.py or scripts/make_synthetic.py"
+            )
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise InputError(f"{path}: unknown meta keys {sorted(unknown)}; the clip was written by another version")
+        try:
+            d = dict(d)
+            d["train_frames"] = tuple(d.get("train_frames", TRAIN_FRAMES))
+            d["test_frames"] = tuple(d.get("test_frames", TEST_FRAMES))
+            return cls(**d)
+        except TypeError as err:
+            raise InputError(f"{path}: malformed meta.json ({err})") from None
+
+
+@dataclass
+class PersonClip:
+    """One person's clip, loaded. Frame arrays are read-only memory maps."""
+
+    root: Path
+    meta: ClipMeta
+    coeffs: np.ndarray  # float32 [N, 257]
+    landmarks: np.ndarray  # float32 [N, 68, 2]
+    fixed: np.ndarray  # uint8 [N, S, S, 3]
+    aligned: np.ndarray  # uint8 [N, S, S, 3]
+    fixed_transform: np.ndarray  # float32 [2, 3]
+    aligned_transforms: np.ndarray  # float32 [N, 2, 3]
+    audio: np.ndarray | None  # float32 [samples] at meta.sample_rate
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+    @property
+    def num_frames(self) -> int:
+        return self.meta.num_frames
+
+    @property
+    def train_slice(self) -> slice:
+        return slice(*self.meta.train_frames)
+
+    @property
+    def test_slice(self) -> slice:
+        return slice(*self.meta.test_frames)
+
+    @property
+    def source_video(self) -> Path | None:
+        p = self.root / "source.mp4"
+        return p if p.is_file() else None
+
+    def audio_for_frames(self, frames: slice) -> np.ndarray:
+        """The audio samples spanning video frames ``frames`` (e.g. the held-out 300-399)."""
+        if self.audio is None:
+            raise InputError(f"{self.root}: this clip has no audio track; Stage 1 needs a video with speech")
+        spf = self.meta.sample_rate / self.meta.fps
+        start, stop = int(round(frames.start * spf)), int(round(min(frames.stop, self.num_frames) * spf))
+        return self.audio[start:stop]
+
+
+def _check(cond: bool, root: Path, message: str) -> None:
+    if not cond:
+        raise InputError(f"{root}: {message}")
+
+
+def write_clip(
+    root: str | os.PathLike,
+    meta: ClipMeta,
+    coeffs: np.ndarray,
+    landmarks: np.ndarray,
+    fixed: np.ndarray,
+    aligned: np.ndarray,
+    fixed_transform: np.ndarray,
+    aligned_transforms: np.ndarray,
+    audio: np.ndarray | None = None,
+    source_video: str | os.PathLike | None = None,
+    overwrite: bool = True,
+) -> Path:
+    """Validate and write a clip atomically (temp dir + rename). Returns the clip path."""
+    from talkinghead.audio.io import save_wav  # local: keep this module light to import
+
+    root = Path(root)
+    n = len(coeffs)
+    meta.num_frames = n
+    meta.has_audio = audio is not None
+    arrays = dict(
+        coeffs=np.ascontiguousarray(coeffs, dtype=np.float32),
+        landmarks=np.ascontiguousarray(landmarks, dtype=np.float32),
+        fixed=np.ascontiguousarray(fixed, dtype=np.uint8),
+        aligned=np.ascontiguousarray(aligned, dtype=np.uint8),
+    )
+    _validate_arrays(root, meta, arrays, np.asarray(fixed_transform), np.asarray(aligned_transforms))
+    if root.exists() and not overwrite:
+        raise InputError(f"{root} already exists; pass overwrite=true or choose another out=")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if not os.access(root.parent, os.W_OK):
+        raise InputError(f"cannot write to {root.parent}: directory is not writable; choose another out=")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    try:
+        for key, arr in arrays.items():
+            np.save(tmp / f"{key}.npy", arr)
+        np.savez(
+            tmp / "transforms.npz",
+            fixed=np.asarray(fixed_transform, np.float32),
+            aligned=np.asarray(aligned_transforms, np.float32),
+        )
+        if audio is not None:
+            save_wav(tmp / "audio.wav", np.asarray(audio, np.float32), meta.sample_rate)
+        if source_video is not None:
+            shutil.copyfile(source_video, tmp / "source.mp4")
+        (tmp / "meta.json").write_text(meta.to_json())
+        if root.exists():
+            old = root.with_name(f".{root.name}.old-{os.getpid()}")
+            os.replace(root, old)
+            os.replace(tmp, root)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _validate_arrays(root: Path, meta: ClipMeta, a: dict, fixed_t: np.ndarray, aligned_t: np.ndarray) -> None:
+    n, s = meta.num_frames, meta.crop_size
+    _check(a["coeffs"].shape == (n, COEFF_DIM), root, f"coeffs must be [N, {COEFF_DIM}], got {a['coeffs'].shape}")
+    _check(bool(np.isfinite(a["coeffs"]).all()), root, "coeffs contain NaN/inf; re-run preprocessing")
+    _check(a["landmarks"].shape == (n, 68, 2), root, f"landmarks must be [N, 68, 2], got {a['landmarks'].shape}")
+    for key in ("fixed", "aligned"):
+        _check(a[key].shape == (n, s, s, 3), root, f"{key} frames must be [N, {s}, {s}, 3], got {a[key].shape}")
+    _check(fixed_t.shape == (2, 3), root, f"transforms.npz:fixed must be [2, 3], got {fixed_t.shape}")
+    _check(aligned_t.shape == (n, 2, 3), root, f"transforms.npz:aligned must be [N, 2, 3], got {aligned_t.shape}")
+    _check(meta.fps == 25, root, f"fps must be 25, got {meta.fps}")
+
+
+def read_clip(root: str | os.PathLike, load_audio: bool = True) -> PersonClip:
+    """Load and validate a clip; every problem is a one-line :class:`InputError` naming the file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(
+            f"person clip not found: {root}; create it with scripts/preprocess.py video=FILE out={root} "
+            "or scripts/make_synthetic.py"
+        )
+    missing = [name for name in _REQUIRED if not (root / name).is_file()]
+    _check(not missing, root, f"incomplete clip, missing {missing}; re-run preprocessing for this person")
+    try:
+        meta = ClipMeta.from_dict(json.loads((root / "meta.json").read_text()), root / "meta.json")
+    except json.JSONDecodeError as err:
+        raise InputError(f"{root / 'meta.json'}: not valid JSON ({err.msg}); re-run preprocessing") from None
+    arrays = {}
+    for key in ("coeffs", "landmarks", "fixed", "aligned"):
+        try:
+            arrays[key] = np.load(root / f"{key}.npy", mmap_mode="r" if key in ("fixed", "aligned") else None)
+        except (ValueError, OSError) as err:
+            raise InputError(f"{root / (key + '.npy')}: unreadable ({err}); re-run preprocessing") from None
+    try:
+        with np.load(root / "transforms.npz") as t:
+            fixed_t, aligned_t = t["fixed"], t["aligned"]
+    except (ValueError, OSError, KeyError) as err:
+        raise InputError(f"{root / 'transforms.npz'}: unreadable ({err}); re-run preprocessing") from None
+    _validate_arrays(root, meta, arrays, fixed_t, aligned_t)
+    audio = None
+    if meta.has_audio and load_audio:
+        from talkinghead.audio.io import load_audio as _load_audio
+
+        audio = _load_audio(root / "audio.wav", meta.sample_rate)
+    return PersonClip(root, meta, arrays["coeffs"], arrays["landmarks"], arrays["fixed"], arrays["aligned"],
+                      fixed_t, aligned_t, audio)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpora: a directory of clips with a corpus.json naming each person's split.
+
+
+def write_corpus_index(root: str | os.PathLike, persons: list[dict[str, Any]], info: dict[str, Any]) -> Path:
+    """Write ``corpus.json`` = {format_version, persons: [{name, split}], **info} atomically."""
+    root = Path(root)
+    path = root / CORPUS_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"format_version": FORMAT_VERSION, "persons": persons, **info}, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def list_clips(root: str | os.PathLike, split: str | None = None) -> list[Path]:
+    """Clip directories of a corpus (optionally one split: "train" / "heldout"), in index order.
+    A directory that is itself a clip is returned as a one-clip corpus."""
+    root = Path(root)
+    if (root / "meta.json").is_file():
+        return [root]
+    index = root / CORPUS_FILE
+    if not index.is_file():
+        raise InputError(
+            f"no corpus at {root} ({CORPUS_FILE} missing); build one with "
+            f"python scripts/make_synthetic.py out={root}, or point data.root at a directory of clips"
+        )
+    persons = json.loads(index.read_text())["persons"]
+    clips = [root / p["name"] for p in persons if split is None or p["split"] == split]
+    if not clips:
+        raise InputError(f"{index}: no persons with split={split!r}")
+    return clips

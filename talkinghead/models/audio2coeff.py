@@ -1,0 +1,250 @@
+"""Stage 1: audio (MFCC windows) -> expression and head pose (method.md section 4).
+
+:class:`ExpressionPoseLSTM` maps a sequence of 28 x 12 MFCC windows, one per video frame, to a
+70-d vector per frame in the layout of :func:`talkinghead.face.coeffs.stage1_target`:
+64 expression coefficients, 3 Euler angles, 3 translations (translation z shifted by -0.5).
+
+Architecture at its default width (the authors' ``ATC_net``)::
+
+    per time step (run batched over B*T):
+      [1, 28, 12]  conv3x3 1->64, BN, ReLU; conv3x3 64->128, BN, ReLU     (padding 1, no bias)
+      [128, 28, 12] max-pool 3, stride (1, 2), no padding          -> [128, 26, 5]
+                   conv3x3 128->256, 256->256, 256->512, BN, ReLU each
+      [512, 26, 5] max-pool 3, stride 2, no padding                -> [512, 12, 2]
+      flatten 512 * 12 * 2 = 12,288 -> linear 2048, ReLU -> linear 256, ReLU
+    3-layer LSTM (hidden 256, zero initial state) over time -> linear 256 -> 70
+
+``width`` scales the conv channels and ``fc_dim``/``embed_dim``/``hidden``/``layers`` shrink
+the rest for CPU presets; the code path is the same at every size.
+
+The loss (:func:`stage1_loss`) was checked against the authors' training script
+(``Audio/code/atcnet.py`` of yiranran/Audio-driven-TalkingFace-HeadPose): the temporal
+smoothness terms penalise consecutive-frame differences of the PREDICTION alone (not the
+difference between predicted and target deltas).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from talkinghead.errors import InputError
+from talkinghead.face.coeffs import EXP_DIM, POSE_DIM
+
+#: One MFCC window per video frame: 28 MFCC rows (280 ms) x 12 cepstra (method.md section 3).
+WINDOW_SHAPE = (28, 12)
+#: Conv channels at width 1.0, in order.
+BASE_CHANNELS = (64, 128, 256, 256, 512)
+#: Output width: 64 expression + 3 angles + 3 translation.
+STAGE1_DIM = EXP_DIM + POSE_DIM
+
+LSTMState = tuple[torch.Tensor, torch.Tensor]  # (h, c), each [layers, B, hidden]
+
+
+def _conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    """3x3 conv (padding 1, no bias: BN follows) + BatchNorm + ReLU; keeps the spatial size."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _pool_out(size: int, kernel: int, stride: int) -> int:
+    """Output length of an unpadded max-pool along one axis."""
+    return (size - kernel) // stride + 1
+
+
+def encoder_output_shape(window_shape: tuple[int, int] = WINDOW_SHAPE) -> tuple[int, int]:
+    """Spatial size ``(H, W)`` of the audio CNN's output for an MFCC window of ``window_shape``.
+
+    The convs keep the size (3x3, padding 1); pool 1 is 3 x 3 with stride (1, 2), pool 2 is
+    3 x 3 with stride 2, both unpadded: 28 x 12 -> 26 x 5 -> 12 x 2.
+    """
+    h, w = window_shape
+    h, w = _pool_out(h, 3, 1), _pool_out(w, 3, 2)
+    h, w = _pool_out(h, 3, 2), _pool_out(w, 3, 2)
+    return h, w
+
+
+class ExpressionPoseLSTM(nn.Module):
+    """Audio-to-(expression, pose) network of method.md section 4.
+
+    Args:
+        width: multiplier on the conv channels (64, 128, 256, 256, 512); 1.0 is the paper's.
+        fc_dim: width of the first fully connected layer (2048).
+        embed_dim: per-frame audio embedding fed to the LSTM (256).
+        hidden: LSTM hidden size (256).
+        layers: LSTM layers (3).
+        out_dim: output size per frame (70 = 64 expression + 6 pose).
+        window_shape: MFCC window ``(rows, cepstra)`` per frame (28, 12).
+    """
+
+    def __init__(
+        self,
+        width: float = 1.0,
+        fc_dim: int = 2048,
+        embed_dim: int = 256,
+        hidden: int = 256,
+        layers: int = 3,
+        out_dim: int = STAGE1_DIM,
+        window_shape: tuple[int, int] = WINDOW_SHAPE,
+    ):
+        super().__init__()
+        if width <= 0:
+            raise ValueError(f"width must be > 0, got {width}")
+        c1, c2, c3, c4, c5 = (max(1, round(c * width)) for c in BASE_CHANNELS)
+        self.window_shape = tuple(window_shape)
+        self.hidden = hidden
+        self.layers = layers
+        self.out_dim = out_dim
+
+        self.audio_encoder = nn.Sequential(
+            _conv_bn_relu(1, c1),
+            _conv_bn_relu(c1, c2),
+            nn.MaxPool2d(kernel_size=3, stride=(1, 2)),
+            _conv_bn_relu(c2, c3),
+            _conv_bn_relu(c3, c4),
+            _conv_bn_relu(c4, c5),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        out_h, out_w = encoder_output_shape(self.window_shape)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"MFCC window {self.window_shape} is too small for the audio CNN")
+        #: Flattened CNN output per frame (12,288 at width 1.0 for 28 x 12 windows).
+        self.flat_dim = c5 * out_h * out_w
+        self.audio_fc = nn.Sequential(
+            nn.Linear(self.flat_dim, fc_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(fc_dim, embed_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.lstm = nn.LSTM(embed_dim, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, out_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The authors' init: conv/linear weights N(0, 0.02) and biases 0; BatchNorm weights
+        N(1, 0.02) and biases 0. The LSTM keeps PyTorch's default init (as in the original,
+        whose init function only matched Conv/Linear/BatchNorm2d classes)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.normal_(module.weight, 1.0, 0.02)
+                nn.init.zeros_(module.bias)
+
+    def _check_windows(self, windows: torch.Tensor) -> None:
+        if not isinstance(windows, torch.Tensor) or windows.ndim != 4 or tuple(windows.shape[-2:]) != self.window_shape:
+            shape = tuple(windows.shape) if hasattr(windows, "shape") else type(windows).__name__
+            raise InputError(
+                f"Stage-1 input 'windows' must be a tensor [B, T, {self.window_shape[0]}, {self.window_shape[1]}] "
+                f"of MFCC windows, got {shape}; build them with the audio feature windows (one per frame)"
+            )
+
+    def encode_audio(self, windows: torch.Tensor) -> torch.Tensor:
+        """Per-frame audio embedding: ``[B, T, 28, 12]`` -> ``[B, T, embed_dim]`` (the CNN runs
+        once over all B*T windows)."""
+        self._check_windows(windows)
+        b, t = windows.shape[:2]
+        x = windows.reshape(b * t, 1, *self.window_shape)  # [B*T, 1, 28, 12]
+        x = self.audio_encoder(x)  # [B*T, C, 12, 2]
+        x = self.audio_fc(x.flatten(1))  # [B*T, embed]
+        return x.reshape(b, t, -1)
+
+    def forward(self, windows: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
+        """``windows [B, T, 28, 12]`` -> ``(pred [B, T, out_dim], state)``.
+
+        ``state`` is the LSTM's ``(h, c)`` (each ``[layers, B, hidden]``); ``None`` means the
+        zero initial state. Passing the returned state into the next call continues the
+        sequence, so long audio can be processed in chunks (identical to one pass in eval
+        mode, where BatchNorm uses its running statistics).
+        """
+        features = self.encode_audio(windows)  # [B, T, embed]
+        lstm_out, state = self.lstm(features, state)  # [B, T, hidden]
+        return self.head(lstm_out), state
+
+
+@torch.no_grad()
+def predict_sequence(model: ExpressionPoseLSTM, windows: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """Inference over one whole utterance: ``windows [N, 28, 12]`` -> ``pred [N, out_dim]``.
+
+    Runs in eval mode as a single sequence (method.md: "the whole utterance as one
+    sequence"), in chunks of ``chunk`` frames with the LSTM state carried across chunks to
+    bound memory. The model's train/eval mode is restored afterwards.
+    """
+    if windows.ndim != 3:
+        raise InputError(f"predict_sequence expects MFCC windows [N, 28, 12], got {tuple(windows.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        state: LSTMState | None = None
+        outputs = []
+        for start in range(0, windows.shape[0], max(1, chunk)):
+            pred, state = model(windows[None, start:start + chunk], state)
+            outputs.append(pred[0])
+        if not outputs:
+            return windows.new_zeros(0, model.out_dim)
+        return torch.cat(outputs, 0)
+    finally:
+        model.train(was_training)
+
+
+def _temporal_energy(x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of the sum over time and dims of squared consecutive-frame
+    differences: ``[B, T, D]`` -> scalar."""
+    diff = x[:, 1:] - x[:, :-1]  # [B, T-1, D]
+    return diff.square().sum(dim=(1, 2)).mean()
+
+
+def stage1_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    pose_weight: float = 0.2,
+    pose_smooth_weight: float = 0.01,
+    expression_smooth_weight: float = 1e-4,
+    exp_dim: int = EXP_DIM,
+) -> dict[str, torch.Tensor]:
+    """Stage-1 training loss (method.md section 4), ``pred`` and ``target`` ``[B, T, 70]``::
+
+        total = MSE(pred_exp, target_exp)                      # "expression"
+              + 0.2    * MSE(pred_pose, target_pose)           # "pose"
+              + 0.01   * mean_b sum_{t,d} (pred_pose[b,t+1,d] - pred_pose[b,t,d])^2   # "pose_smooth"
+              + 1e-4   * mean_b sum_{t,d} (pred_exp[b,t+1,d]  - pred_exp[b,t,d])^2    # "expression_smooth"
+
+    MSE is the mean over batch, time and dims. The smoothness terms apply to the prediction
+    alone (verified against the authors' ``atcnet.py``: ``frame_dif = fake[:,1:,L:] -
+    fake[:,:-1,L:]``). Returns a dict with ``total`` (the weighted sum, to backpropagate) and
+    the four terms UNweighted (for logging).
+    """
+    if pred.shape != target.shape or pred.ndim != 3 or pred.shape[-1] <= exp_dim:
+        raise InputError(
+            f"stage1_loss needs pred and target of the same shape [B, T, {exp_dim}+pose], "
+            f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    pred_exp, pred_pose = pred[..., :exp_dim], pred[..., exp_dim:]
+    expression = F.mse_loss(pred_exp, target[..., :exp_dim])
+    pose = F.mse_loss(pred_pose, target[..., exp_dim:])
+    pose_smooth = _temporal_energy(pred_pose)
+    expression_smooth = _temporal_energy(pred_exp)
+    total = (
+        expression
+        + pose_weight * pose
+        + pose_smooth_weight * pose_smooth
+        + expression_smooth_weight * expression_smooth
+    )
+    return {
+        "total": total,
+        "expression": expression,
+        "pose": pose,
+        "pose_smooth": pose_smooth,
+        "expression_smooth": expression_smooth,
+    }
+
+
+def make_optimizer(model: nn.Module, lr: float = 2e-4) -> torch.optim.Adam:
+    """Adam with betas (0.5, 0.999), as in the original (lr 2e-4 general, 1e-4 fine-tuning)."""
+    return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.5, 0.999))

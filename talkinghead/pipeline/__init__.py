@@ -1,0 +1,1 @@
+"""Inference: audio + person clip -> video, and the head-pose modes (:mod:`talkinghead.pipeline.pose`)."""

@@ -1,0 +1,68 @@
+"""Render 3DMM coefficients to RGBA and blend them over background crops (method.md section 6).
+
+Shared by the Stage-2 dataset (training inputs) and inference, so the GAN sees at test time
+exactly what it was trained on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from talkinghead.face.camera import Camera
+
+
+def fill_holes(alpha: torch.Tensor, max_iters: int | None = None) -> torch.Tensor:
+    """Fill enclosed holes (eyes, mouth) of binary masks ``[B,1,H,W]``: a pixel stays background
+    only if it is connected to the image border through background. Batched flood fill by
+    repeated 3x3 dilation of the border-connected region inside the background."""
+    bg = alpha < 0.5  # [B,1,H,W]
+    reach = torch.zeros_like(bg)
+    reach[..., 0, :] = bg[..., 0, :]
+    reach[..., -1, :] = bg[..., -1, :]
+    reach[..., :, 0] = bg[..., :, 0]
+    reach[..., :, -1] = bg[..., :, -1]
+    iters = max_iters or (alpha.shape[-1] + alpha.shape[-2])
+    for _ in range(iters):
+        grown = F.max_pool2d(reach.float(), 3, stride=1, padding=1).bool() & bg
+        if torch.equal(grown, reach):
+            break
+        reach = grown
+    return (~reach).to(alpha.dtype)
+
+
+@torch.no_grad()
+def render_rgba(face_model, renderer, coeffs: torch.Tensor, image_size: int, camera: Camera | None = None,
+                fill: bool = True) -> torch.Tensor:
+    """Coefficients ``[B,257]`` -> RGBA ``[B,4,S,S]`` in [0,1] (alpha = face mask, holes filled)."""
+    camera = (camera or Camera()).with_size(image_size)
+    geo = face_model(coeffs, camera)
+    out = renderer.render(geo.vertices, face_model.triangles, geo.colours.clamp(0, 1), camera)
+    rgba = out.rgba
+    if fill:
+        rgba = torch.cat([rgba[:, :3], fill_holes(rgba[:, 3:4])], 1)
+    return rgba
+
+
+def blend(rgba: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Alpha-blend RGBA ``[B,4,H,W]`` over RGB ``[B,3,H,W]`` (both in [0,1])."""
+    alpha = rgba[:, 3:4]
+    return alpha * rgba[:, :3] + (1 - alpha) * background
+
+
+def to_unit(frames_uint8, size: int | None = None, device=None) -> torch.Tensor:
+    """uint8 ``[B,H,W,3]`` (numpy or tensor) -> float ``[B,3,size,size]`` in [0,1] (area-resized)."""
+    x = torch.as_tensor(frames_uint8, device=device).permute(0, 3, 1, 2).float().div_(255.0)
+    if size is not None and x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="area" if size < x.shape[-1] else "bilinear",
+                          align_corners=None if size < x.shape[-1] else False)
+    return x
+
+
+def stack_windows(frames: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-frame images ``[N,3,H,W]`` -> 3-frame inputs ``[N,9,H,W]`` (frames t-2, t-1, t; the
+    first two frames repeat frame 0, method.md sections 7-8)."""
+    n = frames.shape[0]
+    t = torch.arange(n, device=frames.device) if index is None else index
+    prev2, prev1 = (t - 2).clamp_min(0), (t - 1).clamp_min(0)
+    return torch.cat([frames[prev2], frames[prev1], frames[t]], 1)

@@ -1,0 +1,1 @@
+"""Preprocessing a person's video into a person clip: landmarks, alignment, 3DMM fitting."""

@@ -1,0 +1,202 @@
+"""Process-group helpers for multi-process (``torchrun``) training.
+
+One process per device, launched by ``torchrun --nproc_per_node=N`` (or
+``python -m torch.distributed.run``), which sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``.
+Without those variables everything here is a no-op and training runs in one process.
+
+Why plain ``torch.distributed`` and not Lightning Fabric: Fabric would give us process-group
+setup, DDP wrapping and rank-zero helpers, but it is not installed here, and the part we need
+is small (init from env vars, wrap models that have trainable parameters, average a few
+scalars, a barrier). Writing it directly keeps the dependency list short and the behaviour
+visible; the :class:`~talkinghead.train.loop.Trainer` owns the rest (sharded sampling,
+rank-0 checkpoints and logging).
+
+Backends: ``nccl`` when the process drives a CUDA device, ``gloo`` on CPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+import torch.distributed as dist
+
+from talkinghead.errors import ConfigError
+
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "resolve_device",
+    "is_distributed",
+    "is_main",
+    "get_rank",
+    "get_world_size",
+    "barrier",
+    "all_reduce_mean",
+    "all_gather_objects",
+    "broadcast_object",
+    "wrap_ddp",
+    "unwrap",
+    "cleanup",
+]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job: ``rank`` of ``world_size``; ``device`` it drives."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer; unset it or launch with torchrun") from None
+
+
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"`` -> ``cuda:<local_rank>`` if CUDA is available, else ``cpu``; ``"cuda"`` ->
+    ``cuda:<local_rank>``; anything else is passed to :class:`torch.device`."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).strip().lower()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    try:
+        resolved = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device!r} but CUDA is not available; use trainer.device=cpu or auto")
+    return resolved
+
+
+def init_distributed(device: str | torch.device = "auto", timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group described by torchrun's env vars (idempotent).
+
+    Single process (no ``WORLD_SIZE`` or ``WORLD_SIZE=1``): nothing is initialised and the
+    returned info is rank 0 of 1. On CUDA the process's current device is set to
+    ``cuda:LOCAL_RANK`` so that NCCL collectives use the right GPU.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    resolved = resolve_device(device, local_rank)
+    if resolved.type == "cuda":
+        torch.cuda.set_device(resolved)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if resolved.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+    if dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved)
+
+
+def is_distributed() -> bool:
+    """True when a process group with more than one member is active."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a single process): the one that logs and writes checkpoints."""
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    """Wait for all ranks (no-op in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def _collective_device() -> torch.device:
+    """NCCL collectives need CUDA tensors; gloo works on CPU tensors."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean(values: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
+    """Average scalar values across ranks; returns plain floats.
+
+    Every rank must pass the same keys. Keys are sorted so that dict order cannot differ.
+    One collective for the whole dict.
+    """
+    keys = sorted(values)
+    if not keys:
+        return {}
+    stacked = torch.stack(
+        [torch.as_tensor(values[k], dtype=torch.float64).detach().reshape(()).cpu() for k in keys]
+    )  # [K]
+    if is_distributed():
+        stacked = stacked.to(_collective_device())
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        stacked = stacked / dist.get_world_size()
+    return dict(zip(keys, stacked.cpu().tolist()))
+
+
+def all_gather_objects(obj) -> list:
+    """Gather one picklable object from every rank (``[obj]`` in a single process)."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj, src: int = 0):
+    """Return rank ``src``'s ``obj`` on every rank (identity in a single process)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, **ddp_kwargs) -> torch.nn.Module:
+    """Wrap in :class:`DistributedDataParallel` when ``world_size > 1`` and the model has
+    trainable parameters; otherwise return it unchanged (buffer-only modules stay plain)."""
+    if info.world_size <= 1 or not any(p.requires_grad for p in model.parameters()):
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **ddp_kwargs)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module inside a DDP wrapper (or the module itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def cleanup() -> None:
+    """Destroy the process group if one is active (call once at the end of a script)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
