@@ -88,7 +88,7 @@ def smooth_pose(pose, window: int):
     the ends repeat the first/last frame, so a constant sequence stays constant. ``window <= 1``
     returns the input unchanged (a copy).
     """
-    _check_window(window, "smoothing window")
+    _check_window(window, "pose.smoothing")
     arr = _as_numpy(pose, "pose", 6)
     return _like(_smooth(arr, int(window)), pose)
 
@@ -114,6 +114,7 @@ def find_keyframes(signal, max_keyframes: int | None = None, min_gap: int = 3, s
     ``None`` means ``N // 10`` (the demo's "at most N/10"). The demo's own thinning repeatedly
     kept extrema of the extrema; keeping the most prominent is our documented variant.
     """
+    _check_window(smoothing, "pose.smoothing")
     values = _as_numpy(signal, "signal")
     n = values.shape[0]
     if max_keyframes is None:

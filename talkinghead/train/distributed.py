@@ -154,11 +154,13 @@ def all_reduce_mean(values: Mapping[str, torch.Tensor | float]) -> dict[str, flo
     keys = sorted(values)
     if not keys:
         return {}
-    stacked = torch.stack(
-        [torch.as_tensor(values[k], dtype=torch.float64).detach().reshape(()).cpu() for k in keys]
-    )  # [K]
+    tensors = [torch.as_tensor(values[k]).detach().reshape(()) for k in keys]
     if is_distributed():
-        stacked = stacked.to(_collective_device())
+        device = _collective_device()
+    else:  # stay where the losses are, so there is one device->host copy in all
+        device = next((t.device for t in tensors if t.device.type != "cpu"), torch.device("cpu"))
+    stacked = torch.stack([t.to(device=device, dtype=torch.float64) for t in tensors])  # [K]
+    if is_distributed():
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         stacked = stacked / dist.get_world_size()
     return dict(zip(keys, stacked.cpu().tolist()))

@@ -1,0 +1,275 @@
+"""The linear 3D morphable face model: coefficients -> posed, shaded mesh and 2-D landmarks.
+
+A :class:`MorphableModel` holds the buffers of a BFM-like model (the converted Basel Face
+Model 2009 of :mod:`talkinghead.face.bfm`, or the procedural face of
+:mod:`talkinghead.face.procedural`) and turns a ``[B, 257]`` coefficient vector (layout:
+:mod:`talkinghead.face.coeffs`) into a :class:`FaceGeometry`:
+
+1. shape  = mean_shape + id_basis @ identity + exp_basis @ expression     (model space)
+2. albedo = clamp(mean_albedo + tex_basis @ texture, 0, 1)
+3. pose   = shape @ R(angles) + translation                             (world space)
+4. colour = albedo x SH irradiance of the rotated vertex normals          (shading.py)
+5. landmarks = camera projection of the 68 landmark vertices (iBUG order)
+
+Buffers follow Deng et al.'s layout: bases are ``[N*3, K]`` with vertex-major rows
+(x0, y0, z0, x1, ...) and are already multiplied by their standard deviations, so a
+coefficient of 1 is one standard deviation. Triangles are counter-clockwise seen from the
+camera for front-facing triangles, so face normals point toward the viewer (+z).
+
+Saved as one ``.safetensors`` file (buffers + metadata: format, version, name, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from talkinghead.errors import InputError
+from talkinghead.face.camera import Camera, pose_vertices
+from talkinghead.face.coeffs import EXP_DIM, ID_DIM, TEX_DIM, split_coeffs
+from talkinghead.face.shading import shade
+
+#: Value of the ``format`` metadata key of a saved model file.
+FILE_FORMAT = "talkinghead-face-model"
+#: Version of the saved-model layout; bump when buffers change meaning.
+FILE_VERSION = "1"
+
+NUM_LANDMARKS = 68
+#: Landmarks of the 5-point alignment, as groups averaged per point (iBUG 68 indices):
+#: left eye centre (36-41), right eye centre (42-47), nose tip (30), mouth corners (48, 54).
+FIVE_POINT_INDICES: tuple[tuple[int, ...], ...] = (
+    tuple(range(36, 42)),
+    tuple(range(42, 48)),
+    (30,),
+    (48,),
+    (54,),
+)
+
+_REQUIRED_BUFFERS = ("mean_shape", "id_basis", "exp_basis", "mean_albedo", "tex_basis", "triangles", "landmark_indices")
+
+
+def five_points(landmarks68: torch.Tensor) -> torch.Tensor:
+    """68 landmarks ``[..., 68, D]`` -> the 5 alignment points ``[..., 5, D]``: eye centres
+    (means of 36-41 and 42-47), nose tip 30, mouth corners 48 and 54. Works on numpy too."""
+    if landmarks68.shape[-2] != NUM_LANDMARKS:
+        raise ValueError(f"expected 68 landmarks on axis -2, got shape {tuple(landmarks68.shape)}")
+    if isinstance(landmarks68, np.ndarray):
+        return np.stack([landmarks68[..., list(g), :].mean(-2) for g in FIVE_POINT_INDICES], axis=-2)
+    return torch.stack([landmarks68[..., list(g), :].mean(-2) for g in FIVE_POINT_INDICES], dim=-2)
+
+
+@dataclass
+class FaceGeometry:
+    """Output of :meth:`MorphableModel.forward` for a batch of B faces with N vertices."""
+
+    vertices: torch.Tensor  # [B, N, 3] world space (posed)
+    normals: torch.Tensor  # [B, N, 3] world-space unit vertex normals
+    colours: torch.Tensor  # [B, N, 3] shaded vertex colours
+    albedo: torch.Tensor  # [B, N, 3] unshaded albedo in [0, 1]
+    landmarks: torch.Tensor  # [B, 68, 2] pixel coordinates (u right, v down)
+    depth: torch.Tensor  # [B, 68] camera depth of the landmark vertices
+
+
+def _as_tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(dtype=dtype).clone()
+    return torch.as_tensor(np.asarray(value), dtype=dtype).clone()
+
+
+class MorphableModel(torch.nn.Module):
+    """Linear 3DMM with BFM-in-Deng dimensions (identity 80, expression 64, texture 80).
+
+    Args:
+        mean_shape: ``[N, 3]`` mean vertex positions (model units, centred near the origin).
+        id_basis: ``[N*3, 80]`` identity basis, pre-multiplied by its standard deviations.
+        exp_basis: ``[N*3, 64]`` expression basis, pre-multiplied by its standard deviations.
+        mean_albedo: ``[N, 3]`` mean albedo in [0, 1].
+        tex_basis: ``[N*3, 80]`` albedo basis (albedo units), pre-multiplied.
+        triangles: ``[F, 3]`` vertex indices, counter-clockwise seen from the camera.
+        landmark_indices: ``[68]`` vertex index of each iBUG-68 landmark.
+        skin_mask: ``[N]`` bool, vertices used by photometric losses (default: all).
+        mouth_indices: optional ``[M]`` vertices of the lips region.
+        name: short model name stored in the saved file.
+        metadata: extra JSON-serialisable information stored in the saved file.
+    """
+
+    def __init__(
+        self,
+        mean_shape,
+        id_basis,
+        exp_basis,
+        mean_albedo,
+        tex_basis,
+        triangles,
+        landmark_indices,
+        skin_mask=None,
+        mouth_indices=None,
+        name: str = "face-model",
+        metadata: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        mean_shape = _as_tensor(mean_shape, torch.float32).reshape(-1, 3)
+        n = mean_shape.shape[0]
+        buffers = {
+            "mean_shape": mean_shape,
+            "id_basis": _as_tensor(id_basis, torch.float32),
+            "exp_basis": _as_tensor(exp_basis, torch.float32),
+            "mean_albedo": _as_tensor(mean_albedo, torch.float32).reshape(-1, 3),
+            "tex_basis": _as_tensor(tex_basis, torch.float32),
+            "triangles": _as_tensor(triangles, torch.long),
+            "landmark_indices": _as_tensor(landmark_indices, torch.long).reshape(-1),
+            "skin_mask": (
+                torch.ones(n, dtype=torch.bool) if skin_mask is None else _as_tensor(skin_mask, torch.bool).reshape(-1)
+            ),
+        }
+        expected = {
+            "id_basis": (n * 3, ID_DIM),
+            "exp_basis": (n * 3, EXP_DIM),
+            "mean_albedo": (n, 3),
+            "tex_basis": (n * 3, TEX_DIM),
+            "landmark_indices": (NUM_LANDMARKS,),
+            "skin_mask": (n,),
+        }
+        for key, shape in expected.items():
+            if tuple(buffers[key].shape) != shape:
+                raise ValueError(f"face model buffer {key!r} has shape {tuple(buffers[key].shape)}, expected {shape}")
+        tri = buffers["triangles"]
+        if tri.ndim != 2 or tri.shape[1] != 3 or tri.numel() == 0:
+            raise ValueError(f"face model buffer 'triangles' must be [F, 3], got {tuple(tri.shape)}")
+        for key in ("triangles", "landmark_indices"):
+            idx = buffers[key]
+            if int(idx.min()) < 0 or int(idx.max()) >= n:
+                raise ValueError(f"face model buffer {key!r} indexes outside the {n} vertices")
+        for key, value in buffers.items():
+            self.register_buffer(key, value)
+        self.register_buffer(
+            "mouth_indices", None if mouth_indices is None else _as_tensor(mouth_indices, torch.long).reshape(-1)
+        )
+        self.name = str(name)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+        # Precomputed, not saved: the landmark rows of the bases (cheap landmark path) and the
+        # flat triangle-corner -> vertex index used to accumulate face normals.
+        lm = buffers["landmark_indices"]
+        rows = (lm[:, None] * 3 + torch.arange(3)).reshape(-1)  # [68*3]
+        self.register_buffer("_lm_mean_shape", mean_shape[lm], persistent=False)  # [68, 3]
+        self.register_buffer("_lm_id_basis", buffers["id_basis"][rows], persistent=False)  # [204, 80]
+        self.register_buffer("_lm_exp_basis", buffers["exp_basis"][rows], persistent=False)  # [204, 64]
+        self.register_buffer("_corner_vertex", tri.reshape(-1), persistent=False)  # [F*3]
+
+    # ----------------------------------------------------------------------------- sizes
+    @property
+    def num_vertices(self) -> int:
+        return int(self.mean_shape.shape[0])
+
+    @property
+    def num_triangles(self) -> int:
+        return int(self.triangles.shape[0])
+
+    # ------------------------------------------------------------------------ components
+    def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """Model-space vertices ``[B, N, 3]`` from identity ``[B, 80]`` and expression ``[B, 64]``."""
+        offsets = F.linear(identity, self.id_basis) + F.linear(expression, self.exp_basis)  # [B, N*3]
+        return self.mean_shape + offsets.unflatten(-1, (-1, 3))
+
+    def albedo(self, texture: torch.Tensor) -> torch.Tensor:
+        """Albedo ``[B, N, 3]`` in [0, 1] from texture coefficients ``[B, 80]``."""
+        return (self.mean_albedo + F.linear(texture, self.tex_basis).unflatten(-1, (-1, 3))).clamp(0.0, 1.0)
+
+    def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Unit vertex normals ``[B, N, 3]``: area-weighted sum of the adjacent face normals."""
+        corners = vertices[:, self.triangles]  # [B, F, 3 corners, 3]
+        v0, v1, v2 = corners.unbind(-2)
+        face_normals = torch.linalg.cross(v1 - v0, v2 - v0)  # [B, F, 3], length = 2 x area
+        per_corner = face_normals.unsqueeze(-2).expand(-1, -1, 3, -1).reshape(vertices.shape[0], -1, 3)
+        summed = torch.zeros_like(vertices).index_add_(1, self._corner_vertex, per_corner)
+        return F.normalize(summed, dim=-1, eps=1e-12)
+
+    # --------------------------------------------------------------------------- forward
+    def forward(self, coeffs: torch.Tensor, camera: Camera | None = None) -> FaceGeometry:
+        """Coefficients ``[B, 257]`` -> posed, shaded :class:`FaceGeometry` seen by ``camera``
+        (default: the 224 crop camera of method.md)."""
+        camera = camera or Camera()
+        c = split_coeffs(coeffs)
+        model_vertices = self.shape(c.identity, c.expression)
+        vertices = pose_vertices(model_vertices, c.angles, c.translation)  # [B, N, 3]
+        normals = self.vertex_normals(vertices)
+        albedo = self.albedo(c.texture)
+        colours = shade(albedo, normals, c.lighting)
+        landmarks, depth = camera.project(vertices[:, self.landmark_indices])
+        return FaceGeometry(vertices, normals, colours, albedo, landmarks, depth)
+
+    def landmark_vertices(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """Model-space positions ``[B, 68, 3]`` of the landmark vertices only (cheap)."""
+        offsets = F.linear(identity, self._lm_id_basis) + F.linear(expression, self._lm_exp_basis)  # [B, 204]
+        return self._lm_mean_shape + offsets.unflatten(-1, (NUM_LANDMARKS, 3))
+
+    def landmarks_2d(self, coeffs: torch.Tensor, camera: Camera | None = None) -> torch.Tensor:
+        """Projected landmarks ``[B, 68, 2]`` computed from the 68 landmark vertices only (the
+        same values as ``forward(coeffs, camera).landmarks``; use it inside fitting loops)."""
+        camera = camera or Camera()
+        c = split_coeffs(coeffs)
+        posed = pose_vertices(self.landmark_vertices(c.identity, c.expression), c.angles, c.translation)
+        return camera.project(posed)[0]
+
+    # ------------------------------------------------------------------------------- I/O
+    def save(self, path: str | Path) -> Path:
+        """Write the buffers and metadata to a ``.safetensors`` file; returns its path."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {key: getattr(self, key).detach().cpu().contiguous() for key in (*_REQUIRED_BUFFERS, "skin_mask")}
+        if self.mouth_indices is not None:
+            tensors["mouth_indices"] = self.mouth_indices.detach().cpu().contiguous()
+        header = {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            "name": self.name,
+            "metadata": json.dumps(self.metadata),
+        }
+        save_file(tensors, str(path), metadata=header)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "MorphableModel":
+        """Read a model written by :meth:`save`; bad or missing files raise :class:`InputError`."""
+        from safetensors import safe_open
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise InputError(f"face model file not found: {path}; give the path of a saved .safetensors face model")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}
+        except Exception as err:  # safetensors raises several types for corrupt files
+            raise InputError(f"face model file {path} is not a readable .safetensors file ({err}); re-create it") from err
+        if header.get("format") != FILE_FORMAT:
+            raise InputError(f"{path} is not a talkinghead face model (format {header.get('format')!r}); re-create it")
+        if header.get("version") != FILE_VERSION:
+            raise InputError(
+                f"face model {path} has version {header.get('version')!r}, this code reads {FILE_VERSION!r}; re-create it"
+            )
+        missing = [key for key in _REQUIRED_BUFFERS if key not in tensors]
+        if missing:
+            raise InputError(f"face model {path} lacks buffers {missing}; re-create it")
+        try:
+            return cls(
+                **{key: tensors[key] for key in _REQUIRED_BUFFERS},
+                skin_mask=tensors.get("skin_mask"),
+                mouth_indices=tensors.get("mouth_indices"),
+                name=header.get("name", path.stem),
+                metadata=json.loads(header.get("metadata") or "{}"),
+            )
+        except ValueError as err:
+            raise InputError(f"face model {path} is inconsistent ({err}); re-create it") from err
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, vertices={self.num_vertices}, triangles={self.num_triangles}"

@@ -1,0 +1,75 @@
+"""Spherical-harmonics shading, as in the 3DMM fitting code the paper used (Deng et al. 2019).
+
+A vertex colour is its albedo times the irradiance of 9 second-order SH bands evaluated on
+its (world-space, i.e. already rotated) unit normal::
+
+    colour_c = albedo_c * (Y(n) @ gamma_c),   c in (r, g, b)
+
+``gamma`` is the 27-value lighting slice of the coefficient vector viewed as
+``[3 channels, 9 bands]`` (channel-major), with :data:`~talkinghead.face.coeffs.SH_DC_INIT`
+(0.8) added to band 0 of every channel, so all-zero lighting coefficients mean a uniform
+ambient light. The band constants fold the Lambertian kernel (``a``) into the SH
+normalisation (``c``), exactly like Deng et al.'s ``compute_color``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from talkinghead.face.coeffs import SH_DC_INIT, SH_DIM
+
+#: Lambertian kernel factors for SH bands 0, 1, 2.
+SH_A = (math.pi, 2.0 * math.pi / math.sqrt(3.0), 2.0 * math.pi / math.sqrt(8.0))
+#: SH normalisation constants for bands 0, 1, 2.
+SH_C = (
+    1.0 / math.sqrt(4.0 * math.pi),
+    math.sqrt(3.0) / math.sqrt(4.0 * math.pi),
+    3.0 * math.sqrt(5.0) / math.sqrt(12.0 * math.pi),
+)
+NUM_SH_BANDS = 9
+
+
+def sh_basis(normals: torch.Tensor) -> torch.Tensor:
+    """SH irradiance basis on unit normals: ``[..., 3]`` -> ``[..., 9]``."""
+    nx, ny, nz = normals.unbind(-1)
+    a0c0 = SH_A[0] * SH_C[0]
+    a1c1 = SH_A[1] * SH_C[1]
+    a2c2 = SH_A[2] * SH_C[2]
+    return torch.stack(
+        [
+            torch.full_like(nx, a0c0),
+            -a1c1 * ny,
+            a1c1 * nz,
+            -a1c1 * nx,
+            a2c2 * nx * ny,
+            -a2c2 * ny * nz,
+            a2c2 * 0.5 / math.sqrt(3.0) * (3.0 * nz * nz - 1.0),
+            -a2c2 * nx * nz,
+            a2c2 * 0.5 * (nx * nx - ny * ny),
+        ],
+        dim=-1,
+    )
+
+
+def lighting_matrix(lighting: torch.Tensor) -> torch.Tensor:
+    """Lighting coefficients ``[B, 27]`` -> per-band, per-channel gains ``[B, 9, 3]`` with the
+    ambient start value :data:`SH_DC_INIT` added to band 0."""
+    if lighting.shape[-1] != SH_DIM:
+        raise ValueError(f"expected {SH_DIM} lighting coefficients, got shape {tuple(lighting.shape)}")
+    gamma = lighting.unflatten(-1, (3, NUM_SH_BANDS))  # [B, 3, 9]
+    dc = torch.zeros(NUM_SH_BANDS, dtype=gamma.dtype, device=gamma.device)
+    dc[0] = SH_DC_INIT
+    return (gamma + dc).transpose(-1, -2)  # [B, 9, 3]
+
+
+def irradiance(normals: torch.Tensor, lighting: torch.Tensor) -> torch.Tensor:
+    """Per-vertex RGB irradiance: normals ``[B, N, 3]``, lighting ``[B, 27]`` -> ``[B, N, 3]``."""
+    return sh_basis(normals) @ lighting_matrix(lighting)
+
+
+def shade(albedo: torch.Tensor, normals: torch.Tensor, lighting: torch.Tensor) -> torch.Tensor:
+    """Shaded vertex colours ``[B, N, 3]`` = albedo ``[B, N, 3]`` x SH irradiance of the unit
+    world-space normals ``[B, N, 3]`` under lighting ``[B, 27]``."""
+    return albedo * irradiance(normals, lighting)

@@ -1,0 +1,255 @@
+"""The renderer interface shared by every backend.
+
+A renderer turns a batch of coloured triangle meshes in world space (face/camera.py
+conventions: x right, y up, camera at z = ``camera.camera_z`` looking down -z) into RGBA
+images. Which triangle covers a pixel is decided by hard rasterization (not differentiable);
+the colour at a covered pixel is the perspective-correct barycentric interpolation of the
+triangle's vertex colours, which *is* differentiable with respect to the vertex colours and,
+through the barycentrics, the vertex positions (like pytorch3d's hard rasterizer).
+
+Backends (selected with :func:`get_renderer`):
+
+* ``"torch"``: :class:`talkinghead.render.rasterizer.TorchRenderer`, pure torch, CPU and
+  CUDA; the reference the tests pin down.
+* ``"pytorch3d"``: :class:`talkinghead.render.pytorch3d_backend.PyTorch3DRenderer`, on
+  pytorch3d's ``MeshRasterizer`` (imported lazily; must agree with the reference).
+* ``"auto"``: pytorch3d when it imports and CUDA is available, else torch.
+
+The pipeline only ever talks to :class:`Renderer`, :class:`RenderOutput`, :func:`interpolate`
+and :func:`get_renderer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from talkinghead.errors import ConfigError, InputError
+from talkinghead.face.camera import Camera
+
+#: What ``background=`` accepts: a grey level, one value per colour channel, or a tensor
+#: broadcastable to ``[B, C, H, W]`` (e.g. a background image batch).
+Background = float | Sequence[float] | torch.Tensor | None
+
+
+@dataclass
+class RenderOutput:
+    """What every renderer returns for a batch of ``B`` images of ``H x W`` pixels.
+
+    A pixel is *covered* when the centre of the pixel lies inside a (visible) triangle.
+    """
+
+    #: ``[B, C + 1, H, W]`` (``[B, 4, H, W]`` for RGB vertex colours): interpolated vertex
+    #: colour, then alpha (1 where covered, else 0). Empty pixels hold the background colour.
+    rgba: torch.Tensor
+    #: ``[B, 1, H, W]`` camera depth (``camera_z - z``) of the visible surface, 0 where empty.
+    depth: torch.Tensor
+    #: ``[B, H, W]`` long: index into ``triangles`` of the visible triangle, -1 where empty.
+    triangle_id: torch.Tensor
+    #: ``[B, H, W, 3]`` perspective-correct barycentrics of the pixel centre in the visible
+    #: triangle (weights of its vertices ``triangles[id, 0..2]``), 0 where empty.
+    bary: torch.Tensor | None = None
+
+    @property
+    def rgb(self) -> torch.Tensor:
+        """``[B, C, H, W]`` colour channels."""
+        return self.rgba[:, :-1]
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """``[B, 1, H, W]`` coverage (1 covered, 0 empty)."""
+        return self.rgba[:, -1:]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``[B, H, W]`` bool coverage."""
+        return self.triangle_id >= 0
+
+
+@runtime_checkable
+class Renderer(Protocol):
+    """Anything that renders meshes into a :class:`RenderOutput`."""
+
+    def render(
+        self,
+        vertices: torch.Tensor,
+        triangles: torch.Tensor,
+        colours: torch.Tensor,
+        camera: Camera,
+        image_size: int | None = None,
+        *,
+        background: Background = None,
+    ) -> RenderOutput:
+        """Render ``vertices [B, N, 3]`` (world space) joined by ``triangles [F, 3]`` (long,
+        shared by the batch) with per-vertex ``colours [B, N, C]`` through ``camera``.
+
+        ``image_size`` overrides ``camera.image_size`` (intrinsics scale with it, see
+        :meth:`Camera.with_size`). ``background`` sets the colour of empty pixels (default 0).
+        """
+        ...
+
+
+# --------------------------------------------------------------------------------------
+# Input checks shared by the backends
+# --------------------------------------------------------------------------------------
+
+
+def check_render_inputs(vertices: torch.Tensor, triangles: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """Validate the shapes of a render call; return ``triangles`` as a long tensor on the
+    vertices' device. Raises :class:`InputError` naming the argument and the fix."""
+    if not isinstance(vertices, torch.Tensor) or vertices.dim() != 3 or vertices.shape[-1] != 3:
+        shape = tuple(vertices.shape) if isinstance(vertices, torch.Tensor) else type(vertices).__name__
+        raise InputError(f"render: vertices must be a [B, N, 3] tensor, got {shape}; add a batch dimension with vertices[None]")
+    if not vertices.is_floating_point():
+        raise InputError(f"render: vertices must be floating point, got {vertices.dtype}; pass vertices.float()")
+    if not isinstance(triangles, torch.Tensor) or triangles.dim() != 2 or triangles.shape[-1] != 3:
+        shape = tuple(triangles.shape) if isinstance(triangles, torch.Tensor) else type(triangles).__name__
+        raise InputError(f"render: triangles must be an [F, 3] integer tensor shared by the batch, got {shape}")
+    if triangles.is_floating_point() or triangles.dtype == torch.bool:
+        raise InputError(f"render: triangles must be an integer tensor, got {triangles.dtype}; pass triangles.long()")
+    if not isinstance(colours, torch.Tensor) or colours.dim() != 3 or colours.shape[:2] != vertices.shape[:2]:
+        shape = tuple(colours.shape) if isinstance(colours, torch.Tensor) else type(colours).__name__
+        raise InputError(
+            f"render: colours must be [B, N, C] = [{vertices.shape[0]}, {vertices.shape[1]}, C] like the vertices, got {shape}"
+        )
+    triangles = triangles.to(device=vertices.device, dtype=torch.long)
+    if triangles.numel() and (int(triangles.min()) < 0 or int(triangles.max()) >= vertices.shape[1]):
+        raise InputError(
+            f"render: triangles index vertices outside [0, {vertices.shape[1]}) "
+            f"(min {int(triangles.min())}, max {int(triangles.max())}); check the mesh's triangle list"
+        )
+    return triangles
+
+
+def resolve_camera(camera: Camera, image_size: int | None) -> Camera:
+    """``camera`` at ``image_size`` pixels when given (intrinsics scaled), else as is."""
+    if image_size is None or image_size == camera.image_size:
+        return camera
+    if int(image_size) <= 0:
+        raise InputError(f"render: image_size must be a positive number of pixels, got {image_size}")
+    return camera.with_size(int(image_size))
+
+
+# --------------------------------------------------------------------------------------
+# Interpolation and output assembly (shared by the backends; differentiable)
+# --------------------------------------------------------------------------------------
+
+
+def corner_vertex_ids(
+    triangles: torch.Tensor, n_vertices: int, batch_index: torch.Tensor, triangle_index: torch.Tensor
+) -> torch.Tensor:
+    """Flat ``[B*N]`` vertex indices ``[3, P]`` of the corners of ``P`` (batch element,
+    triangle) pairs, for ``triangles [F, 3]`` shared by a batch of ``n_vertices``-vertex meshes."""
+    corners = torch.stack([column.index_select(0, triangle_index) for column in triangles.unbind(1)])  # [3, P]
+    return corners + batch_index * n_vertices
+
+
+def interpolate_corners(attrs: torch.Tensor, corner_ids: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
+    """Vertex attributes ``attrs [B, N, C]`` interpolated at ``P`` pixels with corner ids
+    ``[3, P]`` (:func:`corner_vertex_ids`) and barycentrics ``bary [3, P]`` -> ``[C, P]``.
+    Differentiable w.r.t. ``attrs`` and ``bary``."""
+    channels = attrs.shape[-1]
+    by_channel = torch.stack(attrs.reshape(-1, channels).unbind(1))  # [C, B*N] (a fast transpose)
+    corner_values = by_channel.index_select(1, corner_ids.reshape(-1)).view(channels, 3, -1)  # [C, 3, P]
+    return (corner_values * bary.to(corner_values.dtype)).sum(1)
+
+
+def interpolate(attrs: torch.Tensor, triangles: torch.Tensor, out: RenderOutput) -> torch.Tensor:
+    """Interpolate any per-vertex attribute ``attrs [B, N, C]`` with the visibility and
+    barycentrics of a render ``out`` -> ``[B, C, H, W]`` (0 where empty).
+
+    Differentiable w.r.t. ``attrs`` and, through ``out.bary``, the vertex positions of the
+    render (use it for normals, a second colour set, landmark indicators, ...)."""
+    if out.bary is None:
+        raise InputError("interpolate: this RenderOutput has no barycentrics (bary is None); render with a backend that returns them")
+    B, H, W = out.triangle_id.shape
+    if attrs.dim() != 3 or attrs.shape[0] != B:
+        raise InputError(f"interpolate: attrs must be [B={B}, N, C] like the rendered vertices, got {tuple(attrs.shape)}")
+    triangles = triangles.to(device=attrs.device, dtype=torch.long)
+    flat_ids = out.triangle_id.reshape(-1)
+    covered = flat_ids >= 0
+    pixel_index = torch.arange(flat_ids.shape[0], device=flat_ids.device).masked_select(covered)  # [P]
+    corner_ids = corner_vertex_ids(triangles, attrs.shape[1], pixel_index // (H * W), flat_ids.masked_select(covered))
+    bary = out.bary.reshape(-1, 3).index_select(0, pixel_index).T  # [3, P]
+    values = interpolate_corners(attrs, corner_ids, bary)  # [C, P]
+    image = values.new_zeros(values.shape[0], B * H * W).index_copy(1, pixel_index, values)
+    return image.view(-1, B, H, W).transpose(0, 1).contiguous()
+
+
+def background_image(background: Background, batch: int, channels: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """``background`` as a channel-first ``[C, B, H, W]`` tensor (dtype/device of ``like``)."""
+    if background is None:
+        return like.new_zeros(()).expand(channels, batch, height, width)
+    bg = torch.as_tensor(background, dtype=like.dtype, device=like.device)
+    if bg.dim() <= 1:  # a grey level or one value per channel
+        if bg.numel() not in (1, channels):
+            raise InputError(f"render: background must have 1 or {channels} values (one per colour channel), got {bg.numel()}")
+        return bg.reshape(-1, 1, 1, 1).expand(channels, batch, height, width)
+    try:  # an image or a batch of images [..., C, H, W]
+        return bg.expand(batch, channels, height, width).transpose(0, 1)
+    except RuntimeError:
+        raise InputError(
+            f"render: a background tensor must broadcast to [B, C, H, W] = [{batch}, {channels}, {height}, {width}], got {tuple(bg.shape)}"
+        ) from None
+
+
+def assemble_output(
+    batch: int,
+    height: int,
+    width: int,
+    pixel_index: torch.Tensor,
+    triangle_index: torch.Tensor,
+    bary: torch.Tensor,
+    depth: torch.Tensor,
+    colour: torch.Tensor,
+    background: Background = None,
+) -> RenderOutput:
+    """Scatter per-covered-pixel results into full images.
+
+    ``pixel_index [P]`` are flat indices into ``[B, H, W]``; ``triangle_index [P]``,
+    ``bary [3, P]``, ``depth [P]`` and ``colour [C, P]`` belong to those pixels. Gradients
+    flow from the images back to ``bary``, ``depth`` and ``colour``.
+    """
+    n_pixels = batch * height * width
+    channels = colour.shape[0]
+    bg = background_image(background, batch, channels, height, width, colour).reshape(channels, n_pixels)
+    rgb = bg.index_copy(1, pixel_index, colour)  # [C, B*H*W]
+    alpha = colour.new_zeros(1, n_pixels).index_fill_(1, pixel_index, 1.0)
+    rgba = torch.cat([rgb, alpha]).view(channels + 1, batch, height, width).transpose(0, 1).contiguous()
+    depth_image = depth.new_zeros(n_pixels).index_copy(0, pixel_index, depth).view(batch, 1, height, width)
+    triangle_id = torch.full((n_pixels,), -1, dtype=torch.long, device=colour.device)
+    triangle_id = triangle_id.index_copy_(0, pixel_index, triangle_index).view(batch, height, width)
+    bary_image = bary.new_zeros(3, n_pixels).index_copy(1, pixel_index, bary)
+    bary_image = torch.stack(bary_image.view(3, batch, height, width).unbind(0), -1)  # [B, H, W, 3]
+    return RenderOutput(rgba=rgba, depth=depth_image, triangle_id=triangle_id, bary=bary_image)
+
+
+# --------------------------------------------------------------------------------------
+# Backend selection
+# --------------------------------------------------------------------------------------
+
+RENDERER_NAMES = ("auto", "torch", "pytorch3d")
+
+
+def get_renderer(name: str = "auto", **options) -> Renderer:
+    """The renderer called ``name``: ``"torch"`` (pure-torch reference), ``"pytorch3d"``
+    (raises :class:`ConfigError` saying how to install it when it does not import) or
+    ``"auto"`` (pytorch3d when it imports and CUDA is available, else torch).
+
+    ``options`` go to the backend's constructor (both take ``cull_backfaces``)."""
+    from talkinghead.render import pytorch3d_backend
+    from talkinghead.render.rasterizer import TorchRenderer
+
+    key = str(name).lower()
+    if key == "torch":
+        return TorchRenderer(**options)
+    if key == "pytorch3d":
+        return pytorch3d_backend.PyTorch3DRenderer(**options)
+    if key == "auto":
+        if torch.cuda.is_available() and pytorch3d_backend.pytorch3d_available():
+            return pytorch3d_backend.PyTorch3DRenderer(**options)
+        return TorchRenderer(**options)
+    raise ConfigError(f"renderer={name!r} is not a renderer; use one of {', '.join(RENDERER_NAMES)}")

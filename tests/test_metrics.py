@@ -1,0 +1,176 @@
+"""Metrics: HS (our definition), LMD, lip-sync correlation, PSNR/SSIM."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter1d
+from skimage.metrics import structural_similarity
+
+from talkinghead.errors import InputError
+from talkinghead.metrics import (
+    head_pose_similarity,
+    head_pose_similarity_matrix,
+    landmark_distance,
+    landmarks_from_coeffs,
+    lip_sync_score,
+    mouth_landmark_distance,
+    mouth_opening,
+    psnr,
+    ssim,
+    stage1_mouth_lmd,
+)
+
+
+def angles(n: int = 400, period: float = 50.0, amplitude: float = 0.1, offset: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Euler angles [n, 3] in radians: sinusoids with per-axis phases plus small noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)[:, None]
+    phase = np.array([0.0, 1.0, 2.0])
+    return offset + amplitude * np.sin(2 * np.pi * t / period + phase) + 0.002 * rng.standard_normal((n, 3))
+
+
+# ----------------------------------------------------------------------------- HS
+def test_hs_identical_symmetric_bounded():
+    a, b = angles(seed=0), angles(amplitude=0.07, offset=0.03, seed=1)
+    assert head_pose_similarity(a, a) == pytest.approx(1.0)
+    assert head_pose_similarity(a, b) == pytest.approx(head_pose_similarity(b, a))
+    assert 0.0 <= head_pose_similarity(a, b) < 1.0
+    assert head_pose_similarity(torch.tensor(a), a) == pytest.approx(1.0)
+
+
+def test_hs_drops_for_shift_scale_and_speed():
+    base = angles()
+    other_noise = angles(seed=5)  # same motion, different noise: near 1
+    assert head_pose_similarity(base, other_noise) > 0.95
+    # Twice the std on a Gaussian pair gives BC = sqrt(2 * 2 / (1 + 4)) = sqrt(0.8), same mean.
+    bc_double_std = np.sqrt(0.8)
+    doubled = head_pose_similarity(base, angles(amplitude=0.2))  # all 6 stds double
+    assert doubled == pytest.approx(bc_double_std, abs=0.01)
+    faster = head_pose_similarity(base, angles(period=25.0))  # only the 3 velocity stds double
+    assert faster == pytest.approx((3 + 3 * bc_double_std) / 6, abs=0.01)
+    assert faster < head_pose_similarity(base, other_noise)
+    shifted = [head_pose_similarity(base, angles(offset=d)) for d in (0.0, 0.02, 0.05, 0.1, 0.2)]
+    assert all(x > y for x, y in zip(shifted, shifted[1:]))  # monotone in the shift
+    assert shifted[-1] < 0.7
+
+
+def test_hs_still_heads_and_matrix():
+    still = np.zeros((30, 3))
+    assert head_pose_similarity(still, still) == pytest.approx(1.0)  # std floor: no 0/0
+    # Tilted by 0.1 rad (5.7 deg >> the 0.1 deg floor): angle terms ~0, velocity terms equal (1).
+    assert head_pose_similarity(still, still + 0.1) == pytest.approx(0.5, abs=1e-6)
+    seqs_a = [angles(seed=0), angles(offset=0.05), still]
+    seqs_b = [angles(period=25.0), angles(seed=3, n=100)]
+    matrix = head_pose_similarity_matrix(seqs_a, seqs_b)
+    assert matrix.shape == (3, 2)
+    for i, a in enumerate(seqs_a):
+        for j, b in enumerate(seqs_b):
+            assert matrix[i, j] == pytest.approx(head_pose_similarity(a, b))
+    with pytest.raises(InputError, match=r"\[N, 3\]"):
+        head_pose_similarity(np.zeros((10, 6)), still)
+
+
+# ----------------------------------------------------------------------------- LMD
+def test_landmark_distances():
+    rng = np.random.default_rng(0)
+    true = rng.uniform(0, 224, size=(5, 68, 2))
+    assert mouth_landmark_distance(true, true) == 0.0
+    moved = true.copy()
+    moved[:, 48:68] += np.array([3.0, 4.0])  # every mouth point moves by 5 px
+    assert mouth_landmark_distance(moved, true) == pytest.approx(5.0)
+    assert landmark_distance(moved, true) == pytest.approx(5.0 * 20 / 68)
+    eyes_moved = true.copy()
+    eyes_moved[:, 36:48] += 10.0
+    assert mouth_landmark_distance(eyes_moved, true) == 0.0
+    with pytest.raises(InputError):
+        mouth_landmark_distance(true[:, :60], true[:, :60])
+
+
+class StandInFaceModel:
+    """Landmarks that depend on the expression (mouth) and translation (everything)."""
+
+    def __init__(self):
+        self.calls = 0
+        gen = torch.Generator().manual_seed(0)
+        self.base = torch.rand(68, 2, generator=gen) * 224
+        self.mouth_basis = torch.randn(64, 20, 2, generator=gen)
+
+    def landmarks_2d(self, coeffs, camera):
+        self.calls += 1
+        lm = self.base.expand(coeffs.shape[0], 68, 2).clone()
+        lm[:, 48:68] += torch.einsum("ne,epk->npk", coeffs[:, 80:144], self.mouth_basis)
+        return lm + coeffs[:, 254:256, None].transpose(1, 2) * 100
+
+
+def test_landmarks_from_coeffs_batches_and_stage1_lmd():
+    model = StandInFaceModel()
+    coeffs = torch.randn(7, 257)
+    whole = landmarks_from_coeffs(model, coeffs, camera=None, batch=100)
+    chunked = landmarks_from_coeffs(model, coeffs, camera=None, batch=3)
+    assert whole.shape == (7, 68, 2) and model.calls == 1 + 3
+    torch.testing.assert_close(chunked, whole)
+    assert stage1_mouth_lmd(model, coeffs[:, 80:144], coeffs, camera=None) == pytest.approx(0.0, abs=1e-5)
+    worse = stage1_mouth_lmd(model, coeffs[:, 80:144] + 0.5, coeffs, camera=None)
+    better = stage1_mouth_lmd(model, coeffs[:, 80:144] + 0.1, coeffs, camera=None)
+    assert worse > better > 0
+    with pytest.raises(InputError):
+        stage1_mouth_lmd(model, coeffs[:5, 80:144], coeffs, camera=None)
+
+
+# ----------------------------------------------------------------------------- lip sync
+def test_mouth_opening():
+    lm = np.zeros((2, 68, 2))
+    lm[:, 48], lm[:, 54] = [100, 150], [140, 150]  # width 40
+    lm[:, 62], lm[:, 66] = [120, 145], [120, 155]  # opening 10
+    lm[1, 66] = [120, 165]  # opening 20
+    np.testing.assert_allclose(mouth_opening(lm, normalize=False), [10, 20])
+    np.testing.assert_allclose(mouth_opening(lm), [0.25, 0.5])
+
+
+@pytest.mark.parametrize("lag", [3, -2])
+def test_lip_sync_finds_a_known_lag(lag):
+    rng = np.random.default_rng(1)
+    signal = gaussian_filter1d(rng.standard_normal(220), 2.0)
+    true = signal[10:210]
+    pred = signal[10 - lag:210 - lag]  # pred[t + lag] == true[t]
+    result = lip_sync_score(pred, true, max_offset=5)
+    assert result.best_offset == lag
+    assert result.corr_at_best == pytest.approx(1.0)
+    assert result.corr_at_zero < 0.9
+    same = lip_sync_score(true, true)
+    assert same.best_offset == 0 and same.corr_at_zero == pytest.approx(1.0)
+    assert lip_sync_score(np.ones(50), true[:50]).corr_at_zero == 0.0
+    with pytest.raises(InputError):
+        lip_sync_score(true[:5], true[:5], max_offset=5)
+
+
+# ----------------------------------------------------------------------------- PSNR / SSIM
+def test_psnr_closed_form():
+    a = torch.rand(3, 3, 16, 16)
+    noise = torch.tensor([0.1, 0.05, 0.2]).view(3, 1, 1, 1) * torch.randn(3, 3, 16, 16)
+    b = a + noise
+    expected = 10 * torch.log10(1.0 / noise.square().flatten(1).mean(1))
+    torch.testing.assert_close(psnr(a, b), expected)
+    torch.testing.assert_close(psnr(2 * a, 2 * b, data_range=2.0), expected)
+    assert torch.isinf(psnr(a, a)).all()
+
+
+def test_ssim_matches_skimage():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(3, 3, 40, 33, generator=gen)
+    b = (a + torch.tensor([0.02, 0.1, 0.3]).view(3, 1, 1, 1) * torch.randn(3, 3, 40, 33, generator=gen)).clamp(0, 1)
+    ours = ssim(a, b)
+    reference = [
+        structural_similarity(
+            a[i].numpy(), b[i].numpy(), gaussian_weights=True, sigma=1.5,
+            use_sample_covariance=False, channel_axis=0, data_range=1.0,
+        )
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(ours.numpy(), reference, atol=1e-3)
+    assert ours[0] > ours[1] > ours[2]
+    torch.testing.assert_close(ssim(a, a), torch.ones(3))
+    with pytest.raises(InputError):
+        ssim(a[..., :8, :8], b[..., :8, :8])
+    with pytest.raises(InputError):
+        psnr(a, b[:2])

@@ -1,0 +1,128 @@
+"""Pose at inference: smoothing, keyframes, reference matching and the three pose modes."""
+
+import numpy as np
+import pytest
+import torch
+
+from talkinghead.errors import ConfigError, InputError
+from talkinghead.pipeline.pose import (
+    PoseControls,
+    find_keyframes,
+    match_reference_frames,
+    nearest_reference_frames,
+    resolve_pose,
+    smooth_pose,
+)
+
+
+def head_motion(n: int, seed: int = 0) -> np.ndarray:
+    """A plausible pose sequence [n, 6]: slow sinusoids of different periods plus small noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(n)[:, None]
+    periods = rng.uniform(20, 60, size=6)
+    phases = rng.uniform(0, 2 * np.pi, size=6)
+    scale = np.array([0.1, 0.2, 0.15, 0.02, 0.02, 0.05])
+    return scale * np.sin(2 * np.pi * t / periods + phases) + 0.002 * rng.standard_normal((n, 6))
+
+
+def test_smooth_pose_identity_constant_and_noise_reduction():
+    pose = head_motion(80)
+    np.testing.assert_array_equal(smooth_pose(pose, 1), pose)
+    constant = np.tile(np.arange(6.0), (30, 1))
+    np.testing.assert_allclose(smooth_pose(constant, 7), constant)
+    noise = np.random.default_rng(1).standard_normal((200, 6))
+    assert smooth_pose(noise, 7).std() < 0.7 * noise.std()
+    out = smooth_pose(torch.tensor(noise, dtype=torch.float32), 7)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and out.shape == (200, 6)
+
+
+def test_keyframes_first_last_min_gap_and_cap():
+    rng = np.random.default_rng(2)
+    for n in (37, 120, 400):
+        signal = np.cumsum(rng.standard_normal(n))  # rough random walk: many extrema
+        for min_gap in (3, 5):
+            keys = find_keyframes(signal, min_gap=min_gap)
+            assert keys[0] == 0 and keys[-1] == n - 1
+            assert np.all(np.diff(keys) >= min_gap)
+            assert len(keys) - 2 <= n // 10
+        assert len(find_keyframes(signal, max_keyframes=2)) <= 4
+
+
+def test_keyframes_sit_on_the_extrema_of_a_sine():
+    n, period = 200, 40
+    signal = np.sin(2 * np.pi * np.arange(n) / period)
+    keys = find_keyframes(signal, max_keyframes=100)
+    expected = np.arange(period // 4, n - 1, period // 2)  # maxima and minima
+    assert keys[0] == 0 and keys[-1] == n - 1
+    np.testing.assert_allclose(keys[1:-1], expected, atol=1)
+
+
+def test_matched_reference_against_itself_is_identity():
+    ref = head_motion(300)
+    index = match_reference_frames(ref, ref)
+    assert index.dtype == np.int64 and index.shape == (300,)
+    assert np.abs(index - np.arange(300)).max() <= 1
+    assert np.mean(index == np.arange(300)) > 0.95
+
+
+def test_matched_never_traverses_the_reference_faster_than_real_time():
+    pred, ref = head_motion(250, seed=3), head_motion(300, seed=4)
+    index = match_reference_frames(pred, ref)  # search_speed 1: radius = keyframe gap
+    assert index.min() >= 0 and index.max() < 300
+    assert np.abs(np.diff(index)).max() <= 1
+
+
+def test_matched_keyframes_take_the_nearest_angles_in_the_window():
+    pred, ref = head_motion(120, seed=5), head_motion(300, seed=6)
+    index = match_reference_frames(pred, ref, search_radius=1000)  # window = all frames
+    keys = find_keyframes(pred[:, 2])
+    brute = np.abs(pred[keys, None, :3] - ref[None, :, :3]).sum(-1).argmin(1)
+    np.testing.assert_array_equal(index[keys], brute)
+
+
+def test_matched_mode_uses_reference_poses():
+    pred, ref = head_motion(90, seed=7), head_motion(300, seed=8)
+    pose, index = resolve_pose(pred, ref, PoseControls("matched"))
+    np.testing.assert_allclose(pose, ref[index])
+    pose2, index2 = resolve_pose(pred, ref, PoseControls("matched", amplitude=2.0))
+    np.testing.assert_array_equal(index2, index)
+    mean = ref.mean(0)
+    np.testing.assert_allclose(pose2 - mean, 2.0 * (ref[index] - mean))
+
+
+def test_predicted_mode():
+    pred, ref = head_motion(90, seed=9), head_motion(300, seed=10)
+    pose, index = resolve_pose(pred, ref, PoseControls("predicted", amplitude=1.0, smoothing=1))
+    np.testing.assert_allclose(pose, pred)
+    brute = np.abs(pred[:, None, :3] - ref[None, :, :3]).sum(-1).argmin(1)
+    np.testing.assert_array_equal(index, brute)
+    np.testing.assert_array_equal(nearest_reference_frames(pred, ref), brute)
+    smoothed, _ = resolve_pose(pred, ref, PoseControls("predicted", smoothing=7))
+    np.testing.assert_allclose(smoothed, smooth_pose(pred, 7))
+    still_mean, _ = resolve_pose(pred, ref, PoseControls("predicted", amplitude=0.0))
+    np.testing.assert_allclose(still_mean, np.tile(ref.mean(0), (90, 1)), atol=1e-12)
+
+
+def test_still_mode_is_constant_reference_frame_zero():
+    pred, ref = head_motion(50, seed=11), head_motion(300, seed=12)
+    pose, index = resolve_pose(torch.tensor(pred, dtype=torch.float32), torch.tensor(ref), PoseControls("still", amplitude=3.0))
+    assert isinstance(pose, torch.Tensor) and pose.dtype == torch.float32
+    assert isinstance(index, np.ndarray) and np.all(index == 0)
+    torch.testing.assert_close(pose, torch.tensor(ref[:1], dtype=torch.float32).expand(50, 6))
+
+
+def test_bad_controls_and_inputs():
+    with pytest.raises(ConfigError, match="pose.mode"):
+        PoseControls(mode="wobble")
+    controls = PoseControls()
+    controls.mode = "Matched"
+    with pytest.raises(ConfigError, match="pose.mode.*matched, predicted, still"):
+        resolve_pose(head_motion(20), head_motion(30), controls)
+    with pytest.raises(ConfigError, match="pose.amplitude"):
+        PoseControls(amplitude=-1.0)
+    with pytest.raises(ConfigError, match="pose.smoothing"):
+        PoseControls(smoothing=2.5)
+    with pytest.raises(InputError, match="ref_pose"):
+        resolve_pose(head_motion(20), np.zeros((30, 3)))
+    with pytest.raises(InputError, match="pred_pose"):
+        resolve_pose(np.full((20, 6), np.nan), head_motion(30))
