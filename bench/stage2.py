@@ -7,6 +7,13 @@ step (Adam, batch norm in D, dropout on). Inference reads the identity from the 
 
     python bench/stage2.py                       # CPU: 64, 128, 256; train batch 1 and 4, infer batch 4
     python bench/stage2.py --sizes 256 --device cuda   # adds bf16 autocast and channels_last variants
+    python bench/stage2.py --pipeline            # also the library path at the config preset (below)
+
+``--pipeline`` adds rows measured through the code that training and inference actually run:
+:class:`talkinghead.train.refiner.RefinerTask` ``.training_step`` (the model built from
+``configs/refiner/<preset>.yaml`` with its image size replaced) and
+:func:`talkinghead.pipeline.stage2.refine_frames` with the identity recalled from the memory
+(keyframes every 25 frames, interpolated).
 
 Each measurement runs one warm-up iteration, then iterates until ``--seconds`` have passed (at
 least ``--min-iters`` iterations). Numbers are throughput on this machine, not tests.
@@ -112,6 +119,37 @@ def infer_step_fn(model, inputs, autocast):
     return step
 
 
+def pipeline_rows(sizes, train_batches, infer_batch, preset, device, seconds, min_iters) -> None:
+    """Training it/s of RefinerTask.training_step and inference fps of refine_frames at each size."""
+    from talkinghead.cli import compose_config
+    from talkinghead.pipeline.stage2 import Refiner, refine_frames
+    from talkinghead.models.features import make_identity_feature
+    from talkinghead.train.refiner import RefinerTask, model_spec_from_config
+
+    cfg = compose_config("train", ["stage=refiner", f"refiner={preset}"])
+    print(f"library path, preset refiner={preset} (ngf={cfg.refiner.model.ngf}, ndf={cfg.refiner.model.ndf}, "
+          f"slots={cfg.refiner.model.memory_slots}); inference: refine_frames, identity from memory")
+    for size in sizes:
+        torch.manual_seed(0)
+        model_cfg = {**cfg.refiner.model, "image_size": size}
+        spec = model_spec_from_config(model_cfg)
+        task = RefinerTask(spec)
+        for model in task.models.values():
+            model.to(device).train()
+        task.configure_optimizers()
+        cells = []
+        for batch in train_batches:
+            inputs, target, identity = make_batch(batch, size, device, False)
+            data = {"inputs": inputs, "target": target, "identity": identity}
+            counter = iter(range(1 << 30))
+            cells.append(f"{timed(lambda: task.training_step(data, next(counter)), device, seconds, min_iters):14.2f}")
+        generator = task.models["generator"].eval()
+        refiner = Refiner(generator, make_identity_feature(spec["identity_feature"]), size, spec["render_size"])
+        frames = torch.rand(50, 3, size, size, device=device)
+        fps = timed(lambda: refine_frames(refiner, frames, batch_size=infer_batch), device, seconds, min_iters) * len(frames)
+        print(f"{size:>5} {'library':>8} " + " ".join(cells) + f" {fps:15.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
@@ -124,6 +162,9 @@ def main() -> None:
     parser.add_argument("--min-iters", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (0 = torch default); 1 is steadier on a busy machine")
+    parser.add_argument("--pipeline", action="store_true",
+                        help="also measure RefinerTask.training_step / refine_frames at a config preset")
+    parser.add_argument("--preset", default="default", help="configs/refiner/<preset>.yaml for --pipeline")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -160,6 +201,8 @@ def main() -> None:
             del model, discriminator
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    if args.pipeline:
+        pipeline_rows(args.sizes, args.train_batches, args.infer_batch, args.preset, device, args.seconds, args.min_iters)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,8 @@ def test_nearer_triangle_wins_in_either_order():
     for order in ([near, far], [far, near]):
         vertices = torch.cat(order)[None]
         near_id = 0 if order[0] is near else 1
-        out = TorchRenderer().render(vertices, torch.tensor([[0, 1, 2], [3, 4, 5]]), colours if near_id == 0 else colours.flip(1), CAMERA, 128)
+        vertex_colours = colours if near_id == 0 else colours.flip(1)
+        out = TorchRenderer().render(vertices, torch.tensor([[0, 1, 2], [3, 4, 5]]), vertex_colours, CAMERA, 128)
         centre = out.triangle_id[0, 50, 50]
         assert centre == near_id
         assert torch.allclose(out.rgb[0, :, 50, 50], torch.tensor([1.0, 0.0, 0.0]))
@@ -194,17 +195,20 @@ def test_near_plane_drops_a_triangle_crossing_it():
     assert not out.mask.any()
 
 
-def test_shared_edges_no_gaps_no_double_claims():
-    """Grid vertices on pixel centres: many centres lie exactly on edges and vertices."""
+@pytest.mark.parametrize("n, step", [(6, 4.0), (11, 1.0), (13, 0.5)])
+def test_shared_edges_no_gaps_no_double_claims(n, step):
+    """Grid vertices on pixel centres: many centres lie exactly on edges and vertices (with
+    step 0.5 every triangle holds at most one centre, so the single-centre pass decides)."""
     size = 40
-    pixels, depth, tris = grid_mesh()
+    pixels, depth, tris = grid_mesh(n=n, step=step)
     claims = np.zeros((size, size), int)
     for tri in tris:  # each triangle alone
         claims += raster_ids(pixels, depth, tri[None], size, size).numpy() >= 0
-    # The grid spans centres 10.5 .. 30.5; by the top-left rule its left and top borders are
-    # in, its right and bottom borders out: pixels 10..29 each claimed exactly once.
+    # The grid spans centres 10.5 .. 10.5 + extent; by the top-left rule its left and top
+    # borders are in, its right and bottom borders out: each pixel claimed exactly once.
+    extent = int((n - 1) * step)
     expected = np.zeros((size, size), int)
-    expected[10:30, 10:30] = 1
+    expected[10 : 10 + extent, 10 : 10 + extent] = 1
     np.testing.assert_array_equal(claims, expected)
     together = raster_ids(pixels, depth, tris, size, size).numpy()
     np.testing.assert_array_equal(together >= 0, expected > 0)
@@ -270,7 +274,8 @@ def test_perspective_correct_interpolation():
     ii, jj = torch.nonzero(mask, as_tuple=True)
     centres = torch.stack([jj + 0.5, ii + 0.5], -1).double()
     # Ray through each centre: point(depth) = unproject(centre, depth), linear in depth.
-    p1, p2 = camera.unproject(centres, torch.ones(len(ii), dtype=torch.float64)), camera.unproject(centres, torch.full((len(ii),), 2.0, dtype=torch.float64))
+    ones = torch.ones(len(ii), dtype=torch.float64)
+    p1, p2 = camera.unproject(centres, ones), camera.unproject(centres, 2 * ones)
     c = corners.double()
     normal = torch.cross(c[1] - c[0], c[2] - c[0], dim=0)
     s = ((c[0] - p1) @ normal) / ((p2 - p1) @ normal)
@@ -335,11 +340,27 @@ def test_batch_equals_separate_calls():
         assert torch.allclose(single.depth, batched.depth[b : b + 1], atol=1e-5)
 
 
+def test_cpu_batch_groups_do_not_change_the_result(monkeypatch):
+    import talkinghead.render.rasterizer as rasterizer_module
+
+    pixels, depth, tris = triangle_soup(8, 30, 48)
+    shifts = torch.tensor([[[0.0, 0.0]], [[3.3, -2.1]], [[-5.2, 1.7]]])
+    batch_pixels = torch.as_tensor(pixels, dtype=torch.float32)[None] + shifts
+    batch_depth = torch.as_tensor(depth, dtype=torch.float32)[None].expand(3, -1)
+    tris = torch.as_tensor(tris)
+    whole = rasterize(batch_pixels, batch_depth, tris, 48, 48)
+    monkeypatch.setattr(rasterizer_module, "_CPU_TRIANGLES_PER_GROUP", 1)  # one batch element per group
+    grouped = rasterize(batch_pixels, batch_depth, tris, 48, 48)
+    assert whole[0].numel() > 0
+    assert torch.equal(whole[0], grouped[0]) and torch.equal(whole[1], grouped[1])
+
+
 def test_output_shapes_background_and_image_size():
     corners, tris, colour_of = tilted_plane_scene()
     colours = torch.rand(2, 4, 5)  # any number of channels
     bg = torch.rand(2, 5, 32, 32)
-    out = TorchRenderer().render(corners[None].expand(2, -1, -1), tris, colours, CAMERA.with_size(128), image_size=32, background=bg)
+    vertices = corners[None].expand(2, -1, -1)
+    out = TorchRenderer().render(vertices, tris, colours, CAMERA.with_size(128), image_size=32, background=bg)
     assert isinstance(out, RenderOutput)
     assert out.rgba.shape == (2, 6, 32, 32) and out.depth.shape == (2, 1, 32, 32)
     assert out.triangle_id.shape == (2, 32, 32) and out.triangle_id.dtype == torch.long
@@ -385,7 +406,8 @@ def dense_scene(batch: int = 2, size: int = 96):
     n = 50
     y, x = torch.meshgrid(torch.linspace(-0.9, 0.9, n), torch.linspace(-0.8, 0.8, n), indexing="ij")
     z = 0.5 * (1 - (x / 0.8) ** 2 - (y / 0.9) ** 2).clamp_min(0).sqrt() + 0.03 * torch.sin(9 * x) * torch.cos(7 * y)
-    vertices = torch.stack([x, y, z], -1).reshape(1, -1, 3) + 0.05 * torch.randn(batch, 1, 3, generator=torch.Generator().manual_seed(0))
+    shifts = 0.05 * torch.randn(batch, 1, 3, generator=torch.Generator().manual_seed(0))
+    vertices = torch.stack([x, y, z], -1).reshape(1, -1, 3) + shifts
     idx = torch.arange(n * n).reshape(n, n)
     a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
     tris = torch.cat([torch.stack([a, b, d], -1).reshape(-1, 3), torch.stack([a, d, c], -1).reshape(-1, 3)])
@@ -421,4 +443,5 @@ def test_parity_with_pytorch3d():
     same_tri = (ours.triangle_id == theirs.triangle_id)[both]
     assert same_tri.float().mean() > 0.99
     assert (rgb_ours[same_tri] - rgb_theirs[same_tri]).abs().max() < 1e-3
-    assert (ours.depth - theirs.depth)[both.unsqueeze(1)].abs().max() < 1e-3
+    depth_gap = (ours.depth - theirs.depth)[:, 0][both][same_tri]
+    assert depth_gap.abs().max() < 1e-3

@@ -13,3 +13,7 @@ from talkinghead.face.coeffs import (
     join_coeffs,
     split_coeffs,
 )
+from talkinghead.face.shading import irradiance, sh_basis, shade
+from talkinghead.face.morphable import FIVE_POINT_INDICES, FaceGeometry, MorphableModel, five_points
+from talkinghead.face.procedural import EXPRESSION_UNITS, make_procedural_model
+from talkinghead.face.bfm import convert_bfm09, load_face_model

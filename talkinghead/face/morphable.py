@@ -250,12 +250,15 @@ class MorphableModel(torch.nn.Module):
                 header = f.metadata() or {}
                 tensors = {key: f.get_tensor(key) for key in f.keys()}
         except Exception as err:  # safetensors raises several types for corrupt files
-            raise InputError(f"face model file {path} is not a readable .safetensors file ({err}); re-create it") from err
+            raise InputError(
+                f"face model file {path} is not a readable .safetensors file ({err}); re-create it"
+            ) from err
         if header.get("format") != FILE_FORMAT:
             raise InputError(f"{path} is not a talkinghead face model (format {header.get('format')!r}); re-create it")
         if header.get("version") != FILE_VERSION:
             raise InputError(
-                f"face model {path} has version {header.get('version')!r}, this code reads {FILE_VERSION!r}; re-create it"
+                f"face model {path} has version {header.get('version')!r}, this code reads "
+                f"{FILE_VERSION!r}; re-create it"
             )
         missing = [key for key in _REQUIRED_BUFFERS if key not in tensors]
         if missing:

@@ -9,7 +9,7 @@ sees it about 2/3 of a 224 crop wide.
 How it is built (all in numpy, then handed to torch):
 
 * **Mesh.** Points are laid out in a 2-D *canonical* plane (x right, y up): a hexagonal
-  lattice inside a convex face outline, twice as dense around the eyes, nose and mouth,
+  lattice inside a convex face outline, 1.8 times as dense around the eyes and mouth,
   plus points on feature curves (outline, eyelid margins, iris and pupil circles, inner
   and outer lip lines) and the 68 landmarks. A Delaunay triangulation of those points
   gives one disk-shaped front surface without holes. In the canonical plane the mouth is
@@ -28,10 +28,10 @@ How it is built (all in numpy, then handed to torch):
   darkness, iris colour, ...), then random smooth fields with decreasing amplitude. Only
   these random parts depend on ``seed``.
 
-Mesh density: ``resolution`` is the number of lattice spacings across the face width
-(1.52 units); the vertex count grows as about ``1.43 * resolution**2`` (64 -> ~5.9k
-vertices / ~11.6k triangles, the default; 156 -> ~35k vertices / ~70k triangles, BFM
-size). ``target_vertices`` picks the resolution for a wanted vertex count.
+Mesh density: the coarse lattice spacing is ``1.6 / resolution`` model units (the face is
+1.52 wide); the vertex count grows as about ``1.62 * resolution**2``: 64 (the default) ->
+~6.8k vertices / ~13.3k triangles; 148 -> ~35k vertices / ~70k triangles (BFM size).
+``target_vertices`` picks the resolution for a wanted vertex count.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import Delaunay, cKDTree
 
+from talkinghead.errors import ConfigError
 from talkinghead.face.coeffs import EXP_DIM, ID_DIM, TEX_DIM
 from talkinghead.face.morphable import MorphableModel
 
@@ -81,12 +82,12 @@ TEXTURE_COMPONENTS: dict[str, int] = {
     )
 }
 
-#: The coarse lattice spacing is this / resolution (the outline is 1.52 units wide).
+#: The coarse lattice spacing is this / resolution (the face outline is 1.52 units wide).
 _LATTICE_SPAN = 1.6
 #: The lattice around the eyes and mouth is this many times denser (per unit length).
 _DENSE_FACTOR = 1.8
 #: Vertices per resolution**2 (measured; see the module docstring).
-_VERTICES_PER_RES2 = 1.6
+_VERTICES_PER_RES2 = 1.62
 
 
 # ------------------------------------------------------------------------------ layout
@@ -98,7 +99,7 @@ class _Layout:
     outline_y: float = -0.05
     outline_half_width: float = 0.76
     outline_top: float = 1.0
-    outline_bottom: float = 1.0
+    outline_bottom: float = 0.97
     outline_power_top: float = 2.6
     outline_power_bottom: float = 2.1
     # eyes (the subject's right eye is at -x, image left)
@@ -124,7 +125,7 @@ class _Layout:
     mouth_y: float = -0.47
     mouth_half_width: float = 0.245
     mouth_band: float = 0.075  # canonical half-height of the mouth-interior band at the centre
-    mouth_slit: float = 0.03  # neutral slit height / canonical band height
+    mouth_slit: float = 0.001  # neutral slit height / canonical band height (closed lips)
     lip_zone: float = 0.16  # canonical height above/below the band that takes up the squeeze
     lip_outer_extra: float = 0.014  # outer lip corners (48/54) lie this far beyond the inner ones
     upper_lip_height: float = 0.075
@@ -133,6 +134,7 @@ class _Layout:
     chin_y: float = -0.86
 
 
+#: The neutral face's layout (a short name, as it is used everywhere below).
 L = _Layout()
 
 
@@ -203,7 +205,7 @@ def _iris_centre(side: int) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- mouth
 def _band_half_height(x: np.ndarray) -> np.ndarray:
     """Canonical half-height of the mouth-interior band (0 beyond the mouth corners)."""
-    return L.mouth_band * np.sqrt(np.clip(1.0 - (x / L.mouth_half_width) ** 2, 0.0, 1.0))
+    return L.mouth_band * np.clip(1.0 - (x / L.mouth_half_width) ** 2, 0.0, 1.0)
 
 
 def _squeeze_y(x: np.ndarray, y_canonical: np.ndarray) -> np.ndarray:
@@ -355,13 +357,9 @@ def _landmarks_canonical() -> np.ndarray:
     pts[27:31] = np.stack([np.zeros(4), np.linspace(L.nasion_y - 0.01, L.nose_tip_y, 4)], -1)
     pts[31:36] = np.stack([[-0.085, -0.045, 0.0, 0.045, 0.085], [-0.195, -0.208, L.subnasale_y, -0.208, -0.195]], -1)
     # eyes: 36 outer, 37 38 upper, 39 inner, 40 41 lower (image left); 42-47 right eye
+    # (left to right along the upper lid, then back along the lower one, for both eyes)
     for first, side in ((36, -1), (42, 1)):
-        ex = side * L.eye_x
-        a = L.eye_half_width
-        if side < 0:
-            xs = np.array([ex - a, ex - a / 3, ex + a / 3, ex + a, ex + a / 3, ex - a / 3])
-        else:
-            xs = np.array([ex - a, ex - a / 3, ex + a / 3, ex + a, ex + a / 3, ex - a / 3])
+        xs = side * L.eye_x + L.eye_half_width * np.array([-1.0, -1 / 3, 1 / 3, 1.0, 1 / 3, -1 / 3])
         _, up, lo = _lid_lines(xs, side)
         ys = np.where(np.arange(6) < 3, up, lo)
         ys[0], ys[3] = up[0], up[3]  # corners: both lines meet
@@ -427,10 +425,13 @@ def _feature_lines(fine: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
         crisp.append(_graph_points(lambda x, s=sign: L.mouth_y + s * _band_half_height(x), -mw, mw, step)[1:-1])
     # outer lip contour (designed in the neutral face, moved to the canonical plane)
     reach = mw + L.lip_outer_extra
-    for part in (0, 1):
+    rim = 0.8 * fine  # a second line just outside the contour keeps the lip edge even
+    for part, offset in ((0, 0.0), (1, 0.0), (0, rim), (1, rim)):
         sign = 1.0 - 2.0 * part
-        pts = _graph_points(lambda x, p=part, s=sign: L.mouth_y + s * _outer_lip_heights(x)[p], -reach, reach, step)
-        pts = pts[np.abs(pts[:, 1] - L.mouth_y) > 0.6 * fine]
+        pts = _graph_points(
+            lambda x, p=part, s=sign, o=offset: L.mouth_y + s * (_outer_lip_heights(x)[p] + o), -reach, reach, step
+        )
+        pts = pts[np.abs(pts[:, 1] - L.mouth_y) > 0.6 * fine + offset]
         pts[:, 1] = _unsqueeze_y(pts[:, 0], pts[:, 1])
         crisp.append(pts)
     # rows across the mouth band, so the cavity gets regular triangles
@@ -491,6 +492,7 @@ def _triangulate(points: np.ndarray) -> np.ndarray:
 
 
 def _build_vertices(points: np.ndarray) -> _Vertices:
+    """Neutral positions and region tags of the canonical-plane points."""
     X, Y = points[:, 0], points[:, 1]
     x = X.copy()
     y = _squeeze_y(X, Y)
@@ -503,9 +505,14 @@ def _build_vertices(points: np.ndarray) -> _Vertices:
     mouth_interior = np.abs(d) < band - 1e-9
     r = np.where(mouth_interior, d / np.maximum(band, 1e-12), 0.0)
     slit_z = _face_height(x, np.full(n, L.mouth_y))
-    z = np.where(mouth_interior, slit_z - 0.012 * _cavity_profile(r), z)
+    z = np.where(mouth_interior, slit_z, z)  # closed: flush with the lips (the slit has no area)
     hu, hl = _outer_lip_heights(x)
-    lip = ~mouth_interior & (y <= L.mouth_y + hu + 1e-9) & (y >= L.mouth_y - hl - 1e-9) & (np.abs(x) <= L.mouth_half_width + L.lip_outer_extra)
+    lip = (
+        ~mouth_interior
+        & (y <= L.mouth_y + hu + 1e-9)
+        & (y >= L.mouth_y - hl - 1e-9)
+        & (np.abs(x) <= L.mouth_half_width + L.lip_outer_extra)
+    )
 
     # eyes: the eyeball inside the opening, lids hugging it outside
     apex = float(_face_height(np.array([L.eye_x]), np.array([L.eye_y]))[0]) + 0.005
@@ -534,13 +541,32 @@ def _cavity_profile(r: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------- expression units
 def _mouth_taper(X: np.ndarray) -> np.ndarray:
+    """1 at the middle of the mouth, falling to 0 at the corners."""
     return np.clip(1.0 - (X / L.mouth_half_width) ** 2, 0.0, 1.0) ** 0.6
+
+
+def _jaw_spread(X: np.ndarray) -> np.ndarray:
+    """Height over which the jaw weight goes from 0 to 1 (besides the mouth band): nothing in
+    the middle of the mouth, more toward the corners (so the opening is lens-shaped) and a
+    lot on the cheeks beyond them (the skin stretches smoothly)."""
+    return (
+        0.25 * (1.0 - _mouth_taper(X))
+        + 0.6 * _smoothstep(L.mouth_half_width - 0.03, L.mouth_half_width + 0.35, np.abs(X))
+        + 1e-4
+    )
+
+
+def _opening_profile(X: np.ndarray) -> np.ndarray:
+    """Fraction of the full lip separation at ``X``: 1 in the middle, 0 at the corners (the
+    lens shape of an opening mouth; the same for every unit so that they cancel cleanly)."""
+    band = _band_half_height(X)
+    return 2.0 * band / (2.0 * band + _jaw_spread(X))
 
 
 def _mouth_opening(v: _Vertices, up: float, down: float, depth: float) -> np.ndarray:
     """Inner lips part vertically (upper lip +up, lower lip -down, tapering to the corners);
     the band between them stretches and recedes by ``depth`` (the cavity)."""
-    taper = _mouth_taper(v.X)
+    taper = _opening_profile(v.X)
     band = _band_half_height(v.X)
     d = v.Y - L.mouth_y
     upper = 1.0 - _smoothstep(0.0, 0.12, d - band)
@@ -558,9 +584,7 @@ def _jaw_weight(v: _Vertices) -> np.ndarray:
     """How much each vertex follows the jaw: 1 below the mouth, 0 above; the step is sharp
     across the mouth band and widens toward the cheeks."""
     band = _band_half_height(v.X)
-    spread = 0.6 * _smoothstep(L.mouth_half_width - 0.03, L.mouth_half_width + 0.35, np.abs(v.X)) + 1e-4
-    w = np.clip(0.5 - (v.Y - L.mouth_y) / (2.0 * band + spread), 0.0, 1.0)
-    return w
+    return np.clip(0.5 - (v.Y - L.mouth_y) / (2.0 * band + _jaw_spread(v.X)), 0.0, 1.0)
 
 
 def _unit_jaw_open(v: _Vertices) -> np.ndarray:
@@ -596,8 +620,8 @@ def _unit_lip_spread(v: _Vertices) -> np.ndarray:
 
 def _unit_lip_close(v: _Vertices) -> np.ndarray:
     """Lips pressed together: the inner lips move toward each other (closing a gap of about
-    0.05, i.e. a slightly open jaw), the lower lip tucks under the upper one."""
-    out = _mouth_opening(v, up=-0.016, down=-0.036, depth=0.0)
+    0.046, i.e. jaw_open ~0.15), the lower lip tucks under the upper one."""
+    out = _mouth_opening(v, up=-0.014, down=-0.032, depth=0.0)
     d = v.Y - L.mouth_y
     near = _gauss(v.x / 0.25, (v.y - L.mouth_y) / 0.1)
     out[:, 2] += np.where(d < 0, -0.02, -0.008) * near
@@ -615,12 +639,13 @@ def _unit_smile(v: _Vertices) -> np.ndarray:
     cheeks = _gauss((np.abs(v.x) - 0.33) / 0.12, (v.y + 0.12) / 0.11)
     out[:, 1] += 0.035 * cheeks
     out[:, 2] += 0.03 * cheeks
-    for side in (-1, 1):  # lower lids rise a little (a Duchenne smile squints)
-        sigma, up, lo = _lid_lines(v.x, side)
-        within = np.abs(sigma) < 1.0
-        below = v.y <= lo + 1e-7
-        rise = np.where(below, 1.0 - _smoothstep(0.0, 0.06, lo - v.y), (up - v.y) / np.maximum(up - lo, 1e-9))
-        out[:, 1] += 0.012 * np.where(within & (v.y < up - 1e-7), rise, 0.0)
+    for side in (-1, 1):  # the cheeks push the skin under the lower lids up (a Duchenne smile)
+        sigma, _, lo = _lid_lines(v.x, side)
+        below = lo - v.y  # >= 0 under the lower lid; the lid margin itself stays put
+        bulge = _smoothstep(0.0, 0.025, below) * (1.0 - _smoothstep(0.03, 0.1, below))
+        bulge *= np.clip(1.0 - sigma**2, 0.0, 1.0) * (below >= 0)
+        out[:, 1] += 0.01 * bulge
+        out[:, 2] += 0.008 * bulge
     return out
 
 
@@ -668,7 +693,9 @@ _UNIT_FIELDS = {
 }
 
 
-def _random_bumps(v: _Vertices, rng: np.random.Generator, count: int, radius: tuple, amplitude: np.ndarray) -> np.ndarray:
+def _random_bumps(
+    v: _Vertices, rng: np.random.Generator, count: int, radius: tuple, amplitude: np.ndarray
+) -> np.ndarray:
     """``count`` smooth localised displacement fields ``[N, 3, count]``."""
     pos = np.stack([v.x, v.y, v.z], -1)
     centres = pos[rng.integers(0, v.n, size=count)]
@@ -735,18 +762,27 @@ def _identity_basis(v: _Vertices, rng: np.random.Generator) -> np.ndarray:
 # --------------------------------------------------------------------------- albedo
 _SKIN = np.array([0.80, 0.60, 0.50])
 _LIP = np.array([0.72, 0.38, 0.38])
+_LIP_LINE = np.array([0.55, 0.27, 0.27])
 _BROW = np.array([0.30, 0.22, 0.17])
 _SCLERA = np.array([0.93, 0.91, 0.88])
 _IRIS = np.array([0.36, 0.23, 0.13])
 _PUPIL = np.array([0.03, 0.03, 0.03])
 _LASH = np.array([0.12, 0.09, 0.08])
 _CAVITY = np.array([0.10, 0.035, 0.035])
-_TEETH = np.array([0.92, 0.90, 0.82])
+_TEETH = np.array([0.88, 0.85, 0.78])
 _TONGUE = np.array([0.55, 0.22, 0.22])
 
 
 def _mix(base: np.ndarray, colour: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return base + np.clip(weight, 0.0, 1.0)[:, None] * (colour - base)
+
+
+def _on_outer_lip_line(v: _Vertices) -> np.ndarray:
+    """1.0 for vertices on the outer lip contour (the vermilion border), else 0.0."""
+    hu, hl = _outer_lip_heights(v.x)
+    d = v.y - L.mouth_y
+    gap = np.minimum(np.abs(d - hu), np.abs(d + hl))
+    return (v.lip & (gap < 1e-7) & (np.abs(d) > 1e-6)).astype(float)
 
 
 def _region_weights(v: _Vertices) -> dict[str, np.ndarray]:
@@ -755,7 +791,8 @@ def _region_weights(v: _Vertices) -> dict[str, np.ndarray]:
     brow_d = np.abs(y - _brow_line(ax))
     brow_u = np.clip((ax - 0.09) / 0.43, 0.0, 1.0)
     brow_half = 0.026 - 0.01 * brow_u
-    brow = (1.0 - _smoothstep(brow_half * 0.4, brow_half * 1.5, brow_d)) * _smoothstep(0.07, 0.11, ax) * (1.0 - _smoothstep(0.5, 0.56, ax))
+    along = _smoothstep(0.07, 0.11, ax) * (1.0 - _smoothstep(0.5, 0.56, ax))  # inner end to tail
+    brow = (1.0 - _smoothstep(brow_half * 0.4, brow_half * 1.5, brow_d)) * along
     skin = (~v.eye_inside & ~v.mouth_interior).astype(float)
     return {"brow": brow * skin, "skin": skin}
 
@@ -771,12 +808,11 @@ def _mean_albedo(v: _Vertices) -> np.ndarray:
     albedo -= np.array([0.05, 0.05, 0.04]) * _smoothstep(0.75, 1.0, ax / half)[:, None]  # face edge
     regions = _region_weights(v)
     albedo = _mix(albedo, _BROW, regions["brow"])
-    # lips: full colour inside the vermilion, fading over a thin rim outside it
-    hu, hl = _outer_lip_heights(x)
-    d = y - L.mouth_y
-    beyond = np.where(d > 0, d - hu, -d - hl)
-    lip = (1.0 - _smoothstep(0.0, 0.012, beyond)) * (ax < L.mouth_half_width + L.lip_outer_extra + 0.01)
+    # lips: full colour inside the vermilion border, part colour on it (a soft, even edge)
+    lip = np.where(v.lip, 1.0, 0.0) - 0.4 * _on_outer_lip_line(v)
     albedo = _mix(albedo, _LIP, lip)
+    inner_edge = v.lip & (np.abs(np.abs(v.Y - L.mouth_y) - _band_half_height(v.X)) < 1e-9)
+    albedo = _mix(albedo, _LIP_LINE, inner_edge.astype(float))  # the line where the lips meet
     # eyes: lashes along the margins, sclera / iris / pupil inside
     for side in (-1, 1):
         sigma, up, lo = _lid_lines(x, side)
@@ -798,7 +834,8 @@ def _mean_albedo(v: _Vertices) -> np.ndarray:
     # mouth cavity: dark, upper teeth under the upper lip, tongue low in the middle
     r = v.r
     cavity = np.tile(_CAVITY, (n, 1))
-    cavity = _mix(cavity, _TEETH, _smoothstep(0.3, 0.45, r) * (1.0 - _smoothstep(0.9, 0.98, r)) * _mouth_taper(x) ** 0.5)
+    teeth = _smoothstep(0.3, 0.45, r) * (1.0 - _smoothstep(0.9, 0.98, r)) * _mouth_taper(x) ** 0.5
+    cavity = _mix(cavity, _TEETH, teeth)
     cavity = _mix(cavity, _TONGUE, 0.6 * _gauss((r + 0.55) / 0.2) * _mouth_taper(x))
     albedo = np.where(v.mouth_interior[:, None], cavity, albedo)
     # nostrils
@@ -826,7 +863,7 @@ def _texture_basis(v: _Vertices, rng: np.random.Generator) -> np.ndarray:
     named = {
         "skin_tone": (skin, [0.08, 0.07, 0.06]),
         "redness": (skin, [0.035, -0.01, -0.015]),
-        "olive": (skin, [0.0, 0.015, -0.03]),
+        "olive": (skin, [0.0, 0.012, -0.02]),
         "lip_colour": (lip, [0.06, -0.04, -0.02]),
         "brow_darkness": (regions["brow"], [-0.08, -0.07, -0.06]),
         "cheek_blush": (_gauss((ax - 0.36) / 0.12, (y + 0.08) / 0.12) * skin, [0.04, -0.01, -0.01]),
@@ -846,7 +883,7 @@ def _texture_basis(v: _Vertices, rng: np.random.Generator) -> np.ndarray:
     radii = rng.uniform(0.08, 0.3, size=extra)
     colours = rng.normal(size=(extra, 3)) * 0.25 + rng.normal(size=(extra, 1))  # mostly brightness
     colours /= np.linalg.norm(colours, axis=1, keepdims=True)
-    amplitude = np.geomspace(0.015, 0.004, extra)
+    amplitude = np.geomspace(0.012, 0.003, extra)
     weight = np.exp(-0.5 * ((pos[:, None] - centres[None]) ** 2).sum(-1) / radii**2) * skin[:, None]  # [N, extra]
     basis[:, :, len(TEXTURE_COMPONENTS):] = weight[:, None, :] * (colours.T * amplitude)[None]
     return basis
@@ -863,14 +900,16 @@ def make_procedural_model(seed: int = 0, resolution: int = 64, target_vertices: 
 
     Args:
         seed: seeds the random identity, expression (units 7..63) and texture components.
-        resolution: lattice spacings across the face width; about ``1.43 * resolution**2``
-            vertices (64 -> ~5.9k, 156 -> ~35k).
+        resolution: mesh density; about ``1.62 * resolution**2`` vertices (64 -> ~6.8k,
+            148 -> ~35k).
         target_vertices: if given, overrides ``resolution`` to get about this many vertices.
     """
     if target_vertices is not None:
         resolution = resolution_for_vertices(int(target_vertices))
-    if resolution < 8:
-        raise ValueError(f"resolution must be at least 8, got {resolution}")
+    if int(resolution) < 8:
+        raise ConfigError(f"procedural face model: resolution must be at least 8, got {resolution}; use e.g. 64")
+    if int(seed) < 0:
+        raise ConfigError(f"procedural face model: seed must be a non-negative integer, got {seed}")
     points = _mesh_points(int(resolution))
     triangles = _triangulate(points)
     v = _build_vertices(points)

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from talkinghead.errors import InputError
+from talkinghead.face.morphable import five_points  # the one definition of the 5 points
 
 _ARCFACE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -24,15 +25,6 @@ def five_point_template(crop_size: int = 224, zoom: float = TEMPLATE_ZOOM) -> np
     """Target positions ``[5, 2]`` of the five points in a ``crop_size`` crop."""
     centre = np.array([56.0, 56.0])
     return ((_ARCFACE_112 - centre) * zoom + centre) * (crop_size / 112.0)
-
-
-def five_points(landmarks68: np.ndarray) -> np.ndarray:
-    """68 iBUG landmarks ``[..., 68, 2]`` -> the five points ``[..., 5, 2]``."""
-    lm = np.asarray(landmarks68, dtype=np.float64)
-    return np.stack(
-        [lm[..., 36:42, :].mean(-2), lm[..., 42:48, :].mean(-2), lm[..., 30, :], lm[..., 48, :], lm[..., 54, :]],
-        axis=-2,
-    )
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -56,7 +48,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def alignment_transforms(landmarks68: np.ndarray, crop_size: int = 224) -> np.ndarray:
     """Per-frame transforms ``[N, 2, 3]`` mapping full-frame pixels into the aligned crop."""
     template = five_point_template(crop_size)
-    pts = five_points(landmarks68)
+    pts = five_points(np.asarray(landmarks68, np.float64))
     return np.stack([similarity_transform(p, template) for p in pts.reshape(-1, 5, 2)]).reshape(
         *pts.shape[:-2], 2, 3
     )
@@ -79,3 +71,21 @@ def apply_transform(points: np.ndarray, transform: np.ndarray) -> np.ndarray:
 def invert_transform(transform: np.ndarray) -> np.ndarray:
     """Inverse of a ``[2, 3]`` affine (crop -> frame)."""
     return cv2.invertAffineTransform(np.asarray(transform, np.float64)).astype(np.float32)
+
+
+def reference_five_points(landmarks68: np.ndarray, reference_frames: int = 25) -> np.ndarray:
+    """A robust stand-in for frame 0's five points: the per-coordinate median ``[5, 2]`` of the
+    five points over the first ``reference_frames`` frames of ``landmarks68 [N, 68, 2]`` (one
+    second at 25 fps). One frame's detection jitters by a pixel or two and may catch a blink or
+    a turn; the median keeps the fixed crop centred on the head's usual place."""
+    lm = np.asarray(landmarks68, dtype=np.float64)
+    if lm.ndim != 3 or len(lm) == 0:
+        raise InputError(f"reference_five_points needs landmarks [N, 68, 2] with N >= 1, got {lm.shape}")
+    return np.median(five_points(lm[: max(1, int(reference_frames))]), axis=0)
+
+
+def fixed_transform(landmarks68: np.ndarray, crop_size: int = 224, reference_frames: int = 25) -> np.ndarray:
+    """The fixed crop's transform ``[2, 3]`` (full frame -> crop), used for every frame: the
+    5-point similarity of :func:`reference_five_points` onto the template (method.md section 2:
+    "frame 0's transform", made robust)."""
+    return similarity_transform(reference_five_points(landmarks68, reference_frames), five_point_template(crop_size))

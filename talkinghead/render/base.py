@@ -97,12 +97,17 @@ class Renderer(Protocol):
 # --------------------------------------------------------------------------------------
 
 
+_VALIDATED: dict[str, object] = {}
+
+
 def check_render_inputs(vertices: torch.Tensor, triangles: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
     """Validate the shapes of a render call; return ``triangles`` as a long tensor on the
     vertices' device. Raises :class:`InputError` naming the argument and the fix."""
     if not isinstance(vertices, torch.Tensor) or vertices.dim() != 3 or vertices.shape[-1] != 3:
         shape = tuple(vertices.shape) if isinstance(vertices, torch.Tensor) else type(vertices).__name__
-        raise InputError(f"render: vertices must be a [B, N, 3] tensor, got {shape}; add a batch dimension with vertices[None]")
+        raise InputError(
+            f"render: vertices must be a [B, N, 3] tensor, got {shape}; add a batch dimension with vertices[None]"
+        )
     if not vertices.is_floating_point():
         raise InputError(f"render: vertices must be floating point, got {vertices.dtype}; pass vertices.float()")
     if not isinstance(triangles, torch.Tensor) or triangles.dim() != 2 or triangles.shape[-1] != 3:
@@ -116,11 +121,16 @@ def check_render_inputs(vertices: torch.Tensor, triangles: torch.Tensor, colours
             f"render: colours must be [B, N, C] = [{vertices.shape[0]}, {vertices.shape[1]}, C] like the vertices, got {shape}"
         )
     triangles = triangles.to(device=vertices.device, dtype=torch.long)
-    if triangles.numel() and (int(triangles.min()) < 0 or int(triangles.max()) >= vertices.shape[1]):
-        raise InputError(
-            f"render: triangles index vertices outside [0, {vertices.shape[1]}) "
-            f"(min {int(triangles.min())}, max {int(triangles.max())}); check the mesh's triangle list"
-        )
+    n_vertices = vertices.shape[1]
+    cached = _VALIDATED.get("key")  # the last valid mesh: skip re-checking the same tensor
+    if triangles.numel() and not (cached and cached[0] is triangles and cached[1:] == (triangles._version, n_vertices)):
+        low, high = (int(x) for x in torch.aminmax(triangles))
+        if low < 0 or high >= n_vertices:
+            raise InputError(
+                f"render: triangles index vertices outside [0, {n_vertices}) (min {low}, max {high}); "
+                "check the mesh's triangle list"
+            )
+        _VALIDATED["key"] = (triangles, triangles._version, n_vertices)
     return triangles
 
 
@@ -138,13 +148,30 @@ def resolve_camera(camera: Camera, image_size: int | None) -> Camera:
 # --------------------------------------------------------------------------------------
 
 
+_COLUMNS_CACHE: dict[str, object] = {}
+
+
+def triangle_columns(triangles: torch.Tensor) -> torch.Tensor:
+    """``triangles [F, 3]`` as a contiguous ``[3, F]`` tensor (row k = corner k).
+
+    The last result is cached for the same tensor object (unchanged since), as a renderer is
+    called with the same mesh again and again; ``stack(unbind)`` is also much faster than a
+    strided copy on CPU."""
+    cached = _COLUMNS_CACHE.get("key")
+    if cached is not None and cached[0] is triangles and cached[1] == triangles._version:
+        return _COLUMNS_CACHE["value"]  # type: ignore[return-value]
+    columns = torch.stack(triangles.unbind(1))
+    _COLUMNS_CACHE.update(key=(triangles, triangles._version), value=columns)
+    return columns
+
+
 def corner_vertex_ids(
     triangles: torch.Tensor, n_vertices: int, batch_index: torch.Tensor, triangle_index: torch.Tensor
 ) -> torch.Tensor:
     """Flat ``[B*N]`` vertex indices ``[3, P]`` of the corners of ``P`` (batch element,
     triangle) pairs, for ``triangles [F, 3]`` shared by a batch of ``n_vertices``-vertex meshes."""
-    corners = torch.stack([column.index_select(0, triangle_index) for column in triangles.unbind(1)])  # [3, P]
-    return corners + batch_index * n_vertices
+    corners = torch.stack([row.index_select(0, triangle_index) for row in triangle_columns(triangles)])  # [3, P]
+    return corners.add_((batch_index * n_vertices).unsqueeze(0))
 
 
 def interpolate_corners(attrs: torch.Tensor, corner_ids: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
@@ -164,7 +191,9 @@ def interpolate(attrs: torch.Tensor, triangles: torch.Tensor, out: RenderOutput)
     Differentiable w.r.t. ``attrs`` and, through ``out.bary``, the vertex positions of the
     render (use it for normals, a second colour set, landmark indicators, ...)."""
     if out.bary is None:
-        raise InputError("interpolate: this RenderOutput has no barycentrics (bary is None); render with a backend that returns them")
+        raise InputError(
+            "interpolate: this RenderOutput has no barycentrics (bary is None); render with a backend that returns them"
+        )
     B, H, W = out.triangle_id.shape
     if attrs.dim() != 3 or attrs.shape[0] != B:
         raise InputError(f"interpolate: attrs must be [B={B}, N, C] like the rendered vertices, got {tuple(attrs.shape)}")
@@ -179,7 +208,9 @@ def interpolate(attrs: torch.Tensor, triangles: torch.Tensor, out: RenderOutput)
     return image.view(-1, B, H, W).transpose(0, 1).contiguous()
 
 
-def background_image(background: Background, batch: int, channels: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+def background_image(
+    background: Background, batch: int, channels: int, height: int, width: int, like: torch.Tensor
+) -> torch.Tensor:
     """``background`` as a channel-first ``[C, B, H, W]`` tensor (dtype/device of ``like``)."""
     if background is None:
         return like.new_zeros(()).expand(channels, batch, height, width)
@@ -192,7 +223,8 @@ def background_image(background: Background, batch: int, channels: int, height: 
         return bg.expand(batch, channels, height, width).transpose(0, 1)
     except RuntimeError:
         raise InputError(
-            f"render: a background tensor must broadcast to [B, C, H, W] = [{batch}, {channels}, {height}, {width}], got {tuple(bg.shape)}"
+            f"render: a background tensor must broadcast to [B, C, H, W] = [{batch}, {channels}, {height}, {width}], "
+            f"got {tuple(bg.shape)}"
         ) from None
 
 
@@ -215,15 +247,20 @@ def assemble_output(
     """
     n_pixels = batch * height * width
     channels = colour.shape[0]
-    bg = background_image(background, batch, channels, height, width, colour).reshape(channels, n_pixels)
-    rgb = bg.index_copy(1, pixel_index, colour)  # [C, B*H*W]
-    alpha = colour.new_zeros(1, n_pixels).index_fill_(1, pixel_index, 1.0)
-    rgba = torch.cat([rgb, alpha]).view(channels + 1, batch, height, width).transpose(0, 1).contiguous()
-    depth_image = depth.new_zeros(n_pixels).index_copy(0, pixel_index, depth).view(batch, 1, height, width)
+    # One [C + 1, B*H*W] buffer: background, then the covered pixels written in place
+    # (autograd tracks in-place writes into a fresh tensor).
+    rgba = colour.new_empty(channels + 1, batch, height, width)
+    rgba[:channels].copy_(background_image(background, batch, channels, height, width, colour))
+    rgba[channels].zero_()
+    flat = rgba.view(channels + 1, n_pixels)
+    flat[:channels].index_copy_(1, pixel_index, colour)
+    flat[channels].index_fill_(0, pixel_index, 1.0)
+    rgba = rgba.transpose(0, 1)  # [B, C + 1, H, W]
+    depth_image = depth.new_zeros(n_pixels).index_copy_(0, pixel_index, depth).view(batch, 1, height, width)
     triangle_id = torch.full((n_pixels,), -1, dtype=torch.long, device=colour.device)
     triangle_id = triangle_id.index_copy_(0, pixel_index, triangle_index).view(batch, height, width)
-    bary_image = bary.new_zeros(3, n_pixels).index_copy(1, pixel_index, bary)
-    bary_image = torch.stack(bary_image.view(3, batch, height, width).unbind(0), -1)  # [B, H, W, 3]
+    bary_image = bary.new_zeros(n_pixels, 3).index_copy_(0, pixel_index, bary.T).view(batch, height, width, 3)
+    rgba = rgba if batch == 1 else rgba.contiguous()
     return RenderOutput(rgba=rgba, depth=depth_image, triangle_id=triangle_id, bary=bary_image)
 
 

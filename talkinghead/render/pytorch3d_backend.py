@@ -58,7 +58,8 @@ def _import_pytorch3d():
         from pytorch3d.renderer import MeshRasterizer, PerspectiveCameras, RasterizationSettings
         from pytorch3d.structures import Meshes
     except Exception as err:  # ImportError, or a broken build raising at import time
-        raise ConfigError(f"renderer=pytorch3d: pytorch3d does not import ({type(err).__name__}: {err}); {INSTALL_HINT}") from None
+        reason = f"{type(err).__name__}: {err}"
+        raise ConfigError(f"renderer=pytorch3d: pytorch3d does not import ({reason}); {INSTALL_HINT}") from None
     return Meshes, PerspectiveCameras, RasterizationSettings, MeshRasterizer
 
 
@@ -133,7 +134,7 @@ class PyTorch3DRenderer:
             cull_backfaces=self.cull_backfaces,
         )
         rasterizer = MeshRasterizer(cameras=pytorch3d_camera(camera, batch, vertices.device), raster_settings=settings)
-        meshes = Meshes(verts=vertices.float(), faces=triangles.unsqueeze(0).expand(batch, -1, -1))
+        meshes = Meshes(verts=vertices.float(), faces=triangles.unsqueeze(0).repeat(batch, 1, 1))
         fragments = rasterizer(meshes)
 
         face = fragments.pix_to_face[..., 0].reshape(-1)  # [B*H*W], packed index, -1 empty

@@ -6,34 +6,37 @@ tensor code over triangles, candidate pixels and the batch):
 1. Project the vertices once (:meth:`Camera.project`) and compute, per triangle, the integer
    range of pixel columns/rows whose *centres* ``(j + 0.5, i + 0.5)`` can lie inside it,
    clipped to the image. Triangles that cover no pixel centre, lie off-screen, have a vertex
-   at or in front of the near plane or are degenerate (or, optionally, face away from the
-   camera) are dropped.
+   at depth <= ``znear`` or are degenerate (or, optionally, face away from the camera) are
+   dropped.
 2. Candidate pixel tests, as edge functions (top-left fill rule, below) plus ``1 / depth``,
    which is affine in screen space and thus exact under perspective:
 
-   * pass A tests the first candidate (top-left pixel of the range) of *every* triangle at
-     once; in a dense face mesh most triangles have a 1 x 1 range, so this is nearly all the
-     work, done without any gather;
+   * pass A handles every triangle whose range is a single pixel centre, all at once as
+     ``[B*F]`` tensors; in a dense face mesh that is nearly every triangle that covers
+     anything, so this is most of the work;
    * pass B takes the triangles with a larger range, buckets them by range size ``K``
      (``bucket_sizes``) and tests a ``K x K`` window per triangle as one tensor, in chunks of
      at most ``max_candidates`` tests; triangles larger than the largest bucket enumerate
      exactly their range (ragged, chunked), so a 200 x 200 px triangle is fine.
+
+   On CPU the batch is processed a few elements at a time (about 128k triangles per group)
+   so that the per-triangle temporaries stay in cache.
 3. Visibility: ``scatter_reduce(amax)`` of packed int64 keys into one ``[B*H*W]`` buffer.
    High 32 bits: the float32 bit pattern of ``1 / depth`` (for positive floats the bit
    pattern orders like the value, so the max is the nearest surface); low 32 bits:
-   ``2^31 - 1 - triangle`` (equal depth goes to the lower triangle index).
+   ``2^31 - 1 - triangle`` (equal depth goes to the lower triangle index; F < 2^31).
 4. For covered pixels only, the winning triangle's perspective-correct barycentrics are
    recomputed from the differentiable projected vertices and the vertex colours are
    interpolated. Which triangle covers a pixel is not differentiable; the colour is, w.r.t.
    the vertex colours and, through the barycentrics, the vertex positions (as in
    pytorch3d's hard rasterizer).
 
-Fill rule: an edge function is ``E(p) = d x (p - m)`` with ``d`` the edge direction and ``m``
-the edge midpoint ``(a + b) / 2``, which is bit-identical for the two triangles sharing the
-edge (float addition commutes), while their ``d`` are exact negations. A pixel centre exactly
-on an edge (``E == 0``) belongs to the triangle for which the edge is a *left* edge (inward
-normal pointing to +u) or a *top* edge (horizontal, inward normal pointing down, +v). So
-triangles sharing an edge leave no gaps and never both claim a pixel centre.
+Fill rule: the edge function of the edge from corner ``p`` to corner ``q`` at a centre ``c``
+is the cross product ``(p - c) x (q - c)``; the triangle sharing that edge computes
+``(q - c) x (p - c)``, which is bit for bit its negation. A centre exactly on an edge
+(``E == 0``) belongs to the triangle for which the edge is a *left* edge (inward normal
+pointing to +u) or a *top* edge (horizontal, inward normal pointing down, +v). So triangles
+sharing an edge leave no gaps and never both claim a pixel centre.
 
 Back faces: both sides are rendered (the z-test decides) unless ``cull_backfaces=True``. A
 front face is counter-clockwise as seen from the camera in world space (x right, y up), as in
@@ -56,13 +59,17 @@ from talkinghead.render.base import (
     corner_vertex_ids,
     interpolate_corners,
     resolve_camera,
+    triangle_columns,
 )
 
 #: Window sizes (pixels per side) of the pass-B buckets, increasing. Triangles whose pixel
 #: range is larger than the last one enumerate their exact range instead.
-DEFAULT_BUCKETS: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 24, 32)
+DEFAULT_BUCKETS: tuple[int, ...] = (2, 4, 8, 16, 32)
 #: Candidate pixel tests per chunk in pass B (peak memory is about 40 bytes per test).
-DEFAULT_MAX_CANDIDATES = 1 << 21
+DEFAULT_MAX_CANDIDATES = 1 << 20
+
+#: On CPU, batch elements are rasterized in groups of about this many triangles (cache size).
+_CPU_TRIANGLES_PER_GROUP = 1 << 17
 
 _LOW_BITS = 0x7FFFFFFF  # the low word of a key holds _LOW_BITS - triangle index
 _COVERED = 1 << 32  # a key >= this has a positive 1/depth in its high word
@@ -73,72 +80,84 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 # --------------------------------------------------------------------------------------
-# Per-triangle setup
+# Edge functions
 # --------------------------------------------------------------------------------------
+#
+# For corners p_k and a point c, with a_k = p_k - c, the edge function of the edge opposite
+# corner k is  E_k(c) = a_{k+1} x a_{k+2} = cross(p_{k+2} - p_{k+1}, c - p_{k+1}).
+# Its sign is the sign s of the doubled signed area (E_0 + E_1 + E_2) inside the triangle,
+# and the triangle sharing the edge (traversed the other way) computes exactly -E_k, bit for
+# bit (products commute, and fl(x - y) = -fl(y - x)). Inside means s * E_k > 0 for all k; a
+# centre exactly on an edge (E_k == 0) is inside when the edge owns it (top-left rule).
+
+
+def _cross_rows(au: torch.Tensor, av: torch.Tensor, k: int) -> torch.Tensor:
+    """``E_k = a_{k+1} x a_{k+2}`` from corner offsets ``au``, ``av`` (first dim = corner)."""
+    i, j = (k + 1) % 3, (k + 2) % 3
+    return au[i] * av[j] - av[i] * au[j]
+
+
+def _tie_bias(corner_u: torch.Tensor, corner_v: torch.Tensor, orientation: torch.Tensor) -> torch.Tensor:
+    """``[3, M]``: ``_TIE_BIAS`` for edges that own the centres lying on them, else 0.
+
+    The oriented edge ``d = s (p_{k+2} - p_{k+1})`` has the interior on the side of its
+    inward normal ``(-d_v, d_u)``; the edge owns its centres when that normal points to +u
+    (a left edge) or, for a horizontal edge, to +v (a top edge; v points down)."""
+    dir_u = (corner_u.roll(1, 0) - corner_u.roll(-1, 0)) * orientation
+    dir_v = (corner_v.roll(1, 0) - corner_v.roll(-1, 0)) * orientation
+    owns = (dir_v < 0) | ((dir_v == 0) & (dir_u > 0))
+    return torch.where(owns, _TIE_BIAS, 0.0)
 
 
 @dataclass
-class _Setup:
-    """Raster setup of ``M`` triangles: ``[M]`` or ``[3, M]`` (one row per edge; edge ``i``
-    is opposite vertex ``i``). Float32 unless noted."""
+class _Triangles:
+    """Pass-B triangles with their setup: ``[M]`` or ``[3, M]`` (row = corner / opposite
+    edge); float32 unless noted."""
 
+    corner_u: torch.Tensor  # [3, M] pixel coordinates of the corners
+    corner_v: torch.Tensor  # [3, M]
+    orientation: torch.Tensor  # sign of the doubled signed area
+    tie_bias: torch.Tensor  # [3, M] see _tie_bias
     col0: torch.Tensor  # first candidate pixel column (integral)
     row0: torch.Tensor  # first candidate pixel row
-    cols: torch.Tensor  # candidate columns in range (>= 1 for kept triangles)
-    rows: torch.Tensor  # candidate rows in range
+    cols: torch.Tensor  # candidate columns (>= 1)
+    rows: torch.Tensor  # candidate rows (>= 1)
+    inv_depth0: torch.Tensor  # 1/depth at the first candidate centre (affine in screen space)
+    inv_depth_du: torch.Tensor  # d(1/depth)/du
+    inv_depth_dv: torch.Tensor  # d(1/depth)/dv
     base: torch.Tensor  # long: flat index of pixel (row0, col0) in the [B*H*W] buffer
     low_word: torch.Tensor  # int32: _LOW_BITS - triangle index
-    mid_u: torch.Tensor  # [3, M] edge midpoints
-    mid_v: torch.Tensor  # [3, M]
-    dir_u: torch.Tensor  # [3, M] edge directions, oriented so that the interior has E > 0
-    dir_v: torch.Tensor  # [3, M]
-    tie_bias: torch.Tensor  # [3, M] _TIE_BIAS where the edge owns centres lying on it, else 0
-    inv_depth_weight: torch.Tensor  # [3, M] (1 / z_i) / |2 area|: 1/depth = sum_i weight_i E_i(p)
 
-    def take(self, index: torch.Tensor) -> "_Setup":
-        """The triangles at ``index`` (long ``[M']``)."""
-        return _Setup(**{f.name: getattr(self, f.name).index_select(-1, index) for f in fields(self)})
+    @classmethod
+    def build(cls, corner_u, corner_v, corner_q, area, first_edges, col0, row0, cols, rows, base, low_word) -> "_Triangles":
+        """Setup from the corners ``[3, M]`` (pixels, 1/depth), ``area [M]`` and the edge
+        functions at the first candidate centre ``first_edges [3, M]``.
 
-    def slice(self, start: int, stop: int) -> "_Setup":
-        return _Setup(**{f.name: getattr(self, f.name)[..., start:stop] for f in fields(self)})
+        ``1/depth(c) = sum_k q_k E_k(c) / area``, with ``dE_k/du = v_{k+1} - v_{k+2}`` and
+        ``dE_k/dv = u_{k+2} - u_{k+1}``."""
+        orientation = area.sign()
+        weight = corner_q / area  # [3, M]
+        return cls(
+            corner_u=corner_u,
+            corner_v=corner_v,
+            orientation=orientation,
+            tie_bias=_tie_bias(corner_u, corner_v, orientation),
+            col0=col0,
+            row0=row0,
+            cols=cols,
+            rows=rows,
+            inv_depth0=(weight * first_edges).sum(0),
+            inv_depth_du=(weight * (corner_v.roll(-1, 0) - corner_v.roll(1, 0))).sum(0),
+            inv_depth_dv=(weight * (corner_u.roll(1, 0) - corner_u.roll(-1, 0))).sum(0),
+            base=base,
+            low_word=low_word,
+        )
 
-    def edges_at(self, centre_u: torch.Tensor, centre_v: torch.Tensor) -> torch.Tensor:
-        """Oriented edge functions ``[3, M]`` at one point per triangle (``[M]`` each)."""
-        return self.dir_u * (centre_v - self.mid_v) - self.dir_v * (centre_u - self.mid_u)
+    def take(self, index: torch.Tensor) -> "_Triangles":
+        return _Triangles(**{f.name: getattr(self, f.name).index_select(-1, index) for f in fields(self)})
 
-
-def _transposed_triangles(triangles: torch.Tensor) -> torch.Tensor:
-    """``[F, 3]`` -> contiguous ``[3, F]`` (``stack(unbind)`` is much faster than a strided copy)."""
-    return torch.stack(triangles.unbind(1))
-
-
-def _setup(
-    corner_u: torch.Tensor,
-    corner_v: torch.Tensor,
-    corner_z: torch.Tensor,
-    area: torch.Tensor,
-    col0: torch.Tensor,
-    row0: torch.Tensor,
-    cols: torch.Tensor,
-    rows: torch.Tensor,
-    base: torch.Tensor,
-    low_word: torch.Tensor,
-) -> _Setup:
-    """Edge functions, fill-rule ties and the 1/depth weights of triangles given their
-    corners ``[3, M]`` (pixels and depth) and doubled signed pixel-space ``area [M]``."""
-    start_u, end_u = corner_u.roll(-1, 0), corner_u.roll(1, 0)  # edge i: vertex i+1 -> i+2
-    start_v, end_v = corner_v.roll(-1, 0), corner_v.roll(1, 0)
-    orientation = area.sign()  # [M]: makes the interior positive for both windings
-    dir_u = (end_u - start_u) * orientation
-    dir_v = (end_v - start_v) * orientation
-    mid_u = (start_u + end_u) * 0.5
-    mid_v = (start_v + end_v) * 0.5
-    # Top-left rule on the inward normal (-dir_v, dir_u): own the edge when it points to +u
-    # (left edge) or, for a horizontal edge, to +v (top edge). score > 0 <=> owns.
-    score = (-dir_v).sign() * 2 + dir_u.sign()
-    tie_bias = score.clamp_(0, 1).mul_(_TIE_BIAS)
-    inv_depth_weight = corner_z.reciprocal() / area.abs()
-    return _Setup(col0, row0, cols, rows, base, low_word, mid_u, mid_v, dir_u, dir_v, tie_bias, inv_depth_weight)
+    def slice(self, start: int, stop: int) -> "_Triangles":
+        return _Triangles(**{f.name: getattr(self, f.name)[..., start:stop] for f in fields(self)})
 
 
 def _pack_keys(inv_depth: torch.Tensor, low_word: torch.Tensor) -> torch.Tensor:
@@ -185,15 +204,20 @@ def rasterize(
         of the covered pixels and the index of the visible triangle at each.
     """
     with torch.no_grad():
-        batch, n_vertices = depth.shape
-        n_triangles = triangles.shape[0]
+        batch = depth.shape[0]
         device = depth.device
         key_buffer = torch.zeros(batch * height * width, dtype=torch.long, device=device)
-        if batch and n_triangles:
+        n_triangles = triangles.shape[0]
+        # On CPU, rasterize a few batch elements at a time so that the per-triangle
+        # temporaries stay in cache; on GPUs one launch for the whole batch is better.
+        group = batch if device.type != "cpu" else max(1, _CPU_TRIANGLES_PER_GROUP // max(n_triangles, 1))
+        image = height * width
+        for start in range(0, batch if n_triangles else 0, group):
+            stop = min(batch, start + group)
             _rasterize_into(
-                key_buffer,
-                pixels.detach().float(),
-                depth.detach().float(),
+                key_buffer[start * image : stop * image],
+                pixels[start:stop].detach().float(),
+                depth[start:stop].detach().float(),
                 triangles,
                 height,
                 width,
@@ -224,52 +248,79 @@ def _rasterize_into(
     n_triangles = triangles.shape[0]
     device = depth.device
 
+    inv_depth = depth.reciprocal().reshape(-1)  # [B*N]
     # Corners of every triangle of every batch element, [3, B*F] (row k = corner k).
-    corner_ids = _transposed_triangles(triangles)  # [3, F]
+    corner_ids = triangle_columns(triangles)  # [3, F]
     if batch > 1:
         offsets = torch.arange(batch, device=device) * n_vertices
         corner_ids = (corner_ids.unsqueeze(1) + offsets[:, None]).reshape(3, -1)
     corner_ids = corner_ids.reshape(-1)
     corner_u = pixels[..., 0].reshape(-1).index_select(0, corner_ids).view(3, -1)
     corner_v = pixels[..., 1].reshape(-1).index_select(0, corner_ids).view(3, -1)
-    corner_z = depth.reshape(-1).index_select(0, corner_ids).view(3, -1)
-    u0, u1, u2 = corner_u
-    v0, v1, v2 = corner_v
+    corner_q = inv_depth.index_select(0, corner_ids).view(3, -1)
 
-    # Candidate pixel range: centres c + 0.5 within the corners' bounding box, in the image.
+    # Candidate pixel range: centres c + 0.5 within the corners' bounding box, in the image
+    # (NaN for non-finite corners, which then compare false below).
     col0 = (corner_u.amin(0) - 0.5).ceil_().clamp_(0, width)
-    cols = (corner_u.amax(0) - 0.5).floor_().clamp_(-1, width - 1) - col0 + 1  # NaN if not finite
+    cols = (corner_u.amax(0) - 0.5).floor_().clamp_(-1, width - 1).sub_(col0).add_(1)
     row0 = (corner_v.amin(0) - 0.5).ceil_().clamp_(0, height)
-    rows = (corner_v.amax(0) - 0.5).floor_().clamp_(-1, height - 1) - row0 + 1
-    # Doubled signed area in pixel space; negative = counter-clockwise in world = front face.
-    area = (u1 - u0) * (v2 - v0) - (v1 - v0) * (u2 - u0)
-    keep = (cols > 0) & (rows > 0) & (corner_z.amin(0) > znear) & (area != 0) & area.isfinite()
+    rows = (corner_v.amax(0) - 0.5).floor_().clamp_(-1, height - 1).sub_(row0).add_(1)
+
+    # Edge functions at the first candidate centre (col0 + 0.5, row0 + 0.5).
+    au, av = corner_u - (col0 + 0.5), corner_v - (row0 + 0.5)  # [3, B*F]
+    edges = [_cross_rows(au, av, k) for k in range(3)]  # 3 x [B*F]
+    area = edges[0] + edges[1] + edges[2]  # doubled signed area; < 0: front face (v points down)
+
+    # Kept: covers a candidate centre, not degenerate, all corners in front of the near plane
+    # (0 < 1/depth < 1/znear).
+    keep = (torch.minimum(cols, rows) > 0) & (area != 0)
+    keep &= (corner_q.amin(0) > 0) & (corner_q.amax(0) < 1.0 / znear)
     if cull_backfaces:
         keep &= area < 0
+    size = torch.maximum(cols, rows)
 
-    base = (row0.clamp(max=height - 1) * width + col0.clamp(max=width - 1)).long()  # [B*F]
-    low_word = (_LOW_BITS - torch.arange(n_triangles, device=device, dtype=torch.int32)).repeat(batch)
+    # Flat index of the first candidate (any valid index for dropped triangles: their keys are no-ops).
+    first_col = col0.clamp(max=width - 1).nan_to_num_(0.0)
+    first_row = row0.clamp(max=height - 1).nan_to_num_(0.0)
+    if height * width <= 1 << 24:  # exact in float32
+        base = torch.add(first_col, first_row, alpha=width).long()
+    else:
+        base = first_col.long() + first_row.long() * width
     if batch > 1:
         base = (base.view(batch, -1) + (torch.arange(batch, device=device) * (height * width))[:, None]).view(-1)
-    tris = _setup(corner_u, corner_v, corner_z, area, col0, row0, cols, rows, base, low_word)
+    low_word = (_LOW_BITS - torch.arange(n_triangles, device=device, dtype=torch.int32)).repeat(batch)
 
-    # Pass A: the first candidate centre of every kept triangle.
-    centre_u = torch.where(keep, col0 + 0.5, torch.nan)  # NaN fails every inside test
-    edges = tris.edges_at(centre_u, row0 + 0.5)  # [3, B*F]
-    inside = (edges + tris.tie_bias).amin(0) > 0
-    inv_depth = (tris.inv_depth_weight * edges).sum(0)
-    keys = _pack_keys(torch.where(inside, inv_depth, 0.0), low_word)
+    # Pass A: triangles whose range is a single pixel centre.
+    single = keep & (size == 1)
+    orientation = area.sign()
+    oriented = [e * orientation for e in edges]
+    nearest_edge = torch.minimum(torch.minimum(oriented[0], oriented[1]), oriented[2])
+    inside = single & (nearest_edge > 0)
+    on_edge = (single & (nearest_edge == 0)).nonzero().squeeze(1)
+    if on_edge.numel():  # centres exactly on an edge: apply the top-left rule
+        bias = _tie_bias(corner_u[:, on_edge], corner_v[:, on_edge], orientation[on_edge])
+        biased = torch.stack([e.index_select(0, on_edge) for e in oriented]) + bias
+        inside.index_put_((on_edge,), biased.amin(0) > 0)
+    first_inv_depth = (edges[0] * corner_q[0]).addcmul_(edges[1], corner_q[1]).addcmul_(edges[2], corner_q[2]).div_(area)
+    # (Masking by multiplication: much faster than torch.where on CPU; NaN/inf of dropped
+    # triangles are zeroed first.)
+    keys = _pack_keys(first_inv_depth.nan_to_num_(0.0, 0.0, 0.0).mul_(inside), low_word)
     key_buffer.scatter_reduce_(0, base, keys, "amax")
 
-    # Pass B: the triangles whose range is more than one pixel, by bucket.
-    size = torch.maximum(cols, rows)
+    # Pass B: triangles whose range is larger, bucketed by range size.
     larger = (keep & (size > 1)).nonzero().squeeze(1)
     if larger.numel() == 0:
         return
     bounds = torch.tensor(bucket_sizes, dtype=size.dtype, device=device)
     bucket, order = torch.sort(torch.bucketize(size.index_select(0, larger), bounds))
     counts = torch.bincount(bucket, minlength=len(bucket_sizes) + 1).tolist()
-    tris = tris.take(larger.index_select(0, order))
+    larger = larger.index_select(0, order)
+    tris = _Triangles.build(
+        *(x.index_select(1, larger) for x in (corner_u, corner_v, corner_q)),
+        area.index_select(0, larger),
+        torch.stack([e.index_select(0, larger) for e in edges]),
+        *(x.index_select(0, larger) for x in (col0, row0, cols, rows, base, low_word)),
+    )
     start = 0
     for window, count in zip(bucket_sizes, counts):
         if count:
@@ -279,31 +330,39 @@ def _rasterize_into(
         _splat_ranges(key_buffer, tris.slice(start, start + counts[-1]), width, max_candidates)
 
 
-def _splat_windows(key_buffer: torch.Tensor, tris: _Setup, window: int, width: int, max_candidates: int) -> None:
-    """Pass B, bucketed: test a ``window x window`` block of centres per triangle."""
-    steps = torch.arange(window, device=key_buffer.device)
-    offsets = steps.float()  # [K]
-    chunk = max(1, max_candidates // (3 * window * window))
+def _splat_windows(key_buffer: torch.Tensor, tris: _Triangles, window: int, width: int, max_candidates: int) -> None:
+    """Pass B, bucketed: test a ``window x window`` block of centres per triangle.
+
+    Tensors are laid out ``[K rows, K cols, M]`` so that every elementwise op runs along the
+    long, contiguous triangle axis (short broadcast inner axes are slow on CPU)."""
+    steps = torch.arange(window, device=key_buffer.device)[:, None]  # [K, 1]
+    offsets = steps.float()
+    chunk = max(1, max_candidates // (window * window))
     for start in range(0, tris.col0.shape[0], chunk):
         t = tris.slice(start, start + chunk)
-        # Candidate centres [M, K]; beyond the triangle's range they are NaN so tests fail.
-        centre_u = torch.where(offsets < t.cols[:, None], t.col0[:, None] + offsets + 0.5, torch.nan)
-        centre_v = torch.where(offsets < t.rows[:, None], t.row0[:, None] + offsets + 0.5, torch.nan)
-        # Edge functions are separable: dir_u * (v - mid_v) per row minus dir_v * (u - mid_u) per column.
-        row_term = t.dir_u[:, :, None] * (centre_v - t.mid_v[:, :, None])  # [3, M, K]
-        col_term = t.dir_v[:, :, None] * (centre_u - t.mid_u[:, :, None])  # [3, M, K]
-        edges = row_term[:, :, :, None] - col_term[:, :, None, :]  # [3, M, K rows, K cols]
-        inside = (edges + t.tie_bias[:, :, None, None]).amin(0) > 0  # [M, K, K]
-        inv_depth = (t.inv_depth_weight[:, :, None, None] * edges).sum(0)  # [M, K, K]
-        keys = _pack_keys(torch.where(inside, inv_depth, 0.0), t.low_word[:, None, None])
+        centre_u = t.col0 + offsets + 0.5  # [K, M] candidate centres
+        centre_v = t.row0 + offsets + 0.5
+        in_range = (offsets < t.rows)[:, None, :] & (offsets < t.cols)  # [K rows, K cols, M]
+        au = t.corner_u[:, None, :] - centre_u  # [3, K cols, M]
+        av = (t.corner_v[:, None, :] - centre_v).unsqueeze(2)  # [3, K rows, 1, M]
+        au_s, av_s = au * t.orientation, av * t.orientation  # s folded in exactly
+        nearest_edge = None
+        for k in range(3):  # oriented E_k = s a_{k+1} x a_{k+2} (+ tie bias), [K rows, K cols, M]
+            i, j = (k + 1) % 3, (k + 2) % 3
+            edge = au_s[i] * av[j] - av_s[i] * au[j]
+            edge += t.tie_bias[k]
+            nearest_edge = edge if nearest_edge is None else torch.minimum(nearest_edge, edge, out=nearest_edge)
+        row_inv_depth = t.inv_depth0 + t.inv_depth_dv * offsets  # [K rows, M]
+        inv_depth = row_inv_depth[:, None, :] + t.inv_depth_du * offsets  # [K rows, K cols, M]
+        keys = _pack_keys(inv_depth.mul_((nearest_edge > 0) & in_range), t.low_word)  # 1/depth, or 0 if outside
         # Pixel of each candidate, clamped into the triangle's range (masked ones are no-ops).
-        row_step = torch.minimum(steps, t.rows.long()[:, None] - 1)  # [M, K]
-        col_step = torch.minimum(steps, t.cols.long()[:, None] - 1)
-        pixel_index = (t.base[:, None] + row_step * width)[:, :, None] + col_step[:, None, :]  # [M, K, K]
+        row_step = torch.minimum(steps, t.rows.long() - 1)  # [K, M]
+        col_step = torch.minimum(steps, t.cols.long() - 1)
+        pixel_index = (t.base + row_step * width)[:, None, :] + col_step  # [K rows, K cols, M]
         key_buffer.scatter_reduce_(0, pixel_index.reshape(-1), keys.reshape(-1), "amax")
 
 
-def _splat_ranges(key_buffer: torch.Tensor, tris: _Setup, width: int, max_candidates: int) -> None:
+def _splat_ranges(key_buffer: torch.Tensor, tris: _Triangles, width: int, max_candidates: int) -> None:
     """Pass B for big triangles: enumerate exactly each ``rows x cols`` range (ragged), in
     chunks of at most ``max_candidates`` tests (one triangle is at most one image)."""
     sizes = (tris.rows * tris.cols).long()
@@ -322,16 +381,17 @@ def _splat_ranges(key_buffer: torch.Tensor, tris: _Setup, width: int, max_candid
         cols = t.cols.long()
         row = local // cols
         col = local - row * cols
-        edges = t.edges_at(t.col0 + col + 0.5, t.row0 + row + 0.5)  # [3, T]
-        inside = (edges + t.tie_bias).amin(0) > 0
-        inv_depth = (t.inv_depth_weight * edges).sum(0)
-        keys = _pack_keys(torch.where(inside, inv_depth, 0.0), t.low_word)
+        au = t.corner_u - (t.col0 + col + 0.5)  # [3, T]
+        av = t.corner_v - (t.row0 + row + 0.5)
+        oriented = torch.stack([_cross_rows(au * t.orientation, av, k) for k in range(3)]) + t.tie_bias
+        inv_depth = t.inv_depth0 + t.inv_depth_du * col + t.inv_depth_dv * row
+        keys = _pack_keys(inv_depth.mul_(oriented.amin(0) > 0), t.low_word)  # 1/depth, or 0 if outside
         key_buffer.scatter_reduce_(0, t.base + row * width + col, keys, "amax")
         start = stop
 
 
 # --------------------------------------------------------------------------------------
-# Differentiable part: barycentrics and interpolation at the covered pixels
+# Differentiable part: barycentrics at the covered pixels
 # --------------------------------------------------------------------------------------
 
 
@@ -352,15 +412,13 @@ def perspective_barycentrics(
     ``1 / z_i`` (``b_i = (l_i / z_i) / sum_j l_j / z_j``) and depth ``1 / sum_j l_j / z_j``.
     """
     flat = corner_ids.reshape(-1)
-    corner_u = pixels[..., 0].reshape(-1).index_select(0, flat).view(3, -1)  # [3, P]
-    corner_v = pixels[..., 1].reshape(-1).index_select(0, flat).view(3, -1)
+    au = pixels[..., 0].reshape(-1).index_select(0, flat).view(3, -1) - centre_u  # [3, P] corner - centre
+    av = pixels[..., 1].reshape(-1).index_select(0, flat).view(3, -1) - centre_v
     corner_z = depth.reshape(-1).index_select(0, flat).view(3, -1)
-    start_u, end_u = corner_u.roll(-1, 0), corner_u.roll(1, 0)  # edge opposite each corner
-    start_v, end_v = corner_v.roll(-1, 0), corner_v.roll(1, 0)
-    weight = (end_u - start_u) * (centre_v - start_v) - (end_v - start_v) * (centre_u - start_u)  # = 2 area * l_i
-    perspective = weight / (weight.sum(0) * corner_z)  # l_i / z_i
-    inv_depth = perspective.sum(0)  # [P]
-    return perspective / inv_depth, inv_depth.reciprocal()
+    weight = torch.stack([_cross_rows(au, av, k) for k in range(3)])  # = 2 area * l_k
+    over_z = weight / corner_z  # proportional to l_k / z_k
+    total = over_z.sum(0)  # [P]
+    return over_z / total, weight.sum(0) / total
 
 
 class TorchRenderer:

@@ -233,7 +233,7 @@ def _formant_envelope(formants: np.ndarray, freqs: np.ndarray, tract_scale: floa
     """Cascade of 2-pole resonators: formants ``[H, 4]`` (Hz) -> magnitude ``[H, bins]``."""
     f = freqs[None, :, None]  # [1, bins, 1]
     fk = formants[:, None, :]  # [H, 1, 4]
-    bk = _BANDWIDTHS * tract_scale
+    bk = (_BANDWIDTHS * tract_scale).astype(np.float32)
     mag = fk**2 / np.sqrt((fk**2 - f**2) ** 2 + (f * bk) ** 2)  # [H, bins, 4], 1 at DC
     return mag.prod(-1)
 
@@ -280,8 +280,8 @@ def synthesize(timeline: Timeline, voice: Voice, rng: np.random.Generator, num_s
     f0 = np.interp(np.arange(n) / SAMPLE_RATE, t_hop, f0_hop)
 
     # Sources and the time-varying filter in the STFT domain.
-    freqs = np.fft.rfftfreq(_NFFT, 1.0 / SAMPLE_RATE)  # [bins]
-    env = _formant_envelope(formants, freqs, voice.tract_scale)  # [H, bins]
+    freqs = np.fft.rfftfreq(_NFFT, 1.0 / SAMPLE_RATE).astype(np.float32)  # [bins]
+    env = _formant_envelope(formants.astype(np.float32), freqs, voice.tract_scale)  # [H, bins]
     nasal = _IS_NASAL[ph][:, None]
     fz = np.maximum(_TABLE_ANTIFORMANT[ph][:, None] * voice.tract_scale, 1.0)  # [H, 1]
     zero = np.sqrt((fz**2 - freqs**2) ** 2 + (freqs * 200.0) ** 2) / fz**2  # anti-resonance
@@ -293,8 +293,8 @@ def synthesize(timeline: Timeline, voice: Voice, rng: np.random.Generator, num_s
     fric_env = np.exp(-0.5 * ((freqs[None] - _TABLE_NOISE_HZ[ph][:, None]) / _TABLE_NOISE_BW[ph][:, None]) ** 2)
 
     kwargs = dict(fs=SAMPLE_RATE, nperseg=_NFFT, noverlap=_NFFT - _HOP, boundary="zeros", padded=True)
-    voiced = _glottal_source(f0)
-    noise = rng.normal(0.0, 1.0, n) * 0.5
+    voiced = _glottal_source(f0).astype(np.float32)
+    noise = rng.normal(0.0, 0.5, n).astype(np.float32)
     _, _, v_spec = signal.stft(voiced, **kwargs)  # [bins, H']
     _, _, n_spec = signal.stft(noise, **kwargs)
     h = v_spec.shape[1]
@@ -305,7 +305,7 @@ def synthesize(timeline: Timeline, voice: Voice, rng: np.random.Generator, num_s
     )
     _, audio = signal.istft(spec, fs=SAMPLE_RATE, nperseg=_NFFT, noverlap=_NFFT - _HOP, boundary=True)
     audio = np.pad(audio, (0, max(0, n - len(audio))))[:n]
-    audio = audio * 1.0 + rng.normal(0.0, 3e-4, n)  # recording floor
+    audio = audio * 0.5 + rng.normal(0.0, 2e-4, n)  # level (peaks below -3 dBFS), recording floor
     return np.clip(audio, -0.99, 0.99).astype(np.float32)
 
 

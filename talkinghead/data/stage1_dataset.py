@@ -1,0 +1,151 @@
+"""Stage-1 training data: fixed-length windows of (MFCC windows, expression + pose targets).
+
+:class:`Stage1WindowDataset` cuts every clip into sequences of ``window`` consecutive video
+frames. Item ``i`` is::
+
+    {"windows": float32 [T, 28, 12],   # one MFCC window per frame (talkinghead.audio.features)
+     "target":  float32 [T, 70]}       # stage1_target(coeffs): expression 64, angles 3,
+                                       # translation 3 with z shifted by -0.5
+
+The MFCC windows of a clip are computed once, from the clip's whole audio track, when the
+dataset is built (``frame_windows(audio, num_frames)``); items are then slices of two
+contiguous arrays, so ``__getitem__`` costs a copy of a few kilobytes.
+
+Which frames are used: ``frames`` (a slice of video frames, e.g. ``clip.train_slice`` = 0-299
+for personal fine-tuning; ``None`` = all frames). Sequences start every ``stride`` frames
+inside that range; a range of ``F`` frames gives ``(F - window) // stride + 1`` sequences
+(285 for frames 0-299, window 16, stride 1, as in method.md section 4).
+
+``random_offset=True`` (general training on long clips, like LRW's "random 16-frame windows")
+shifts each sequence's start by a random number of frames in ``[0, stride)`` drawn from the
+global torch RNG; the training loop seeds that RNG per sample from ``(seed, epoch, index)``,
+so the crops are reproducible and independent of worker count and resuming. With
+``stride=4`` an epoch is a quarter of the stride-1 windows, each a random one of the 4 that
+start in its slot, so every frame is still seen while epochs stay short.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from talkinghead.audio.features import frame_windows
+from talkinghead.data.clip import PersonClip, read_clip
+from talkinghead.errors import ConfigError, InputError
+from talkinghead.face.coeffs import stage1_target
+
+__all__ = ["Stage1WindowDataset", "ClipFrames", "load_clip_frames"]
+
+
+@dataclass
+class ClipFrames:
+    """The Stage-1 arrays of one clip over a range of frames."""
+
+    name: str
+    windows: np.ndarray  # float32 [F, 28, 12]
+    target: np.ndarray  # float32 [F, 70]
+    first_frame: int  # clip frame index of row 0
+
+
+def _frame_range(clip: PersonClip, frames: slice | None) -> tuple[int, int]:
+    """``frames`` resolved against the clip's length: ``(start, stop)``, clamped to the clip."""
+    if frames is None:
+        return 0, clip.num_frames
+    if frames.step not in (None, 1):
+        raise ConfigError(f"Stage-1 frame ranges must be contiguous (step 1), got {frames}")
+    start, stop, _ = frames.indices(clip.num_frames)
+    return start, max(start, stop)
+
+
+def load_clip_frames(clip: PersonClip | str | os.PathLike, frames: slice | None = None) -> ClipFrames:
+    """MFCC windows (from the clip's whole audio) and Stage-1 targets of ``frames`` of a clip.
+
+    The windows are computed over the whole audio and then cut, so frame ``t`` gets the same
+    window whether or not the range starts at 0 (its 280 ms context is real audio, not padding).
+    """
+    if not isinstance(clip, PersonClip):
+        clip = read_clip(clip)
+    if clip.audio is None:
+        raise InputError(f"{clip.root}: this clip has no audio track; Stage 1 trains on clips with speech")
+    start, stop = _frame_range(clip, frames)
+    windows = frame_windows(clip.audio, clip.num_frames, fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
+    target = stage1_target(np.asarray(clip.coeffs[start:stop], dtype=np.float32))  # [F, 70]
+    return ClipFrames(clip.name, windows[start:stop], np.ascontiguousarray(target, dtype=np.float32), start)
+
+
+class Stage1WindowDataset(Dataset):
+    """Sequences of ``window`` frames from one or more person clips (see the module docstring).
+
+    Args:
+        clips: :class:`PersonClip` objects or clip directories.
+        window: frames per sequence (16 in the paper).
+        stride: frames between the starts of consecutive sequences of a clip.
+        frames: the frame range used in every clip (``None``: all frames); a clip shorter than
+            the range contributes what it has.
+        random_offset: shift each start by a random ``[0, stride)`` frames (see the module
+            docstring); the shifted sequence never runs past the clip's range.
+    """
+
+    def __init__(
+        self,
+        clips: Sequence[PersonClip | str | os.PathLike],
+        window: int = 16,
+        stride: int = 1,
+        frames: slice | None = None,
+        random_offset: bool = False,
+    ):
+        if not isinstance(window, int) or window < 1:
+            raise ConfigError(f"audio2coeff window={window!r} must be a positive number of frames (e.g. 16)")
+        if not isinstance(stride, int) or stride < 1:
+            raise ConfigError(f"audio2coeff stride={stride!r} must be a positive number of frames (e.g. 1)")
+        self.window = window
+        self.stride = stride
+        self.random_offset = bool(random_offset)
+
+        parts = [load_clip_frames(clip, frames) for clip in clips]
+        usable = [p for p in parts if len(p.target) >= window]
+        self.clip_names = [p.name for p in usable]
+        self.skipped = [p.name for p in parts if len(p.target) < window]
+        # All clips' frames end to end; sequence starts index into these arrays.
+        if usable:
+            self.windows = torch.from_numpy(np.concatenate([p.windows for p in usable]))  # [sum F, 28, 12]
+            self.target = torch.from_numpy(np.concatenate([p.target for p in usable]))  # [sum F, 70]
+        else:
+            self.windows = torch.zeros(0, 28, 12)
+            self.target = torch.zeros(0, 70)
+        starts, limits, clip_index = [], [], []
+        offset = 0
+        for i, part in enumerate(usable):
+            count = len(part.target)
+            local = np.arange(0, count - window + 1, stride)  # [S_i]
+            starts.append(offset + local)
+            limits.append(np.full(len(local), offset + count - window))  # last valid start
+            clip_index.append(np.full(len(local), i))
+            offset += count
+        cat = lambda xs: torch.from_numpy(np.concatenate(xs)) if xs else torch.zeros(0, dtype=torch.int64)  # noqa: E731
+        self.starts = cat(starts)  # [num_sequences] first frame (global row)
+        self.last_start = cat(limits)  # [num_sequences] largest start that still fits the clip
+        self.clip_index = cat(clip_index)  # [num_sequences]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        start = int(self.starts[index])
+        if self.random_offset and self.stride > 1:
+            shift = int(torch.randint(self.stride, ()))
+            start = min(start + shift, int(self.last_start[index]))
+        stop = start + self.window
+        return {"windows": self.windows[start:stop].clone(), "target": self.target[start:stop].clone()}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({len(self.clip_names)} clips, {len(self)} sequences of {self.window} frames, "
+            f"stride {self.stride}{', random offset' if self.random_offset else ''})"
+        )
+

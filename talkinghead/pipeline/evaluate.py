@@ -1,0 +1,204 @@
+"""Evaluation of a person's models on their held-out frames (300-399 by default).
+
+    python scripts/evaluate.py person=DIR [weights=DIR] [out=metrics.json]
+
+Three groups of numbers, all on frames the person's fine-tuning never saw:
+
+``stage1``  (:func:`talkinghead.pipeline.stage1` evaluator) Stage 1 driven by the clip's own
+            held-out audio: mouth landmark distance ``lmd`` (px at 224, true pose and identity,
+            so only the mouth shape differs), lip-sync correlation ``lipsync_corr`` and best
+            offset ``lipsync_offset`` (frames), head-pose similarity ``hs`` (our definition,
+            :mod:`talkinghead.metrics.pose`) of the smoothed predicted pose, and the baselines
+            it reports (``lmd_mean_expression``, ``lmd_loudness`` when available).
+``stage2``  the refiner on the clip's own coefficients rendered over the same frames' crops
+            (a perfect Stage 1): ``psnr``/``ssim`` of refined frames and ``psnr_input``/
+            ``ssim_input`` of the blended render, against the real crops, with the identity
+            feature read from the memory (``identity=memory``, the test-time path).
+``pose``    HS between the real head motion of the held-out frames and the pose each pose mode
+            (``still``, ``predicted``, ``matched``) produces from the held-out audio.
+
+The building blocks (:func:`evaluate_stage1`, :func:`evaluate_stage2`,
+:func:`evaluate_pose_modes`) are shared with :mod:`talkinghead.pipeline.tables`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from talkinghead.errors import ConfigError, InputError
+from talkinghead.pipeline.pose import POSE_MODES, PoseControls, resolve_pose
+
+#: Stage-2 identity sources evaluated (see :data:`talkinghead.pipeline.infer.IDENTITY_MODES`).
+STAGE2_IDENTITIES = ("memory", "clip", "zero")
+
+
+def _stage1_evaluator():
+    """``evaluate_audio2coeff`` from wherever the Stage-1 module defines it."""
+    try:
+        from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff
+    except ImportError:
+        from talkinghead.pipeline.stage1 import evaluate_audio2coeff
+    return evaluate_audio2coeff
+
+
+def _plain(value: Any) -> Any:
+    """Metrics as JSON-friendly Python numbers."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def held_out_frames(clip, frames: slice | None = None) -> slice:
+    """The evaluated frames (default the clip's test frames), checked against the clip length."""
+    frames = frames if frames is not None else clip.test_slice
+    start, stop, _ = frames.indices(clip.num_frames)
+    if stop - start < 8:
+        raise InputError(f"{clip.root}: only {max(stop - start, 0)} frames in {frames} to evaluate "
+                         f"(the clip has {clip.num_frames}); evaluation needs at least 8 held-out frames")
+    return slice(start, stop)
+
+
+def evaluate_stage1(model, clip, face_model, frames: slice | None = None, **kwargs) -> dict:
+    """Stage-1 metrics of ``model`` on ``clip``'s held-out frames (see the module docstring)."""
+    return _plain(_stage1_evaluator()(model, clip, face_model, frames=held_out_frames(clip, frames), **kwargs))
+
+
+def evaluate_stage2(refiner, clip, face_model, renderer, frames: slice | None = None,
+                    identity: str = "memory", batch_size: int = 8) -> dict:
+    """PSNR/SSIM of ``refiner`` on ``clip``'s held-out frames with the identity feature from
+    the memory (``memory``), the person's own feature (``clip``) or zeros (``zero``)."""
+    from talkinghead.pipeline.stage2 import evaluate_refiner
+
+    if identity not in STAGE2_IDENTITIES:
+        raise ConfigError(f"identity={identity!r}; use one of {', '.join(STAGE2_IDENTITIES)}")
+    feature = refiner.identity_of(clip) if identity == "clip" else None
+    result = evaluate_refiner(refiner, clip, face_model, renderer, frames=held_out_frames(clip, frames),
+                              use_memory=identity == "memory", identity=feature, batch_size=batch_size)
+    return _plain(result)
+
+
+def evaluate_pose_modes(model, clip, ref_frames: slice | None = None, frames: slice | None = None,
+                        modes: Sequence[str] = POSE_MODES, amplitude: float = 1.0, smoothing: int = 7,
+                        device="cpu") -> dict[str, float]:
+    """HS (ours) between the real angles of the held-out frames and each pose mode's angles
+    driven by the same frames' audio: ``{mode: hs}``. Reference frames default to the clip's
+    training frames (what inference uses)."""
+    from talkinghead.face.coeffs import split_coeffs
+    from talkinghead.metrics.pose import head_pose_similarity
+    from talkinghead.pipeline.stage1 import predict_expression_pose
+
+    frames = held_out_frames(clip, frames)
+    ref_frames = ref_frames if ref_frames is not None else clip.train_slice
+    n = frames.stop - frames.start
+    _, pred_pose = predict_expression_pose(model, clip.audio_for_frames(frames), num_frames=n, device=device)
+    ref = split_coeffs(np.asarray(clip.coeffs[ref_frames]))
+    ref_pose = np.concatenate([ref.angles, ref.translation], axis=1)  # [M, 6]
+    real_angles = split_coeffs(np.asarray(clip.coeffs[frames])).angles  # [n, 3]
+    result = {}
+    for mode in modes:
+        pose, _ = resolve_pose(pred_pose, ref_pose, PoseControls(mode=mode, amplitude=amplitude, smoothing=smoothing))
+        result[mode] = head_pose_similarity(np.asarray(pose)[:, :3], real_angles)
+    return result
+
+
+def evaluate_person(
+    person: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    device: str = "auto",
+    renderer: str = "torch",
+    controls: PoseControls | None = None,
+    frames: slice | None = None,
+) -> dict:
+    """All metrics of a person's (fine-tuned) models on their held-out frames:
+    ``{"person", "weights", "frames", "stage1": {...}, "stage2": {...}, "pose": {mode: hs}}``."""
+    from talkinghead.pipeline.infer import load_person
+
+    controls = controls or PoseControls()
+    models = load_person(person, weights, device=device, renderer=renderer, with_audio=True)
+    clip = models.clip
+    frames = held_out_frames(clip, frames)
+    return {
+        "person": clip.name,
+        "weights": str(models.weights),
+        "frames": [frames.start, frames.stop],
+        "stage1": evaluate_stage1(models.stage1, clip, models.face_model, frames),
+        "stage2": evaluate_stage2(models.refiner, clip, models.face_model, models.renderer, frames, "memory"),
+        "pose": evaluate_pose_modes(models.stage1, clip, models.ref_frames, frames, amplitude=controls.amplitude,
+                                    smoothing=int(controls.smoothing), device=models.device),
+    }
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """A metric for a table cell (``-`` when absent)."""
+    if value is None:
+        return "-"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def format_person_metrics(result: Mapping[str, Any]) -> str:
+    """Markdown summary of :func:`evaluate_person`'s result."""
+    s1, s2, pose = result["stage1"], result["stage2"], result["pose"]
+    start, stop = result["frames"]
+    lines = [
+        f"### {result['person']} (frames {start}-{stop - 1}, models {result['weights']})",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| mouth LMD, px at 224 (lower is better) | {format_number(s1.get('lmd'))} |",
+        f"| lip-sync correlation (higher is better) | {format_number(s1.get('lipsync_corr'))} |",
+        f"| lip-sync best offset, frames | {format_number(s1.get('lipsync_offset'))} |",
+        f"| HS of the predicted pose, ours (higher is better) | {format_number(s1.get('hs'))} |",
+        f"| PSNR refined / blended input, dB | {format_number(s2.get('psnr'), 2)} / {format_number(s2.get('psnr_input'), 2)} |",
+        f"| SSIM refined / blended input | {format_number(s2.get('ssim'))} / {format_number(s2.get('ssim_input'))} |",
+    ]
+    for mode, value in pose.items():
+        lines.append(f"| HS, pose mode {mode} | {format_number(value)} |")
+    return "\n".join(lines)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as JSON atomically (temporary file + rename)."""
+    path = Path(path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(_plain(data), indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as err:
+        raise InputError(f"cannot write {path} ({err.strerror}); choose a writable out=") from None
+    return path
+
+
+def evaluate_from_config(cfg) -> dict:
+    """``scripts/evaluate.py``: ``person`` (required), ``weights``, ``out``, ``pose.*``."""
+    from talkinghead.cli import cfg_get
+
+    person = cfg_get(cfg, "person")
+    if not person:
+        raise ConfigError("person= is required: a person clip with fine-tuned models (PERSON/finetuned)")
+    controls = PoseControls(mode=str(cfg_get(cfg, "pose.mode", "matched")), amplitude=cfg_get(cfg, "pose.amplitude", 1.0),
+                            smoothing=cfg_get(cfg, "pose.smoothing", 7))
+    result = evaluate_person(person, cfg_get(cfg, "weights"), device=cfg_get(cfg, "device", "auto"),
+                             renderer=cfg_get(cfg, "renderer.name", "torch"), controls=controls)
+    print(format_person_metrics(result))
+    out = cfg_get(cfg, "out")
+    if out:
+        print(f"wrote {write_json(out, result)}")
+    return result

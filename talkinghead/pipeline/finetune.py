@@ -1,0 +1,192 @@
+"""Personal fine-tuning: (preprocess a video into a clip, then) fine-tune Stage 1 and Stage 2
+from the general models, as one resumable job.
+
+    python scripts/finetune.py person=DIR [video=FILE] [stage=both|audio2coeff|refiner]
+
+Steps, each skipped when already finished (rerunning the same command resumes the job):
+
+1. ``preprocess``  -- only with ``video=FILE`` and when ``PERSON/meta.json`` does not exist yet:
+   :func:`talkinghead.preprocess.pipeline.preprocess_video` writes the person clip.
+2. ``audio2coeff`` -- Stage 1 fine-tuned on frames 0-299 from ``GENERAL/audio2coeff`` into
+   ``OUT/audio2coeff`` (``OUT`` defaults to ``PERSON/finetuned``).
+3. ``refiner``     -- Stage 2 likewise from ``GENERAL/refiner`` into ``OUT/refiner``.
+
+A stage is finished when its directory holds ``done.json`` (written last, atomically, by the
+stage's trainer); an interrupted stage resumes from its newest checkpoint. Delete a stage's
+directory to fine-tune it again from scratch. One progress bar follows the job's steps; the
+current stage's training bar is shown beneath it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from talkinghead.errors import ConfigError, InputError, TrainingError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("audio2coeff", "refiner")
+STAGE_CHOICES = ("both", *STAGES)
+DONE_FILE = "done.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def is_done(stage_dir: str | os.PathLike) -> bool:
+    """Whether ``stage_dir`` holds a finished run (``done.json`` and the exported weights)."""
+    stage_dir = Path(stage_dir)
+    return (stage_dir / DONE_FILE).is_file() and (stage_dir / WEIGHTS_FILE).is_file()
+
+
+def require_general(general: str | os.PathLike, stage: str, data_root: str | None = None) -> Path:
+    """``GENERAL/<stage>`` if it is a finished general model, else a one-line
+    :class:`TrainingError` with the command that trains it."""
+    stage_dir = Path(general) / stage
+    if not is_done(stage_dir):
+        root = data_root or "data/synthetic"
+        raise TrainingError(
+            f"no general {stage} model in {stage_dir} (done.json/weights missing); train it first: "
+            f"python scripts/train.py stage={stage} data.root={root} out={stage_dir} (or set general=DIR)"
+        )
+    return stage_dir
+
+
+def parse_stages(stage: str) -> tuple[str, ...]:
+    """``stage`` config value -> the stages to fine-tune."""
+    if stage not in STAGE_CHOICES:
+        raise ConfigError(f"stage={stage!r} is not a fine-tuning stage; use one of {', '.join(STAGE_CHOICES)}")
+    return STAGES if stage == "both" else (stage,)
+
+
+@dataclass
+class FinetuneResult:
+    """Where the fine-tuned models are, and which steps ran (vs. were already done)."""
+
+    person: Path
+    out: Path
+    ran: list[str]
+    skipped: list[str]
+
+
+def ensure_clip(person: Path, video: str | os.PathLike | None, cfg) -> Path:
+    """The person clip at ``person``; preprocesses ``video`` into it when it does not exist yet."""
+    if (person / "meta.json").is_file():
+        return person
+    if video is None:
+        raise InputError(f"no person clip at {person} (meta.json missing); pass video=FILE to preprocess a video "
+                         f"into it, or point person= at an existing clip")
+    from talkinghead.cli import cfg_get
+    from talkinghead.preprocess.pipeline import preprocess_video
+
+    return preprocess_video(
+        video,
+        person,
+        detector=cfg_get(cfg, "detector"),
+        face_model_cfg=cfg_get(cfg, "face_model"),
+        fitting_cfg=cfg_get(cfg, "fitting"),
+        max_frames=int(cfg_get(cfg, "max_frames", 400)),
+        min_frames=int(cfg_get(cfg, "min_frames", 300)),
+        device=cfg_get(cfg, "device", "auto"),
+        progress=bool(cfg_get(cfg, "progress", True)),
+    )
+
+
+def _train_stage(stage: str, clip, out_dir: Path, cfg, init_dir: Path) -> Path:
+    if stage == "audio2coeff":
+        from talkinghead.train.audio2coeff import train_audio2coeff
+
+        return train_audio2coeff([clip], out_dir, cfg, mode="finetune", init_dir=init_dir)
+    from talkinghead.train.refiner import train_refiner
+
+    return train_refiner([clip], out_dir, cfg, mode="finetune", init_dir=init_dir)
+
+
+def finetune_person(
+    person: str | os.PathLike,
+    cfg,
+    video: str | os.PathLike | None = None,
+    stages: tuple[str, ...] = STAGES,
+    general: str | os.PathLike = "checkpoints/general",
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Run the fine-tuning job for one person (see the module docstring).
+
+    ``cfg`` is the composed config the stage trainers read (``audio2coeff.finetune``,
+    ``refiner.finetune``, ``trainer``, ``seed``; ``detector``/``fitting``/``face_model`` for
+    preprocessing). Returns where the models went and which steps ran or were skipped.
+    """
+    from tqdm.auto import tqdm
+
+    from talkinghead.cli import cfg_get
+    from talkinghead.data.clip import read_clip
+
+    person = Path(person).expanduser()
+    out = Path(out).expanduser() if out is not None else person / "finetuned"
+    needs_clip = not (person / "meta.json").is_file()
+    if needs_clip and video is None:
+        ensure_clip(person, None, cfg)  # raises: nothing to fine-tune on
+    steps = (["preprocess"] if needs_clip else []) + list(stages)
+    todo = [s for s in stages if not is_done(out / s)]
+    # Check everything cheap before the long steps: the general models and the output directory.
+    data_root = cfg_get(cfg, "data.root")
+    general_dirs = {stage: require_general(general, stage, data_root) for stage in todo}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create {out} ({err.strerror}); choose a writable out= or person=") from None
+
+    ran, skipped = [], []
+    bar = tqdm(total=len(steps), desc=f"finetune {person.name}", unit="step", disable=not progress,
+               dynamic_ncols=True, position=0, leave=True)
+    try:
+        if needs_clip:
+            bar.set_postfix_str("preprocess")
+            ensure_clip(person, video, cfg)
+            ran.append("preprocess")
+            bar.update(1)
+        elif video is not None:
+            log.info("%s already holds a clip; not preprocessing %s again (delete it to redo)", person, video)
+        clip = read_clip(person)
+        for stage in stages:
+            bar.set_postfix_str(stage)
+            if stage not in todo:
+                log.info("%s: already fine-tuned (done.json); skipping", out / stage)
+                skipped.append(stage)
+            else:
+                if stage == "audio2coeff" and not clip.meta.has_audio:
+                    raise InputError(f"{person}: the clip has no audio, so Stage 1 cannot be fine-tuned; "
+                                     "use a video with speech, or stage=refiner")
+                _train_stage(stage, clip, out / stage, cfg, general_dirs[stage])
+                if not is_done(out / stage):
+                    raise TrainingError(f"fine-tuning {stage} finished without writing {out / stage / DONE_FILE}; "
+                                        "rerun the same command to resume")
+                ran.append(stage)
+            bar.update(1)
+    finally:
+        bar.close()
+    return FinetuneResult(person, out, ran, skipped)
+
+
+def finetune_from_config(cfg) -> FinetuneResult:
+    """``scripts/finetune.py``: ``person`` (required), ``video``, ``stage``, ``general``, ``out``."""
+    from talkinghead.cli import cfg_get
+
+    person = cfg_get(cfg, "person")
+    if not person:
+        raise ConfigError("person= is required: the person clip directory (created from video=FILE if missing)")
+    result = finetune_person(
+        person,
+        cfg,
+        video=cfg_get(cfg, "video"),
+        stages=parse_stages(str(cfg_get(cfg, "stage", "both"))),
+        general=cfg_get(cfg, "general", "checkpoints/general"),
+        out=cfg_get(cfg, "out"),
+        progress=bool(cfg_get(cfg, "progress", True)),
+    )
+    done = ", ".join(result.ran) or "nothing (all steps were already done)"
+    print(f"fine-tuned {result.person}: ran {done}; models in {result.out}")
+    print(f"next: python scripts/infer.py person={result.person} audio=FILE out=FILE.mp4")
+    return result

@@ -1,0 +1,95 @@
+"""Stage-1 inference: load a trained audio -> expression + pose model and run it on audio.
+
+    model = load_audio2coeff("PERSON/finetuned/audio2coeff")
+    expression, pose = predict_expression_pose(model, audio)   # [N, 64], [N, 6]
+
+The whole utterance is one sequence (method.md section 4): MFCC windows are computed in
+blocks of ``chunk_frames`` video frames (:func:`talkinghead.audio.features.iter_frame_windows`)
+and each block runs through the network with the LSTM state carried over from the previous
+one, so memory is bounded for any audio length and the result equals a single pass.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from talkinghead.audio.features import iter_frame_windows
+from talkinghead.errors import InputError
+from talkinghead.face.coeffs import EXP_DIM, from_stage1_output
+from talkinghead.models.audio2coeff import ExpressionPoseLSTM
+from talkinghead.train import checkpoint as ckpt
+from talkinghead.train.audio2coeff import GENERAL_COMMAND, MODEL_NAME, WEIGHTS_FILE, read_model_json
+from talkinghead.train.distributed import resolve_device
+
+__all__ = ["load_audio2coeff", "predict_expression_pose", "creating_command"]
+
+
+def creating_command(model_dir: str | os.PathLike) -> str:
+    """The command that creates a Stage-1 model directory: fine-tuning for
+    ``PERSON/finetuned/audio2coeff``, general training otherwise."""
+    model_dir = Path(model_dir)
+    if model_dir.parent.name == "finetuned":
+        return f"python scripts/finetune.py person={model_dir.parent.parent} stage=audio2coeff"
+    return GENERAL_COMMAND.format(out=model_dir)
+
+
+def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> ExpressionPoseLSTM:
+    """Rebuild a trained :class:`ExpressionPoseLSTM` from ``DIR/model.json`` and
+    ``DIR/weights.safetensors``, in eval mode on ``device``.
+
+    A missing directory/file is a one-line :class:`TrainingError` naming ``DIR`` and the
+    command that creates it.
+    """
+    model_dir = Path(model_dir).expanduser()
+    info = read_model_json(model_dir, creating_command(model_dir))
+    model = ExpressionPoseLSTM(**info["model"])
+    ckpt.load_weights({MODEL_NAME: model}, model_dir / WEIGHTS_FILE)
+    return model.to(resolve_device(device)).eval()
+
+
+@torch.no_grad()
+def predict_expression_pose(
+    model: ExpressionPoseLSTM,
+    audio: np.ndarray,
+    num_frames: int | None = None,
+    chunk_frames: int = 250,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expression and head pose for every 25 fps video frame of mono 16 kHz ``audio [S]``.
+
+    Args:
+        model: a Stage-1 network (its train/eval mode is restored afterwards; it runs in eval).
+        audio: float32 ``[S]`` at 16 kHz.
+        num_frames: frames to produce (default: the audio's length in frames).
+        chunk_frames: frames per block (bounds memory; the result does not depend on it).
+        device: where the network runs (the model is moved there).
+
+    Returns:
+        ``expression`` float32 ``[N, 64]`` and ``pose`` float32 ``[N, 6]`` (angles x, y, z in
+        radians, translation x, y, z; the Stage-1 translation shift undone, no smoothing).
+    """
+    if not isinstance(audio, np.ndarray) or audio.ndim != 1:
+        shape = getattr(audio, "shape", type(audio).__name__)
+        raise InputError(f"Stage-1 audio must be a mono numpy array [S] at 16 kHz, got {shape}; load it with load_audio")
+    if chunk_frames < 1:
+        raise InputError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    device = resolve_device(device)
+    model.to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        state = None
+        outputs = []
+        for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames):  # [n, 28, 12]
+            pred, state = model(torch.from_numpy(block)[None].to(device), state)  # [1, n, 70]
+            outputs.append(pred[0].float().cpu())
+    finally:
+        model.train(was_training)
+    if not outputs:
+        return np.zeros((0, EXP_DIM), np.float32), np.zeros((0, 6), np.float32)
+    expression, pose = from_stage1_output(torch.cat(outputs).numpy())
+    return np.ascontiguousarray(expression, np.float32), np.ascontiguousarray(pose, np.float32)

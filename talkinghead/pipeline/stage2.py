@@ -1,0 +1,439 @@
+"""Stage-2 inference: load a trained refiner, refine blended renders, evaluate on held-out frames.
+
+The refiner (method.md section 7) turns blended renders -- the 3DMM face rendered from
+coefficients and alpha-blended over a background crop -- into photo-real frames. This module is
+what inference, evaluation and the Stage-2 dataset share:
+
+* :func:`render_blended` -- coefficients + background crops -> blended renders at the model's
+  image size. The training set (:mod:`talkinghead.data.stage2_dataset`) and inference call the
+  same function, so the generator sees at test time exactly what it was trained on: render at
+  ``render_size`` (the model's ``image_size`` x ``render_scale``, recorded in ``model.json``),
+  blend over the background at that size, area-resize to ``image_size`` (antialiased edges).
+* :func:`load_refiner` -- a trained-stage directory (``weights.safetensors`` + ``model.json``,
+  see the integration contracts) -> :class:`Refiner` (generator with its identity memory, the
+  identity-feature provider, sizes), in eval mode.
+* :func:`refine_frames` / :class:`RefinerStream` -- frames ``[N, 3, S, S]`` in [0, 1] -> refined
+  frames, one pass or chunk by chunk (identical results). Each output frame ``t`` sees frames
+  ``t-2, t-1, t`` (:func:`talkinghead.pipeline.render.stack_windows`; frames 0 and 1 repeat
+  frame 0 for the missing past). The identity feature that drives the generator's AdaIN
+  layers is, in order of precedence: the one passed in (e.g. the person's true feature), the
+  one recalled from the memory (``use_memory=True``: read with the key of every 25th frame --
+  ``identity_every`` -- and of the last frame, linearly interpolated in between, the paper's
+  test-time rule), or zeros (``use_memory=False``: the "no memory / no identity" ablation).
+* :func:`evaluate_refiner` -- PSNR / SSIM of refined frames and of the blended input against
+  the real fixed crops of a clip's held-out frames.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from talkinghead.errors import ConfigError, InputError, TrainingError
+from talkinghead.models.features import make_identity_feature, make_key_encoder
+from talkinghead.models.refiner import MemoryAugmentedGenerator
+from talkinghead.pipeline.render import blend, render_rgba, stack_windows, to_unit
+
+__all__ = [
+    "STAGE_NAME",
+    "WEIGHTS_FILE",
+    "MODEL_FILE",
+    "DONE_FILE",
+    "Refiner",
+    "build_generator",
+    "clip_identity",
+    "evaluate_refiner",
+    "load_refiner",
+    "refine_frames",
+    "render_blended",
+    "RefinerStream",
+]
+
+STAGE_NAME = "refiner"
+WEIGHTS_FILE = "weights.safetensors"
+MODEL_FILE = "model.json"
+DONE_FILE = "done.json"
+#: How a missing trained refiner is produced (quoted in errors).
+TRAIN_COMMANDS = ("python scripts/train.py stage=refiner data.root=DATA out=DIR (general model) or "
+                  "python scripts/finetune.py person=PERSON stage=refiner (PERSON/finetuned/refiner)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering the generator's inputs
+# ---------------------------------------------------------------------------------------------
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, C, size, size]`` (area when shrinking, bilinear when growing)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    if size < images.shape[-1]:
+        return F.interpolate(images, size=(size, size), mode="area")
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def render_blended(
+    face_model: nn.Module,
+    renderer,
+    coeffs: torch.Tensor | np.ndarray,
+    backgrounds: torch.Tensor | np.ndarray,
+    image_size: int,
+    render_size: int | None = None,
+    batch_size: int = 32,
+    with_alpha: bool = False,
+) -> torch.Tensor:
+    """Render coefficients over background crops: the refiner's per-frame input.
+
+    ``coeffs``: ``[N, 257]``; ``backgrounds``: uint8 ``[N, H, W, 3]`` crops (numpy or tensor, as
+    stored in a clip) or float ``[N, 3, H, W]`` in [0, 1]. The face is rendered at
+    ``render_size`` (default ``image_size``), blended over the background resized to that size,
+    then area-resized to ``image_size``. Runs on the face model's device, ``batch_size`` frames
+    at a time. Returns float ``[N, 3, S, S]`` in [0, 1] on the CPU, or ``[N, 4, S, S]`` with the
+    (resized) face mask appended when ``with_alpha``.
+    """
+    render_size = int(render_size or image_size)
+    n = len(coeffs)
+    if len(backgrounds) != n:
+        raise InputError(f"render_blended: {n} coefficient rows but {len(backgrounds)} background crops; pass one per frame")
+    device = next(iter(face_model.buffers()), torch.zeros(())).device
+    chunks = []
+    for start in range(0, n, batch_size):
+        coeff_chunk = coeffs[start : start + batch_size]
+        if not isinstance(coeff_chunk, torch.Tensor):
+            coeff_chunk = torch.from_numpy(np.array(coeff_chunk, dtype=np.float32))
+        coeff_chunk = coeff_chunk.to(device, torch.float32)
+        bg_chunk = backgrounds[start : start + batch_size]
+        if isinstance(bg_chunk, torch.Tensor) and bg_chunk.is_floating_point():
+            background = _resize(bg_chunk.to(device, torch.float32), render_size)
+        else:
+            background = to_unit(np.array(bg_chunk), render_size, device=device)
+        rgba = render_rgba(face_model, renderer, coeff_chunk, render_size)  # [b, 4, R, R]
+        image = blend(rgba, background)  # [b, 3, R, R]
+        if with_alpha:
+            image = torch.cat([image, rgba[:, 3:4]], dim=1)
+        chunks.append(_resize(image, image_size).clamp_(0, 1).cpu())
+    if not chunks:
+        return torch.zeros(0, 4 if with_alpha else 3, image_size, image_size)
+    return torch.cat(chunks)
+
+
+# ---------------------------------------------------------------------------------------------
+# The trained refiner
+# ---------------------------------------------------------------------------------------------
+def build_generator(spec: Mapping[str, Any]) -> MemoryAugmentedGenerator:
+    """The generator (with key network and empty memory) described by a ``model.json`` dict:
+    ``spec["generator"]`` holds :class:`MemoryAugmentedGenerator` keyword arguments and
+    ``spec["key_encoder"]`` the key-encoder config (:func:`make_key_encoder`)."""
+    try:
+        return MemoryAugmentedGenerator(key_encoder=make_key_encoder(spec.get("key_encoder")), **spec["generator"])
+    except TypeError as err:
+        raise ConfigError(f"refiner model spec has a bad generator entry ({err}); re-create it by training again") from None
+
+
+@torch.no_grad()
+def clip_identity(identity_feature: nn.Module, clip) -> torch.Tensor:
+    """The identity feature ``[D]`` of a person clip, as used to train the refiner.
+
+    Coefficient providers (``input_kind == "coeffs"``, the offline default) use frame 0's
+    identity and texture coefficients (method.md section 6 takes the identity from frame 0);
+    image providers (ArcFace) average the L2-normalised features of every 25th aligned crop of
+    the training frames and re-normalise.
+    """
+    device = next(iter(identity_feature.buffers()), torch.zeros(())).device
+    if getattr(identity_feature, "input_kind", "coeffs") == "coeffs":
+        coeffs = torch.as_tensor(np.asarray(clip.coeffs[:1]), dtype=torch.float32, device=device)
+        return identity_feature(coeffs)[0].cpu()
+    train = clip.train_slice
+    picks = np.arange(train.start, min(train.stop, clip.num_frames), 25)
+    images = to_unit(np.array(clip.aligned[picks]), device=device) * 2 - 1  # [k, 3, H, W] in [-1, 1]
+    features = F.normalize(identity_feature(images), dim=1)
+    return F.normalize(features.mean(dim=0), dim=0).cpu()
+
+
+@dataclass
+class Refiner:
+    """A trained Stage-2 model ready for inference (eval mode, no gradients needed).
+
+    ``generator`` holds the U-Net, the key network and the identity memory;
+    ``identity_feature`` computes a person's identity feature from a clip
+    (:meth:`identity_of`); ``image_size`` is the generator's resolution and ``render_size`` the
+    resolution its inputs are rendered at before resizing (:func:`render_blended`).
+    """
+
+    generator: MemoryAugmentedGenerator
+    identity_feature: nn.Module
+    image_size: int
+    render_size: int
+    identity_every: int = 25
+    spec: dict = field(default_factory=dict)  # the model.json contents
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def identity_of(self, clip) -> torch.Tensor:
+        """The person's true identity feature ``[identity_dim]`` (see :func:`clip_identity`)."""
+        return clip_identity(self.identity_feature, clip)
+
+    def render_inputs(self, face_model, renderer, coeffs, backgrounds, batch_size: int = 32) -> torch.Tensor:
+        """Blended renders ``[N, 3, S, S]`` in [0, 1] exactly as this model was trained on."""
+        return render_blended(face_model, renderer, coeffs, backgrounds, self.image_size, self.render_size, batch_size)
+
+
+def read_model_spec(directory: str | Path) -> dict:
+    """``DIR/model.json`` of a trained refiner, checked; a missing or foreign file raises
+    :class:`TrainingError` naming it and the command that creates it."""
+    directory = Path(directory).expanduser()
+    path = directory / MODEL_FILE
+    if not path.is_file():
+        raise TrainingError(f"no trained refiner at {directory} ({MODEL_FILE} missing); create it with {TRAIN_COMMANDS}")
+    try:
+        spec = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TrainingError(f"{path} is not valid JSON ({err.msg}); delete {directory} and train again") from None
+    if spec.get("stage") != STAGE_NAME:
+        raise TrainingError(f"{path} describes stage {spec.get('stage')!r}, not {STAGE_NAME!r}; point at a refiner directory")
+    return spec
+
+
+def load_refiner(directory: str | Path, device: str | torch.device = "cpu") -> Refiner:
+    """Load ``DIR/weights.safetensors`` + ``DIR/model.json`` (a general or fine-tuned refiner).
+
+    Raises :class:`TrainingError` (one line, naming the directory and the command that creates
+    it) when the directory or its files are missing.
+    """
+    from talkinghead.train.checkpoint import load_weights
+
+    directory = Path(directory).expanduser()
+    spec = read_model_spec(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise TrainingError(f"no trained refiner weights at {weights} (training unfinished?); finish it with {TRAIN_COMMANDS}")
+    generator = build_generator(spec)
+    load_weights({"generator": generator}, weights, strict=True)
+    identity_feature = make_identity_feature(spec.get("identity_feature"))
+    generator.to(device).eval()
+    identity_feature.to(device).eval()
+    return Refiner(
+        generator=generator,
+        identity_feature=identity_feature,
+        image_size=int(spec["generator"]["image_size"]),
+        render_size=int(spec.get("render_size") or spec["generator"]["image_size"]),
+        identity_every=int(spec.get("identity_every", 25)),
+        spec=spec,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Refining frames (streaming; the one-pass form is a stream with one chunk)
+# ---------------------------------------------------------------------------------------------
+class RefinerStream:
+    """Refine a frame sequence chunk by chunk with bounded memory.
+
+    ``push(frames [n, 3, S, S] in [0, 1])`` returns the refined frames that are ready (in order),
+    ``flush()`` the rest once the sequence has ended; concatenated, the outputs equal
+    :func:`refine_frames` on the whole sequence. Two input frames of context are carried
+    between chunks (the windows of frames t-2, t-1, t). With a fixed identity (given, or zeros
+    for the ablation) every pushed frame is returned at once. With the memory, frame ``t``
+    needs the recalled features of the keyframes around it (multiples of ``identity_every`` and
+    the sequence's last frame), so up to ``identity_every`` frames are held back until the next
+    keyframe (or the end) arrives.
+    """
+
+    def __init__(self, refiner: Refiner, identity: torch.Tensor | None = None, use_memory: bool = True,
+                 batch_size: int = 4):
+        if batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size} must be >= 1 (infer.batch_size)")
+        self.refiner = refiner
+        self.batch_size = int(batch_size)
+        self.every = int(refiner.identity_every)
+        gen = refiner.generator
+        self._device = refiner.device
+        self._fixed_identity: torch.Tensor | None = None
+        if identity is not None:
+            identity = torch.as_tensor(identity, dtype=torch.float32)
+            if identity.shape != (gen.generator.identity_dim,):
+                raise InputError(f"identity feature must be [{gen.generator.identity_dim}], got {tuple(identity.shape)}; "
+                                 "compute it with refiner.identity_of(clip)")
+            self._fixed_identity = identity.to(self._device)
+        elif not use_memory:
+            self._fixed_identity = torch.zeros(gen.generator.identity_dim, device=self._device)
+        self._buffer = torch.zeros(0, 3, refiner.image_size, refiner.image_size, device=self._device)  # [-1, 1]
+        self._buffer_start = 0  # global index of self._buffer[0]
+        self._seen = 0  # frames pushed so far
+        self._emitted = 0  # frames returned so far
+        self._keyframes: dict[int, torch.Tensor] = {}  # global index -> recalled identity [D]
+        self._finished = False
+
+    # ----------------------------------------------------------------- public
+    @torch.no_grad()
+    def push(self, frames: torch.Tensor) -> torch.Tensor:
+        """Add frames ``[n, 3, S, S]`` in [0, 1]; return the refined frames now ready ``[m, 3, S, S]``."""
+        if self._finished:
+            raise InputError("this RefinerStream was flushed; start a new stream for a new sequence")
+        size = self.refiner.image_size
+        if frames.dim() != 4 or frames.shape[1:] != (3, size, size):
+            raise InputError(f"refiner frames must be [N, 3, {size}, {size}] in [0, 1] (resized to the model's "
+                             f"image size), got {tuple(frames.shape)}")
+        frames = frames.to(self._device, torch.float32) * 2 - 1
+        first = self._seen
+        self._buffer = torch.cat([self._buffer, frames])
+        self._seen += len(frames)
+        if self._fixed_identity is None:
+            self._read_keyframes(first, self._seen)
+            ready = (self._seen - 1) // self.every * self.every  # the last keyframe seen: frames before it are known
+        else:
+            ready = self._seen
+        return self._emit(ready, last=None)
+
+    @torch.no_grad()
+    def flush(self) -> torch.Tensor:
+        """End of the sequence: refine and return every frame still held back."""
+        self._finished = True
+        if self._seen == 0:
+            return self._buffer.new_zeros(0, 3, self.refiner.image_size, self.refiner.image_size)
+        last = self._seen - 1
+        if self._fixed_identity is None and last not in self._keyframes:
+            self._keyframes[last] = self._recall(self._buffer[last - self._buffer_start :][:1])[0]
+        return self._emit(self._seen, last=last)
+
+    # ----------------------------------------------------------------- internals
+    def _recall(self, frames: torch.Tensor) -> torch.Tensor:
+        """Identity features read from the memory for frames ``[b, 3, S, S]`` in [-1, 1]."""
+        return self.refiner.generator.read_identity(frames)
+
+    def _read_keyframes(self, first: int, stop: int) -> None:
+        """Recall the identity of every keyframe (multiple of ``every``) in global frames [first, stop)."""
+        keys = list(range(math.ceil(first / self.every) * self.every, stop, self.every))
+        for start in range(0, len(keys), self.batch_size):
+            chunk = keys[start : start + self.batch_size]
+            local = torch.tensor(chunk, device=self._device) - self._buffer_start
+            for index, feature in zip(chunk, self._recall(self._buffer[local])):
+                self._keyframes[index] = feature
+
+    def _identity_for(self, frames: range, last: int | None) -> torch.Tensor:
+        """Per-frame identity ``[len(frames), D]``: fixed, or keyframe features interpolated
+        exactly as :func:`talkinghead.models.memory.interpolate_identity`."""
+        if self._fixed_identity is not None:
+            return self._fixed_identity.expand(len(frames), -1)
+        rows = []
+        for t in frames:
+            left = t // self.every * self.every
+            right = left + self.every if last is None else min(left + self.every, last)
+            # float32 division, as interpolate_identity does, so both give identical features
+            weight = torch.tensor(float(t - left), device=self._device) / float(max(right - left, 1))
+            rows.append(torch.lerp(self._keyframes[left], self._keyframes[right], weight))
+        return torch.stack(rows)
+
+    def _emit(self, stop: int, last: int | None) -> torch.Tensor:
+        """Refine global frames [emitted, stop), then drop what no later window needs."""
+        generator = self.refiner.generator
+        outputs = []
+        for start in range(self._emitted, stop, self.batch_size):
+            frames = range(start, min(start + self.batch_size, stop))
+            local = torch.arange(frames.start, frames.stop, device=self._device) - self._buffer_start
+            # The buffer starts at frame 0 or two frames before the first frame not yet emitted,
+            # so clamping inside stack_windows only ever repeats frame 0 (frames 0 and 1).
+            windows = stack_windows(self._buffer, local)  # [b, 9, S, S]
+            result = generator.generator(windows, self._identity_for(frames, last))
+            outputs.append(((result.image + 1) * 0.5).clamp_(0, 1))
+        self._emitted = max(self._emitted, stop)
+        keep_from = max(self._emitted - 2, 0)
+        self._buffer = self._buffer[keep_from - self._buffer_start :]
+        self._buffer_start = keep_from
+        self._keyframes = {k: v for k, v in self._keyframes.items() if k >= self._emitted // self.every * self.every}
+        if not outputs:
+            return self._buffer.new_zeros(0, 3, self.refiner.image_size, self.refiner.image_size)
+        return torch.cat(outputs)
+
+
+def refine_frames(
+    refiner: Refiner,
+    blended: torch.Tensor,
+    identity: torch.Tensor | None = None,
+    batch_size: int = 4,
+    use_memory: bool = True,
+) -> torch.Tensor:
+    """Refine blended renders ``[N, 3, S, S]`` in [0, 1] (already at the model's image size)
+    into frames ``[N, 3, S, S]`` in [0, 1] (on the refiner's device).
+
+    ``identity`` ``[D]``: use this feature for every frame. ``None`` with ``use_memory``: recall
+    it from the memory (every ``identity_every``-th frame and the last, interpolated); ``None``
+    without: zeros (ablation). For long sequences use :class:`RefinerStream` chunk by chunk.
+    """
+    stream = RefinerStream(refiner, identity=identity, use_memory=use_memory, batch_size=batch_size)
+    return torch.cat([stream.push(blended), stream.flush()])
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate_refiner(
+    refiner: Refiner,
+    clip,
+    face_model: nn.Module,
+    renderer,
+    frames: slice | None = None,
+    use_memory: bool = True,
+    identity: torch.Tensor | None = None,
+    batch_size: int = 8,
+    return_frames: bool = False,
+) -> dict:
+    """PSNR / SSIM against a clip's real fixed crops (at the model's image size, in [0, 1]).
+
+    The inputs are the clip's own coefficients rendered over the same frames' fixed crops (the
+    training condition: a perfect Stage 1); frames ``t-2, t-1`` of the first evaluated frames are
+    rendered too, so every window is complete. The identity follows :func:`refine_frames`
+    (``identity`` given > memory > zeros). Returns ``psnr``, ``ssim`` (refined vs real),
+    ``psnr_input``, ``ssim_input`` (blended render vs real), their ``*_face`` versions restricted
+    to the rendered face's bounding box, and ``frames``; with ``return_frames`` also the tensors
+    ``input``, ``refined``, ``real`` ``[n, 3, S, S]``.
+    """
+    from talkinghead.metrics.image import psnr, ssim
+
+    frames = frames if frames is not None else clip.test_slice
+    start, stop, _ = frames.indices(clip.num_frames)
+    if stop - start < 1:
+        raise InputError(f"{clip.root}: no frames to evaluate in {frames} (the clip has {clip.num_frames}); "
+                         "pass frames inside the clip")
+    first = max(start - 2, 0)
+    size = refiner.image_size
+    rendered = render_blended(face_model, renderer, clip.coeffs[first:stop], clip.fixed[first:stop], size,
+                              refiner.render_size, with_alpha=True)  # [m, 4, S, S]
+    blended, alpha = rendered[:, :3], rendered[:, 3:]
+    refined = refine_frames(refiner, blended, identity=identity, batch_size=batch_size, use_memory=use_memory).cpu()
+    skip = start - first
+    blended, alpha, refined = blended[skip:], alpha[skip:], refined[skip:]
+    real = to_unit(np.array(clip.fixed[start:stop]), size)
+    # The face box: rows/columns the rendered face covers in any evaluated frame (+2 px).
+    covered = alpha.amax(dim=(0, 1)) > 0.5  # [S, S]
+    rows, cols = covered.any(dim=1).nonzero().flatten(), covered.any(dim=0).nonzero().flatten()
+    if len(rows) and len(cols):
+        r0, r1 = max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, size)
+        c0, c1 = max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, size)
+    else:
+        r0, r1, c0, c1 = 0, size, 0, size
+    box = (slice(None), slice(None), slice(r0, r1), slice(c0, c1))
+    result = {
+        "psnr": float(psnr(refined, real).mean()),
+        "ssim": float(ssim(refined, real).mean()),
+        "psnr_input": float(psnr(blended, real).mean()),
+        "ssim_input": float(ssim(blended, real).mean()),
+        "psnr_face": float(psnr(refined[box], real[box]).mean()),
+        "psnr_input_face": float(psnr(blended[box], real[box]).mean()),
+        "frames": stop - start,
+    }
+    if min(r1 - r0, c1 - c0) >= 11:
+        result["ssim_face"] = float(ssim(refined[box], real[box]).mean())
+        result["ssim_input_face"] = float(ssim(blended[box], real[box]).mean())
+    if return_frames:
+        result.update(input=blended, refined=refined, real=real)
+    return result

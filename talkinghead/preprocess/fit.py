@@ -1,0 +1,583 @@
+"""3DMM fitting by optimisation (method.md section 2; replaces Deng et al.'s pretrained regressor).
+
+Given the fixed crops of a clip (``[N, S, S, 3]``) and their 68 landmarks (crop pixels),
+:func:`fit_coefficients` finds the 257-d coefficients of every frame:
+
+* **Parameters.** identity ``[80]`` and texture ``[80]`` shared by the whole clip;
+  expression ``[N, 64]``, Euler angles ``[N, 3]``, translation ``[N, 3]`` and SH lighting
+  ``[N, 27]`` per frame. All frames are optimised together (Adam), in chunks of
+  ``batch_frames`` frames whose gradients are accumulated, so a step is one pass over the clip.
+* **Initialisation.** Angles/translation from a closed-form 2-D similarity fit of the mean
+  face's projected landmarks onto the detected ones (:func:`initial_pose`): it gives the roll,
+  the scale (hence the depth) and the position; yaw/pitch start at 0.
+* **Losses** (weights: ``configs/fitting/default.yaml``):
+
+  - landmark reprojection: mean over frames and points of the weighted squared distance, in
+    pixels of a 224 crop (:data:`LANDMARK_WEIGHTS`: jaw contour 0.5, it slides along the
+    silhouette in real images; nose and inner lips 2; others 1);
+  - photometric: mean over the face pixels of each frame of the Euclidean RGB distance
+    (colours in [0, 1]) between the render (``render_size``, through the renderer) and the
+    fixed crop area-downsampled to that size; face pixels = rendered alpha AND the face
+    model's skin region (eyes and mouth interior excluded), eroded by one pixel; both images
+    get a 3x3 blur first (the render is point-sampled, the target area-averaged);
+  - priors: squared norms of identity, texture, expression (per frame) and lighting
+    (per frame, around the ambient start value);
+  - temporal smoothness: mean squared first difference over frames of the pose (angles x
+    :data:`ANGLE_TO_PX`, translation x :data:`TRANSLATION_TO_PX`: about pixels of a 224 crop)
+    and of the expression.
+* **Coarse to fine.** Stage 1 (``landmark_steps``): landmarks + priors + smoothness, first
+  pose only (``pose_fraction`` of the steps), then pose, expression and identity. Stage 2
+  (``photometric_steps``): adds the photometric loss, first texture and lighting only
+  (``appearance_fraction``), then everything, the geometry at ``lr * refine_lr_ratio`` (it
+  is already close). Each phase has its own Adam with a cosine learning-rate decay to
+  ``lr * final_lr_ratio``.
+
+A tqdm progress bar shows the phase, the mean landmark error (px) and the photometric loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from talkinghead.errors import ConfigError, InputError
+from talkinghead.face.camera import CAMERA_Z, Camera, pose_vertices
+from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, ID_DIM, SH_DIM, TEX_DIM, join_coeffs, split_coeffs
+
+#: Per-landmark weights of the reprojection loss (iBUG 68 order).
+LANDMARK_WEIGHTS = np.ones(68, dtype=np.float32)
+LANDMARK_WEIGHTS[0:17] = 0.5  # jaw contour: slides along the silhouette in real images
+LANDMARK_WEIGHTS[27:36] = 2.0  # nose
+LANDMARK_WEIGHTS[60:68] = 2.0  # inner lips (mouth opening)
+#: Weights of the pose-only phase: only the points that identity and expression move least
+#: (brows, nose, eyes); the jaw and lips would drag the pose toward explaining a longer or
+#: shorter lower face, or an open mouth, by pitching the head.
+RIGID_LANDMARK_WEIGHTS = np.zeros(68, dtype=np.float32)
+RIGID_LANDMARK_WEIGHTS[17:48] = 1.0
+
+#: Pose units -> approximate pixels of a 224 crop, for the smoothness loss: a face about
+#: 0.8 units in radius seen at depth ~12 with focal 1015 moves ~70 px per radian and ~85 px per
+#: unit of translation.
+ANGLE_TO_PX = 70.0
+TRANSLATION_TO_PX = 85.0
+#: Expression units -> "pixels" for the smoothness loss (1.0 = a full action of ~20 px).
+EXPRESSION_TO_PX = 20.0
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is a :class:`ConfigError`."""
+    name = "auto" if device is None else str(device)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu or cuda") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FittingConfig:
+    """The keys of ``configs/fitting/default.yaml``."""
+
+    landmark_steps: int = 300
+    photometric_steps: int = 150
+    lr: float = 0.05
+    final_lr_ratio: float = 0.05
+    pose_fraction: float = 0.3
+    appearance_fraction: float = 0.3
+    refine_lr_ratio: float = 0.2
+    shape_angle_lr_ratio: float = 0.1
+    render_size: int = 112
+    w_landmark: float = 1.0
+    w_photo: float = 1000.0
+    w_id_prior: float = 1.0e-3
+    w_exp_prior: float = 1.0e-2
+    w_tex_prior: float = 1.0e-3
+    w_light_prior: float = 1.0e-3
+    w_smooth_pose: float = 1.0
+    w_smooth_exp: float = 0.1
+    batch_frames: int = 400
+
+    @classmethod
+    def from_mapping(cls, cfg: Mapping[str, Any] | None = None, **overrides) -> "FittingConfig":
+        """From a config node / dict (unknown keys raise :class:`ConfigError`)."""
+        values = {**dict(cfg or {}), **overrides}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown fitting key(s) {unknown}; see configs/fitting/default.yaml")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for key in ("landmark_steps", "photometric_steps"):
+            if int(getattr(self, key)) < 0:
+                raise ConfigError(f"fitting.{key} must be >= 0, got {getattr(self, key)}")
+        if self.landmark_steps + self.photometric_steps == 0:
+            raise ConfigError("fitting.landmark_steps + fitting.photometric_steps is 0; fit at least one step")
+        if int(self.render_size) < 8:
+            raise ConfigError(f"fitting.render_size must be at least 8 pixels, got {self.render_size}")
+        if int(self.batch_frames) < 1:
+            raise ConfigError(f"fitting.batch_frames must be >= 1, got {self.batch_frames}")
+        if not self.lr > 0:
+            raise ConfigError(f"fitting.lr must be positive, got {self.lr}")
+
+
+# --------------------------------------------------------------------------------------------
+# Initialisation
+# --------------------------------------------------------------------------------------------
+def similarity_2d(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Least-squares 2-D similarity from points ``src [K, 2]`` to each ``dst [N, K, 2]``:
+    ``dst ~ scale * Rot(theta) @ src + shift``. Returns ``scale [N]``, ``theta [N]`` (radians,
+    in the coordinates given) and ``shift [N, 2]``."""
+    mu_s, mu_d = src.mean(0), dst.mean(1, keepdim=True)  # [2], [N, 1, 2]
+    s, d = src - mu_s, dst - mu_d  # [K, 2], [N, K, 2]
+    a = (s * d).sum((1, 2))  # sum of dot products                       [N]
+    b = (s[:, 0] * d[..., 1] - s[:, 1] * d[..., 0]).sum(1)  # sum of cross products [N]
+    scale = torch.sqrt(a**2 + b**2) / (s**2).sum()
+    theta = torch.atan2(b, a)
+    cos, sin = theta.cos(), theta.sin()
+    rotated = torch.stack([cos * mu_s[0] - sin * mu_s[1], sin * mu_s[0] + cos * mu_s[1]], -1)  # [N, 2]
+    return scale, theta, mu_d[:, 0] - scale[:, None] * rotated
+
+
+def initial_pose(face_model, landmarks: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angles ``[N, 3]`` and translation ``[N, 3]`` placing the mean face over ``landmarks
+    [N, 68, 2]`` (crop pixels): roll, depth and position from a 2-D similarity fit of the
+    mean face's frontal projection; yaw and pitch 0."""
+    zeros = torch.zeros(1, COEFF_DIM, device=landmarks.device)
+    reference = face_model.landmarks_2d(zeros, camera)[0]  # [68, 2] frontal mean face at t = 0
+    scale, theta, _ = similarity_2d(reference, landmarks)
+    # A world rotation by +a about z (y up) turns image points (v down) by -a.
+    roll = -theta
+    angles = torch.stack([torch.zeros_like(roll), torch.zeros_like(roll), roll], -1)  # [N, 3]
+    model_points = face_model.landmark_vertices(zeros[:, :ID_DIM], zeros[:, ID_DIM:ID_DIM + EXP_DIM])  # [1, 68, 3]
+    rotated = pose_vertices(model_points.expand(len(roll), -1, -1), angles, torch.zeros_like(angles))
+    centroid = rotated.mean(1)  # [N, 3] rotated landmark centroid in model space
+    depth0 = camera.camera_z - centroid[:, 2]  # its depth at translation 0
+    depth = depth0 / scale  # apparent size ~ 1 / depth
+    target = landmarks.mean(1)  # [N, 2]
+    tx = (target[:, 0] - camera.principal_px) * depth / camera.focal_px - centroid[:, 0]
+    ty = (camera.image_size - target[:, 1] - camera.principal_px) * depth / camera.focal_px - centroid[:, 1]
+    tz = camera.camera_z - depth - centroid[:, 2]
+    return angles, torch.stack([tx, ty, tz], -1)
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters and losses
+# --------------------------------------------------------------------------------------------
+class FitParameters(torch.nn.Module):
+    """Shared identity/texture and per-frame expression/pose/lighting of one clip."""
+
+    def __init__(self, num_frames: int, angles: torch.Tensor, translation: torch.Tensor):
+        super().__init__()
+        device = angles.device
+        self.identity = torch.nn.Parameter(torch.zeros(1, ID_DIM, device=device))
+        self.texture = torch.nn.Parameter(torch.zeros(1, TEX_DIM, device=device))
+        self.expression = torch.nn.Parameter(torch.zeros(num_frames, EXP_DIM, device=device))
+        self.angles = torch.nn.Parameter(angles.detach().clone())
+        self.translation = torch.nn.Parameter(translation.detach().clone())
+        self.lighting = torch.nn.Parameter(torch.zeros(num_frames, SH_DIM, device=device))
+
+    def coeffs(self, frames: slice | None = None) -> torch.Tensor:
+        """Coefficients ``[n, 257]`` of the frames in ``frames`` (default all)."""
+        frames = frames or slice(None)
+        exp = self.expression[frames]
+        n = exp.shape[0]
+        return join_coeffs(self.identity.expand(n, -1), exp, self.texture.expand(n, -1), self.angles[frames],
+                           self.lighting[frames], self.translation[frames])
+
+    def group(self, *names: str) -> list[torch.nn.Parameter]:
+        return [getattr(self, name) for name in names]
+
+
+@dataclass
+class _Targets:
+    """What the fit compares against, on the fitting device."""
+
+    landmarks: torch.Tensor  # [N, 68, 2] crop pixels
+    weights: torch.Tensor  # [68]
+    px_scale: float  # crop pixels -> 224-crop pixels
+    images: torch.Tensor | None  # [N, 3, R, R] in [0, 1], or None without photometric stage
+
+
+def landmark_loss(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, px_scale: float) -> torch.Tensor:
+    """Per-frame weighted mean squared landmark distance in 224-crop pixels ``[n]``."""
+    sq = ((predicted - target) * px_scale).square().sum(-1)  # [n, 68]
+    return (sq * weights).sum(-1) / weights.sum()
+
+
+def photometric_loss(rendered: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-frame mean Euclidean RGB distance over the masked pixels ``[n]`` (robust: not squared)."""
+    dist = ((rendered - target).square().sum(1, keepdim=True) + 1e-8).sqrt()  # [n, 1, R, R]
+    return (dist * mask).sum((1, 2, 3)) / mask.sum((1, 2, 3)).clamp_min(1.0)
+
+
+def smoothness_loss(params: FitParameters) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean squared frame-to-frame differences of pose (approx. px) and expression."""
+    if params.angles.shape[0] < 2:
+        zero = params.angles.sum() * 0
+        return zero, zero
+    pose = torch.cat([params.angles * ANGLE_TO_PX, params.translation * TRANSLATION_TO_PX], -1)  # [N, 6]
+    pose_term = (pose[1:] - pose[:-1]).square().sum(-1).mean()
+    exp_term = ((params.expression[1:] - params.expression[:-1]) * EXPRESSION_TO_PX).square().sum(-1).mean()
+    return pose_term, exp_term
+
+
+# --------------------------------------------------------------------------------------------
+# The fit
+# --------------------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    """Fitted coefficients and how well they fit."""
+
+    coeffs: np.ndarray  # float32 [N, 257]
+    landmark_error_px: np.ndarray  # float32 [N] mean landmark distance per frame (crop pixels)
+    losses: dict[str, float]  # final loss terms
+    history: list[dict] = field(default_factory=list)  # per step: phase and loss terms
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    def summary(self) -> dict[str, Any]:
+        """Small JSON-friendly summary (for ``meta.extra``)."""
+        return {
+            "landmark_error_px_mean": float(self.landmark_error_px.mean()),
+            "landmark_error_px_median": float(np.median(self.landmark_error_px)),
+            "losses": {k: round(float(v), 6) for k, v in self.losses.items()},
+            "seconds": round(self.seconds, 2),
+            "device": self.device,
+        }
+
+
+@dataclass
+class _Phase:
+    name: str
+    steps: int
+    params: tuple[str, ...]
+    photometric: bool
+    rigid: bool = False  # landmark loss on RIGID_LANDMARK_WEIGHTS only
+    lr_scale: dict = field(default_factory=dict)  # parameter name -> learning-rate factor
+
+
+_GEOMETRY = ("angles", "translation", "expression", "identity")
+
+
+def _phases(config: FittingConfig) -> list[_Phase]:
+    """Coarse-to-fine schedule: pose -> + shape/expression -> appearance -> everything."""
+    geometry = _GEOMETRY
+    pose_steps = int(round(config.landmark_steps * config.pose_fraction))
+    appearance_steps = int(round(config.photometric_steps * config.appearance_fraction))
+    phases = [
+        _Phase("pose", pose_steps, ("angles", "translation"), False, rigid=True),
+        _Phase("shape", config.landmark_steps - pose_steps, geometry, False,
+               lr_scale={"angles": config.shape_angle_lr_ratio}),
+        _Phase("appearance", appearance_steps, ("texture", "lighting"), True),
+        _Phase("joint", config.photometric_steps - appearance_steps, geometry + ("texture", "lighting"), True,
+               lr_scale={name: config.refine_lr_ratio for name in geometry}),
+    ]
+    return [p for p in phases if p.steps > 0]
+
+
+def _model_on(face_model, device: torch.device):
+    """The face model on ``device`` (a copy when it must move: the factory's model is shared)."""
+    current = face_model.mean_shape.device
+    return face_model if current == device else copy.deepcopy(face_model).to(device)
+
+
+def _check_inputs(crops, landmarks: np.ndarray, photometric: bool) -> None:
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 2) or len(landmarks) == 0:
+        raise InputError(f"fit: landmarks must be [N, 68, 2] crop pixels, got {landmarks.shape}")
+    if not np.isfinite(landmarks).all():
+        raise InputError("fit: landmarks contain NaN/inf; fill detection gaps first (landmarks.clean_track)")
+    if crops is None:
+        if photometric:
+            raise InputError("fit: the photometric stage needs the crops; pass crops or set fitting.photometric_steps=0")
+        return
+    if crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2] or len(crops) != len(landmarks):
+        raise InputError(
+            f"fit: crops must be uint8 [N, S, S, 3] with N = {len(landmarks)} like the landmarks, got {crops.shape}"
+        )
+
+
+def fit_coefficients(
+    crops: np.ndarray | None,
+    landmarks: np.ndarray,
+    face_model,
+    config: FittingConfig | Mapping[str, Any] | None = None,
+    renderer: str | Any = "torch",
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    crop_size: int | None = None,
+    record_history: bool = True,
+) -> FitResult:
+    """Fit per-frame 257-d coefficients to fixed crops ``[N, S, S, 3]`` (uint8 RGB) and their
+    landmarks ``[N, 68, 2]`` (crop pixels). ``crops`` may be ``None`` with
+    ``photometric_steps=0`` (then give ``crop_size``). ``renderer``: a name for
+    :func:`talkinghead.render.get_renderer` or a renderer. Returns a :class:`FitResult`."""
+    from tqdm.auto import tqdm
+
+    from talkinghead.render import get_renderer
+
+    config = config if isinstance(config, FittingConfig) else FittingConfig.from_mapping(config)
+    config.validate()
+    landmarks = np.asarray(landmarks, dtype=np.float32)
+    _check_inputs(crops, landmarks, config.photometric_steps > 0)
+    size = int(crops.shape[1]) if crops is not None else int(crop_size or 224)
+    dev = resolve_device(device)
+    model = _model_on(face_model, dev)
+    render = get_renderer(renderer) if isinstance(renderer, str) else renderer
+    camera = Camera().with_size(size)
+    render_camera = Camera().with_size(int(config.render_size))
+    n = len(landmarks)
+    start = time.perf_counter()
+
+    all_weights = torch.from_numpy(LANDMARK_WEIGHTS).to(dev)
+    rigid_weights = torch.from_numpy(RIGID_LANDMARK_WEIGHTS).to(dev)
+    targets = _Targets(
+        landmarks=torch.from_numpy(landmarks).to(dev),
+        weights=all_weights,
+        px_scale=224.0 / size,
+        images=None,
+    )
+    if config.photometric_steps > 0:
+        targets.images = _downsample(crops, int(config.render_size), dev)  # [N, 3, R, R]
+    skin = model.skin_mask.to(torch.float32)[None, :, None]  # [1, V, 1]
+
+    with torch.no_grad():
+        angles, translation = initial_pose(model, targets.landmarks, camera)
+    params = FitParameters(n, angles, translation)
+    chunk = int(config.batch_frames)
+    chunks = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+
+    def step(photometric: bool) -> dict[str, float]:
+        """One pass over the clip: accumulate gradients chunk by chunk; returns the loss terms."""
+        # Clip-level terms (cheap, on the full parameter tensors).
+        smooth_pose, smooth_exp = smoothness_loss(params)
+        priors = (
+            config.w_id_prior * params.identity.square().sum()
+            + config.w_tex_prior * params.texture.square().sum()
+            + config.w_exp_prior * params.expression.square().sum(-1).mean()
+            + config.w_light_prior * params.lighting.square().sum(-1).mean()
+        )
+        clip_terms = priors + config.w_smooth_pose * smooth_pose + config.w_smooth_exp * smooth_exp
+        if clip_terms.requires_grad:
+            clip_terms.backward()
+        lm_sum = photo_sum = 0.0
+        for frames in chunks:
+            coeffs = params.coeffs(frames)
+            lm_term = landmark_loss(model.landmarks_2d(coeffs, camera), targets.landmarks[frames], targets.weights,
+                                    targets.px_scale)  # [n]
+            loss = config.w_landmark * lm_term.sum() / n
+            if photometric:
+                photo_term = _photometric_terms(model, render, coeffs, render_camera, targets.images[frames], skin)
+                loss = loss + config.w_photo * photo_term.sum() / n
+                photo_sum += float(photo_term.detach().sum())
+            if loss.requires_grad:
+                loss.backward()
+            lm_sum += float(lm_term.detach().sum())
+        return {
+            "landmark": lm_sum / n,
+            "photo": photo_sum / n if photometric else float("nan"),
+            "prior": float(priors.detach()),
+            "smooth_pose": float(smooth_pose.detach()),
+            "smooth_exp": float(smooth_exp.detach()),
+        }
+
+    phases = _phases(config)
+    history: list[dict] = []
+    terms: dict[str, float] = {}
+    bar = tqdm(total=sum(p.steps for p in phases), desc="fit 3DMM", unit="step", disable=not progress)
+    for phase in phases:
+        targets.weights = rigid_weights if phase.rigid else all_weights
+        for name, parameter in params.named_parameters():
+            parameter.requires_grad_(name in phase.params)  # frozen groups cost no backward pass
+        groups = [{"params": [getattr(params, name)], "lr": config.lr * phase.lr_scale.get(name, 1.0)}
+                  for name in phase.params]
+        optimiser = torch.optim.Adam(groups, lr=config.lr)
+        decay = lambda i, steps=phase.steps: config.final_lr_ratio + (1 - config.final_lr_ratio) * 0.5 * (  # noqa: E731
+            1 + math.cos(math.pi * i / max(steps - 1, 1)))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, decay)
+        for _ in range(phase.steps):
+            optimiser.zero_grad(set_to_none=True)
+            terms = step(phase.photometric)
+            if not all(math.isfinite(v) for k, v in terms.items() if k != "photo" or phase.photometric):
+                raise InputError("fit: the loss became NaN/inf; check the landmarks (a detection may be wrong)")
+            optimiser.step()
+            schedule.step()
+            if record_history:
+                history.append({"phase": phase.name, **terms})
+            bar.update(1)
+            bar.set_postfix(phase=phase.name, lm_px=f"{math.sqrt(terms['landmark']):.2f}",
+                            photo=f"{terms['photo']:.4f}" if phase.photometric else "-")
+    bar.close()
+
+    with torch.no_grad():
+        coeffs = params.coeffs().detach()
+        error = (model.landmarks_2d(coeffs, camera) - targets.landmarks).norm(dim=-1).mean(-1)  # [N] crop px
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return FitResult(
+        coeffs=coeffs.cpu().numpy().astype(np.float32),
+        landmark_error_px=error.cpu().numpy().astype(np.float32),
+        losses=terms,
+        history=history,
+        seconds=time.perf_counter() - start,
+        device=str(dev),
+    )
+
+
+def _downsample(crops: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 ``[N, S, S, 3]`` -> float ``[N, 3, size, size]`` in [0, 1] (area average)."""
+    images = torch.from_numpy(np.ascontiguousarray(crops)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    if images.shape[-1] != size:
+        mode = "area" if size < images.shape[-1] else "bilinear"
+        images = F.interpolate(images, size=(size, size), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    return images.contiguous()
+
+
+def _blur3(images: torch.Tensor) -> torch.Tensor:
+    """3x3 binomial blur ``[n, C, H, W]`` (edge-replicated borders)."""
+    kernel = torch.tensor([1.0, 2.0, 1.0], device=images.device, dtype=images.dtype)
+    kernel = (kernel[:, None] * kernel[None, :] / 16.0).expand(images.shape[1], 1, 3, 3)
+    return F.conv2d(F.pad(images, (1, 1, 1, 1), mode="replicate"), kernel, groups=images.shape[1])
+
+
+def _photometric_terms(model, render, coeffs: torch.Tensor, camera: Camera, images: torch.Tensor,
+                       skin: torch.Tensor) -> torch.Tensor:
+    """Per-frame photometric loss ``[n]`` of coefficients ``[n, 257]`` against ``images``.
+
+    The render samples pixel centres (aliased) while the target is an area average of the
+    crop; to compare like with like, the render is composited over the target, both are
+    blurred by a 3x3 binomial kernel, and the face mask is eroded by one pixel (the
+    silhouette pixels are only partly face in the target)."""
+    geometry = model(coeffs, camera)
+    colours = torch.cat([geometry.colours, skin.expand(coeffs.shape[0], -1, -1)], -1)  # [n, V, 4]: RGB + skin
+    out = render.render(geometry.vertices, model.triangles, colours, camera)
+    rgba = out.rgba  # [n, 5, R, R]: RGB, skin, alpha
+    alpha = rgba[:, 4:5]
+    mask = alpha * (rgba[:, 3:4] > 0.5).to(rgba.dtype)  # [n, 1, R, R] face skin pixels
+    mask = -F.max_pool2d(-mask, 3, stride=1, padding=1)  # erode by one pixel
+    composite = alpha * rgba[:, :3] + (1 - alpha) * images
+    return photometric_loss(_blur3(composite), _blur3(images), mask.detach())
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation against truth and a visual check
+# --------------------------------------------------------------------------------------------
+def coefficient_errors(fitted: np.ndarray, truth: np.ndarray, face_model=None) -> dict[str, float]:
+    """Errors of fitted coefficients ``[N, 257]`` against ground truth: median absolute Euler
+    angle error (degrees, over frames and axes), median translation error (model units, and
+    pixels of a 224 crop for x/y), expression coefficient RMSE and, with ``face_model``, the
+    mean vertex distance of the expression offsets (model units, ~1 dm)."""
+    f, t = split_coeffs(np.asarray(fitted, np.float64)), split_coeffs(np.asarray(truth, np.float64))
+    out = {
+        "angle_deg_median": float(np.median(np.abs(np.degrees(f.angles - t.angles)))),
+        "angle_deg_max": float(np.abs(np.degrees(f.angles - t.angles)).max()),
+        "roll_deg_median": float(np.median(np.abs(np.degrees(f.angles[:, 2] - t.angles[:, 2])))),
+        "translation_median": float(np.median(np.linalg.norm(f.translation - t.translation, axis=-1))),
+        "translation_xy_px_median": float(np.median(
+            np.linalg.norm(f.translation[:, :2] - t.translation[:, :2], axis=-1) * 1015.0 / (CAMERA_Z - t.translation[:, 2]))),
+        "translation_z_median": float(np.median(np.abs(f.translation[:, 2] - t.translation[:, 2]))),
+        "expression_rmse": float(np.sqrt(np.mean((f.expression - t.expression) ** 2))),
+    }
+    if face_model is not None:
+        basis = face_model.exp_basis.detach().cpu().double()  # [V*3, 64]
+        diff = torch.from_numpy(f.expression - t.expression) @ basis.T  # [N, V*3]
+        out["expression_vertex_mean"] = float(diff.view(len(diff), -1, 3).norm(dim=-1).mean())
+    return out
+
+
+def truth_sequence(face_model, num_frames: int, image_size: int = 224, seed: int = 0,
+                   renderer: str | Any = "torch") -> tuple[np.ndarray, np.ndarray]:
+    """A small ground-truth sequence to test the fitter: coefficients ``[N, 257]`` with smooth
+    head motion (yaw +-15, pitch +-8, roll +-8 degrees, small shifts, the face at about the
+    aligned-crop size), talking-like expressions, one random identity/texture and slowly
+    changing lighting, rendered over a smooth random background -> (uint8 frames
+    ``[N, S, S, 3]``, coefficients). Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(num_frames, dtype=np.float64) / 25.0
+
+    def wave(amplitude, low=0.15, high=0.6):
+        freq, phase = rng.uniform(low, high), rng.uniform(0, 2 * np.pi)
+        return amplitude * np.sin(2 * np.pi * freq * t + phase)
+
+    identity = np.broadcast_to(rng.normal(0, 0.6, ID_DIM), (num_frames, ID_DIM))
+    texture = np.broadcast_to(rng.normal(0, 0.4, TEX_DIM), (num_frames, TEX_DIM))
+    expression = np.stack([wave(0.08, 0.5, 2.0) for _ in range(EXP_DIM)], -1)
+    expression[:, 0] = 0.3 + wave(0.3, 1.0, 3.0)  # jaw: talking
+    expression[:, 4] = 0.2 + wave(0.2)  # smile
+    expression[:, 6] = wave(0.3)  # brows
+    angles = np.radians(np.stack([wave(8.0), wave(15.0), wave(8.0)], -1))
+    translation = np.stack([wave(0.08), -0.25 + wave(0.08), -2.2 + wave(0.3)], -1)
+    light_base = np.zeros(SH_DIM)
+    light_base[[1, 2, 3, 10, 11, 12, 19, 20, 21]] = np.tile(rng.normal(0, 0.12, 3), 3)  # first-order bands, white
+    light_base[[0, 9, 18]] = rng.normal(0, 0.05, 3)  # ambient tint
+    lighting = light_base + np.stack([wave(0.03) for _ in range(SH_DIM)], -1)
+    coeffs = join_coeffs(identity, expression, texture, angles, lighting, translation).astype(np.float32)
+
+    rgba = render_coeffs(face_model, coeffs, image_size, renderer)  # [N, S, S, 4]
+    grid = np.linspace(0, 1, image_size)
+    colours = rng.uniform(0.2, 0.8, (3, 3))
+    background = colours[0] + grid[:, None, None] * (colours[1] - colours[0]) + grid[None, :, None] * (colours[2] - colours[0])
+    background = background.clip(0, 1)  # [S, S, 3]: a smooth two-way colour gradient
+    frames = rgba[..., :3].clip(0, 1) * rgba[..., 3:] + background[None] * (1 - rgba[..., 3:])
+    return (frames * 255 + 0.5).clip(0, 255).astype(np.uint8), coeffs
+
+
+def draw_fit_overlay(image: np.ndarray, detected: np.ndarray, fitted: np.ndarray, render_rgba: np.ndarray | None = None,
+                     blend: float = 0.5) -> np.ndarray:
+    """A visual check: ``image`` (uint8 ``[S, S, 3]``) with the rendered face blended in
+    (``render_rgba`` float ``[S, S, 4]`` in [0, 1]), detected landmarks as green dots and
+    fitted (projected) landmarks as red crosses. Returns uint8 ``[S, S, 3]``."""
+    import cv2
+
+    canvas = np.asarray(image, dtype=np.float32).copy()
+    if render_rgba is not None:
+        alpha = render_rgba[..., 3:4] * blend
+        canvas = canvas * (1 - alpha) + np.clip(render_rgba[..., :3], 0, 1) * 255.0 * alpha
+    canvas = np.clip(canvas, 0, 255).astype(np.uint8)
+    radius = max(1, canvas.shape[0] // 160)
+    for u, v in np.asarray(detected):
+        cv2.circle(canvas, (int(round(u - 0.5)), int(round(v - 0.5))), radius + 1, (0, 255, 0), -1, cv2.LINE_AA)
+    for u, v in np.asarray(fitted):
+        cv2.drawMarker(canvas, (int(round(u - 0.5)), int(round(v - 0.5))), (255, 0, 0), cv2.MARKER_CROSS,
+                       3 * radius + 2, 1, cv2.LINE_AA)
+    return canvas
+
+
+def render_coeffs(face_model, coeffs: np.ndarray | torch.Tensor, image_size: int, renderer: str | Any = "torch") -> np.ndarray:
+    """Render coefficients ``[N, 257]`` to float RGBA ``[N, S, S, 4]`` in [0, 1] (no hole filling)."""
+    from talkinghead.render import get_renderer
+
+    render = get_renderer(renderer) if isinstance(renderer, str) else renderer
+    coeffs = torch.as_tensor(np.asarray(coeffs), dtype=torch.float32, device=face_model.mean_shape.device)
+    camera = Camera().with_size(int(image_size))
+    with torch.no_grad():
+        geometry = face_model(coeffs, camera)
+        out = render.render(geometry.vertices, face_model.triangles, geometry.colours.clamp(0, 1), camera)
+    return out.rgba.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def config_dict(config: FittingConfig) -> dict[str, Any]:
+    """The config as a plain dict (for ``meta.extra``)."""
+    return asdict(config)
+
+
+__all__: Sequence[str] = (
+    "FitParameters", "FitResult", "FittingConfig", "LANDMARK_WEIGHTS", "coefficient_errors", "config_dict",
+    "draw_fit_overlay", "fit_coefficients", "initial_pose", "landmark_loss", "photometric_loss", "render_coeffs",
+    "resolve_device", "similarity_2d", "smoothness_loss",
+)

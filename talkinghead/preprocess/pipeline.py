@@ -1,0 +1,294 @@
+"""A person's video -> a person clip (docs/data-format.md): the whole preprocessing pipeline.
+
+:func:`preprocess_video` (and :func:`preprocess_from_config`, behind
+``python scripts/preprocess.py video=FILE out=DIR [detector=...]``):
+
+1. **Checks** (before anything is written; ``out`` is not even created): the file exists
+   and ffmpeg reads a video stream from it; at 25 fps it has at least ``min_frames`` frames
+   (estimated from the duration first, then counted exactly); ``out`` is free unless
+   ``overwrite``. A missing audio track is allowed: the clip can then fine-tune the GAN
+   (Stage 2) but not Stage 1 (a warning says so).
+2. **Landmarks**: the detector runs over the first ``max_frames`` frames at 25 fps (decoded
+   as a stream); :func:`~talkinghead.preprocess.landmarks.clean_track` rejects no face, two
+   faces and a face lost for long, interpolates short gaps and smooths the landmarks in time.
+3. **Alignment**: per-frame 5-point similarity crops (``aligned``), and the *fixed* crop cut
+   with one transform for every frame: the 5-point similarity of the median five points over
+   the first ``reference_frames`` frames (a robust "frame 0"), so the head moves inside it.
+   Both transforms are kept (``transforms.npz``) for paste-back. Frames are decoded a second
+   time for the crops, so memory holds landmarks and crops, never the full-size video.
+4. **Fitting** of the 257-d coefficients in the fixed crop (:mod:`talkinghead.preprocess.fit`).
+5. **Writing** with :func:`talkinghead.data.clip.write_clip` (atomic), with the 16 kHz audio
+   trimmed/padded to the frames and, optionally, the 25-fps source video as ``source.mp4``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from talkinghead.errors import ConfigError, InputError, require_file
+from talkinghead.preprocess.align import alignment_transforms, apply_transform, fixed_transform, warp_crop
+from talkinghead.preprocess.fit import FittingConfig, config_dict, fit_coefficients
+from talkinghead.preprocess.landmarks import LandmarkDetector, TrackOptions, clean_track, detect_video, make_detector
+
+log = logging.getLogger(__name__)
+
+FPS = 25
+SAMPLE_RATE = 16000
+CROP_SIZE = 224
+DEFAULT_FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
+
+
+def check_video(video: str | os.PathLike, min_frames: int = 300):
+    """Check that ``video`` is a readable video long enough for ``min_frames`` frames at 25 fps
+    (estimated from its duration); returns its :class:`~talkinghead.video.io.MediaInfo`."""
+    from talkinghead.video.io import probe_media
+
+    path = require_file(video, "video", "check the video= path")
+    info = probe_media(path)
+    if not info.has_video:
+        raise InputError(f"{path} has no video stream (audio only?); give a video file with the person's face")
+    if info.duration is not None:
+        estimated = int(round(info.duration * FPS))
+        if estimated < min_frames:
+            raise InputError(
+                f"{path} is {info.duration:.1f} s long: {estimated} frames at {FPS} fps, but at least {min_frames} "
+                f"frames ({min_frames / FPS:.0f} s) are needed; use a longer video"
+            )
+    return info
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"out={out} exists and is a file; choose a directory path for the clip")
+    if out.exists() and not overwrite:
+        raise InputError(f"out={out} already exists; pass overwrite=true or choose another out=")
+
+
+def _fit_audio(audio: np.ndarray | None, num_frames: int) -> np.ndarray | None:
+    """Trim or zero-pad the soundtrack to exactly ``num_frames`` video frames."""
+    if audio is None:
+        return None
+    samples = num_frames * SAMPLE_RATE // FPS
+    audio = np.asarray(audio, np.float32)[:samples]
+    return np.pad(audio, (0, samples - len(audio))) if len(audio) < samples else audio
+
+
+def _cut_crops(video: Path, num_frames: int, fixed: np.ndarray, aligned: np.ndarray, source_out: Path | None,
+               audio: np.ndarray | None, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Second decoding pass: fixed and aligned crops ``[N, S, S, 3]`` of every frame, and
+    (optionally) the 25-fps source video with its audio written to ``source_out``."""
+    from tqdm.auto import tqdm
+
+    from talkinghead.video.io import VideoWriter, iter_video
+
+    fixed_crops = np.empty((num_frames, CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    aligned_crops = np.empty_like(fixed_crops)
+    writer = VideoWriter(source_out, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE) if source_out else None
+    count = 0
+    try:
+        frames = iter_video(video, FPS, num_frames)
+        for i, frame in enumerate(tqdm(frames, total=num_frames, desc="crops", unit="frame", disable=not progress)):
+            fixed_crops[i] = warp_crop(frame, fixed, CROP_SIZE)
+            aligned_crops[i] = warp_crop(frame, aligned[i], CROP_SIZE)
+            if writer is not None:
+                writer.write(frame)
+            count += 1
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        writer.close()
+    if count != num_frames:
+        raise InputError(f"{video}: decoded {count} frames the second time but {num_frames} the first; the file may be damaged")
+    return fixed_crops, aligned_crops
+
+
+def preprocess_video(
+    video: str | os.PathLike,
+    out: str | os.PathLike,
+    detector: str | Mapping[str, Any] | LandmarkDetector = "mediapipe",
+    face_model_cfg: Mapping[str, Any] | None = None,
+    fitting_cfg: FittingConfig | Mapping[str, Any] | None = None,
+    max_frames: int = 400,
+    min_frames: int = 300,
+    device: str = "auto",
+    progress: bool = True,
+    *,
+    overwrite: bool = False,
+    renderer: str = "torch",
+    landmarks_cfg: TrackOptions | Mapping[str, Any] | None = None,
+    reference_frames: int = 25,
+    keep_source: bool = True,
+    name: str | None = None,
+) -> Path:
+    """Preprocess a person's ``video`` into the person clip ``out``; returns the clip path.
+
+    ``detector``: ``"mediapipe"``, ``"face_alignment"``, ``"ground_truth"``, a config node
+    ``{name: ..., ...options}`` or a :class:`LandmarkDetector`. ``face_model_cfg``: the face
+    model spec (``configs/face_model/*.yaml``; recorded in ``meta.face_model``).
+    ``fitting_cfg``: ``configs/fitting/default.yaml`` keys. ``landmarks_cfg``: track
+    cleaning/smoothing options (:class:`TrackOptions`). Bad input raises a one-line
+    :class:`InputError` and leaves ``out`` untouched.
+    """
+    from talkinghead.data.clip import ClipMeta, write_clip
+    from talkinghead.face.factory import face_model_spec, make_face_model
+    from talkinghead.video.io import read_video_audio
+
+    min_frames, max_frames = int(min_frames), int(max_frames)
+    if min_frames < 1 or max_frames < min_frames:
+        raise ConfigError(f"need 1 <= min_frames <= max_frames, got min_frames={min_frames}, max_frames={max_frames}")
+    out = Path(out).expanduser()
+    info = check_video(video, min_frames)
+    _check_out(out, overwrite)
+    video = info.path
+    fitting = fitting_cfg if isinstance(fitting_cfg, FittingConfig) else FittingConfig.from_mapping(fitting_cfg)
+    track_options = landmarks_cfg if isinstance(landmarks_cfg, TrackOptions) else TrackOptions.from_mapping(landmarks_cfg)
+    spec = face_model_spec(face_model_cfg or DEFAULT_FACE_MODEL)
+    face_model = make_face_model(spec)
+    if not info.has_audio:
+        log.warning("%s has no audio track: the clip can fine-tune Stage 2 (the GAN) but not Stage 1 "
+                    "(audio to expression/pose)", video)
+
+    # 2. landmarks (first decoding pass)
+    from talkinghead.video.io import iter_video
+
+    owns_detector = not isinstance(detector, LandmarkDetector)
+    detect = make_detector(detector) if owns_detector else detector
+    try:
+        raw = detect_video(iter_video(video, FPS, max_frames), detect, progress=progress, total=max_frames)
+    finally:
+        if owns_detector:
+            detect.close()
+    num_frames = raw.num_frames
+    if num_frames < min_frames:
+        raise InputError(
+            f"{video} has {num_frames} frames at {FPS} fps ({num_frames / FPS:.1f} s) but at least {min_frames} "
+            f"({min_frames / FPS:.0f} s) are needed; use a longer video"
+        )
+    track = clean_track(raw, str(video), track_options)
+
+    # 3. alignment and crops (second decoding pass)
+    aligned_t = alignment_transforms(track.landmarks, CROP_SIZE)  # [N, 2, 3]
+    fixed_t = fixed_transform(track.landmarks, CROP_SIZE, reference_frames)  # [2, 3]
+    audio = _fit_audio(read_video_audio(video, SAMPLE_RATE), num_frames) if info.has_audio else None
+    with tempfile.TemporaryDirectory(prefix="talkinghead_preprocess_") as tmp:
+        source = Path(tmp) / "source.mp4" if keep_source else None
+        fixed_crops, aligned_crops = _cut_crops(video, num_frames, fixed_t, aligned_t, source, audio, progress)
+        landmarks_fixed = apply_transform(track.landmarks, fixed_t)  # [N, 68, 2] fixed-crop pixels
+
+        # 4. fitting
+        result = fit_coefficients(fixed_crops, landmarks_fixed, face_model, fitting, renderer=renderer,
+                                  device=device, progress=progress)
+
+        # 5. writing
+        train_stop = min(300, num_frames)
+        meta = ClipMeta(
+            name=name or out.name,
+            num_frames=num_frames,
+            crop_size=CROP_SIZE,
+            sample_rate=SAMPLE_RATE,
+            source="video",
+            split="person",
+            train_frames=(0, train_stop),
+            test_frames=(train_stop, num_frames),
+            face_model=dict(spec),
+            extra={
+                "video": str(video),
+                "video_fps": info.fps,
+                "video_size": [info.width, info.height],
+                "detector": getattr(detect, "name", type(detect).__name__),
+                "landmarks": {**track.report, "missing_frames": track.report["missing_frames"][:50]},
+                "reference_frames": int(reference_frames),
+                "fit": result.summary(),
+                "fitting": config_dict(fitting),
+                "stage1_usable": audio is not None,
+            },
+        )
+        path = write_clip(out, meta, result.coeffs, landmarks_fixed, fixed_crops, aligned_crops, fixed_t, aligned_t,
+                          audio=audio, source_video=source, overwrite=overwrite)
+    log.info("wrote %s: %d frames, landmark error %.2f px", path, num_frames, float(result.landmark_error_px.mean()))
+    return path
+
+
+def fit_image(
+    image: np.ndarray,
+    detector: str | Mapping[str, Any] | LandmarkDetector = "mediapipe",
+    face_model_cfg: Mapping[str, Any] | None = None,
+    fitting_cfg: FittingConfig | Mapping[str, Any] | None = None,
+    device: str = "auto",
+    renderer: str = "torch",
+    progress: bool = False,
+):
+    """One photograph (uint8 RGB ``[H, W, 3]``) through the same steps as a video: detect the
+    dominant face, align it to the 224 crop, fit. Returns ``(crop [224, 224, 3], landmarks in
+    the crop [68, 2], FitResult)``; a still image needs no smoothing and uses
+    ``static_image_mode`` for MediaPipe."""
+    from talkinghead.face.factory import face_model_spec, make_face_model
+    from talkinghead.preprocess.landmarks import RawTrack
+
+    if isinstance(detector, str) and detector == "mediapipe":
+        detector = {"name": "mediapipe", "static_image_mode": True}
+    owns_detector = not isinstance(detector, LandmarkDetector)
+    detect = make_detector(detector) if owns_detector else detector
+    try:
+        raw: RawTrack = detect_video([np.asarray(image, np.uint8)], detect)
+    finally:
+        if owns_detector:
+            detect.close()
+    track = clean_track(raw, "image", TrackOptions(smooth_window=0))
+    transform = fixed_transform(track.landmarks, CROP_SIZE, 1)
+    crop = warp_crop(image, transform, CROP_SIZE)
+    landmarks = apply_transform(track.landmarks, transform)  # [1, 68, 2]
+    face_model = make_face_model(face_model_spec(face_model_cfg or DEFAULT_FACE_MODEL))
+    result = fit_coefficients(crop[None], landmarks, face_model, fitting_cfg, renderer=renderer, device=device,
+                              progress=progress)
+    return crop, landmarks[0], result
+
+
+def preprocess_from_config(cfg) -> Path:
+    """``scripts/preprocess.py``: compose-config entry (keys: ``configs/preprocess.yaml``)."""
+    from omegaconf import OmegaConf
+
+    from talkinghead.cli import cfg_get, to_plain
+
+    for key in ("video", "out"):
+        if OmegaConf.is_missing(cfg, key):
+            raise ConfigError(f"{key}= is required: python scripts/preprocess.py video=FILE out=DIR")
+    detector = dict(to_plain(cfg.detector))
+    if detector.get("name") == "ground_truth":
+        clip = cfg_get(cfg, "ground_truth_clip")
+        if clip is None:
+            raise ConfigError("detector=ground_truth needs ground_truth_clip=DIR (the clip with the true coefficients)")
+        detector["clip"] = clip
+    path = preprocess_video(
+        cfg.video,
+        cfg.out,
+        detector=detector,
+        face_model_cfg=to_plain(cfg.face_model),
+        fitting_cfg=to_plain(cfg.fitting),
+        max_frames=int(cfg.max_frames),
+        min_frames=int(cfg.min_frames),
+        device=str(cfg_get(cfg, "device", "auto")),
+        progress=bool(cfg_get(cfg, "progress", True)),
+        overwrite=bool(cfg_get(cfg, "overwrite", False)),
+        renderer=str(cfg_get(cfg, "renderer.name", "torch")),
+        landmarks_cfg=to_plain(cfg_get(cfg, "landmarks", {})),
+        reference_frames=int(cfg_get(cfg, "reference_frames", 25)),
+        keep_source=bool(cfg_get(cfg, "keep_source", True)),
+        name=cfg_get(cfg, "name"),
+    )
+    from talkinghead.data.clip import read_clip
+
+    clip = read_clip(path, load_audio=False)
+    fit = clip.meta.extra.get("fit", {})
+    audio_note = "" if clip.meta.has_audio else " (no audio: usable for Stage 2 fine-tuning only)"
+    print(f"wrote {path}: {clip.num_frames} frames, landmark error {fit.get('landmark_error_px_mean', float('nan')):.2f} px"
+          f"{audio_note}")
+    return path

@@ -1,0 +1,355 @@
+"""Stage-1 training: the audio -> expression + pose LSTM, general and personal.
+
+:class:`Audio2CoeffTask` is the :class:`~talkinghead.train.loop.TrainTask` of the shared loop:
+one model (``"audio2coeff"``), Adam with betas (0.5, 0.999), the loss of
+:func:`talkinghead.models.audio2coeff.stage1_loss` (method.md section 4).
+
+:func:`train_audio2coeff` is the whole job for one output directory::
+
+    OUT/weights.safetensors   inference weights (export_weights)
+    OUT/model.json            constructor kwargs + stage + mode + what the run was trained on
+    OUT/checkpoints/          resumable state (the loop's)
+    OUT/tb/                   TensorBoard
+    OUT/done.json             written last, atomically: final metrics + the run's fingerprint
+
+Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
+
+``general``
+    All frames of the training persons (``frames: null``), windows every ``stride`` frames
+    with a random offset; validation on held-out persons' frames ``val_frames`` (0-299: their
+    300-399 stay unseen for evaluation). The architecture comes from ``audio2coeff.model``.
+``finetune``
+    One person's frames 0-299 as 16-frame windows with stride 1 (285 windows), lr 1e-4, all
+    layers, starting from the general run in ``init_dir`` whose ``model.json`` fixes the
+    architecture (the config's ``audio2coeff.model`` is ignored). Validation on the person's
+    held-out frames 300-399, logged only (nothing is selected by it).
+
+Rerunning the same call resumes from the newest checkpoint; a run whose ``done.json``
+fingerprint (architecture, schedule, seed, data) matches is not repeated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from talkinghead.cli import cfg_get, to_plain
+from talkinghead.data.clip import PersonClip
+from talkinghead.data.stage1_dataset import Stage1WindowDataset
+from talkinghead.errors import ConfigError, TrainingError
+from talkinghead.models.audio2coeff import ExpressionPoseLSTM, make_optimizer, stage1_loss
+from talkinghead.train import checkpoint as ckpt
+from talkinghead.train.distributed import barrier, is_main
+from talkinghead.train.loop import Trainer, TrainerConfig, seed_everything
+
+__all__ = [
+    "STAGE",
+    "MODEL_NAME",
+    "GENERAL_COMMAND",
+    "Audio2CoeffTask",
+    "train_audio2coeff",
+    "read_model_json",
+    "write_json_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+STAGE = "audio2coeff"
+#: Name of the model inside checkpoints and weights files.
+MODEL_NAME = "audio2coeff"
+WEIGHTS_FILE = "weights.safetensors"
+MODEL_FILE = "model.json"
+DONE_FILE = "done.json"
+#: The command that produces a general Stage-1 model (quoted in errors).
+GENERAL_COMMAND = "python scripts/train.py stage=audio2coeff data.root=DATA out={out}"
+#: ExpressionPoseLSTM constructor arguments a config may set.
+MODEL_KEYS = ("width", "fc_dim", "embed_dim", "hidden", "layers")
+LOSS_KEYS = ("pose_weight", "pose_smooth_weight", "expression_smooth_weight")
+MODES = ("general", "finetune")
+
+
+# ----------------------------------------------------------------------------------------------
+# The task
+# ----------------------------------------------------------------------------------------------
+
+
+class Audio2CoeffTask:
+    """TrainTask for :class:`ExpressionPoseLSTM` (see the module docstring).
+
+    Args:
+        model: the network (already initialised or loaded).
+        lr: Adam learning rate.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (decay to ``min_lr_ratio * lr`` over the
+            run; computed from the step number, so resuming needs no extra state).
+        min_lr_ratio: floor of the cosine schedule, as a fraction of ``lr``.
+        loss_weights: keyword arguments of :func:`stage1_loss` (pose / smoothness weights).
+    """
+
+    def __init__(
+        self,
+        model: ExpressionPoseLSTM,
+        lr: float = 2e-4,
+        lr_schedule: str = "constant",
+        min_lr_ratio: float = 0.05,
+        loss_weights: Mapping[str, float] | None = None,
+    ):
+        if lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"audio2coeff lr_schedule={lr_schedule!r}; use constant or cosine")
+        if not lr > 0:
+            raise ConfigError(f"audio2coeff lr={lr!r} must be > 0")
+        self.models: dict[str, torch.nn.Module] = {MODEL_NAME: model}
+        self.lr = float(lr)
+        self.lr_schedule = lr_schedule
+        self.min_lr_ratio = float(min_lr_ratio)
+        self.loss_weights = dict(loss_weights or {})
+        self.total_steps = 1
+        self.grad_clip: float | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        self.optimizer = make_optimizer(self.models[MODEL_NAME], lr=self.lr)
+        return {MODEL_NAME: self.optimizer}
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        self.total_steps = max(trainer.total_steps, 1)
+        self.grad_clip = trainer.cfg.grad_clip
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of the step that follows ``step`` finished steps."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        progress = min(step / self.total_steps, 1.0)
+        floor = self.min_lr_ratio * self.lr
+        return floor + 0.5 * (self.lr - floor) * (1.0 + math.cos(math.pi * progress))
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        model = self.models[MODEL_NAME]
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(step)
+        pred, _ = model(batch["windows"])  # [B, T, 70]
+        losses = stage1_loss(pred, batch["target"], **self.loss_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return {name: value.detach() for name, value in losses.items()}
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        pred, _ = self.models[MODEL_NAME](batch["windows"])  # [B, T, 70]
+        return stage1_loss(pred, batch["target"], **self.loss_weights)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp_{path.name}_{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+    return path
+
+
+def read_model_json(model_dir: str | os.PathLike, command: str | None = None) -> dict[str, Any]:
+    """``DIR/model.json`` of a Stage-1 run, checked; a missing or foreign file is a one-line
+    :class:`TrainingError` naming the directory and ``command`` (what creates it)."""
+    model_dir = Path(model_dir).expanduser()
+    command = command or GENERAL_COMMAND.format(out=model_dir)
+    path = model_dir / MODEL_FILE
+    if not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
+        raise TrainingError(
+            f"no trained Stage-1 model in {model_dir} (model.json / weights.safetensors missing); create it with `{command}`"
+        )
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise TrainingError(f"{path} is not valid JSON ({err.msg}); re-create it with `{command}`") from None
+    if info.get("stage") != STAGE or not isinstance(info.get("model"), dict):
+        raise TrainingError(f"{path} does not describe a Stage-1 (audio2coeff) model; point at the audio2coeff directory")
+    unknown = sorted(set(info["model"]) - set(MODEL_KEYS))
+    if unknown:
+        raise TrainingError(f"{path}: unknown model key {unknown[0]!r}; it was written by another version, re-train it")
+    return info
+
+
+def _schedule(cfg, mode: str) -> dict[str, Any]:
+    """The mode's training settings with defaults filled in."""
+    node = cfg_get(cfg, f"{STAGE}.{'train' if mode == 'general' else 'finetune'}", {})
+    sched = {
+        "lr": 2e-4 if mode == "general" else 1e-4,
+        "lr_schedule": "constant",
+        "min_lr_ratio": 0.05,
+        "batch_size": 16,
+        "val_batch_size": None,
+        "window": 16,
+        "stride": 1,
+        "random_offset": False,
+        "frames": None if mode == "general" else [0, 300],
+        "val_frames": [0, 300] if mode == "general" else [300, 400],
+        "max_steps": 1000,
+        "grad_clip": None,
+    }
+    values = to_plain(node) or {}
+    unknown = sorted(set(values) - set(sched))
+    if unknown:
+        section = "train" if mode == "general" else "finetune"
+        raise ConfigError(f"unknown config key {STAGE}.{section}.{unknown[0]}; valid keys: {', '.join(sorted(sched))}")
+    sched.update({k: v for k, v in values.items()})
+    return sched
+
+
+def _frame_slice(value, key: str) -> slice | None:
+    if value is None:
+        return None
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+        raise ConfigError(f"{STAGE}.{key}={value!r} must be null or [start, stop] frame indices (e.g. [0, 300])")
+    return slice(int(value[0]), int(value[1]))
+
+
+def _model_kwargs_from_config(cfg) -> dict[str, Any]:
+    values = to_plain(cfg_get(cfg, f"{STAGE}.model", {})) or {}
+    unknown = sorted(set(values) - set(MODEL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key {STAGE}.model.{unknown[0]}; valid keys: {', '.join(MODEL_KEYS)}")
+    return dict(values)
+
+
+def _clip_name(clip: PersonClip | str | os.PathLike) -> str:
+    return clip.name if isinstance(clip, PersonClip) else Path(clip).name
+
+
+def _fingerprint(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# The job
+# ----------------------------------------------------------------------------------------------
+
+
+def train_audio2coeff(
+    clips: Sequence[PersonClip | str | os.PathLike],
+    out_dir: str | os.PathLike,
+    cfg,
+    mode: str = "general",
+    init_dir: str | os.PathLike | None = None,
+    val_clips: Sequence[PersonClip | str | os.PathLike] | None = None,
+) -> Path:
+    """Train Stage 1 into ``out_dir`` (see the module docstring); returns ``out_dir``.
+
+    Args:
+        clips: training clips (general: the training persons; finetune: the person's clip).
+        out_dir: the run directory (weights, model.json, checkpoints, tb, done.json).
+        cfg: the composed config (``audio2coeff.model/.train/.finetune/.loss``, ``trainer``,
+            ``seed``).
+        mode: ``"general"`` or ``"finetune"``.
+        init_dir: finetune: the general run to start from (its model.json + weights).
+            general: optional warm start.
+        val_clips: validation clips; default: none for general training, the training clips'
+            ``val_frames`` (held-out frames) for fine-tuning.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"audio2coeff mode={mode!r}; use general or finetune")
+    if not clips:
+        raise ConfigError("no training clips for audio2coeff; check data.root (it needs persons with split 'train')")
+    out_dir = Path(out_dir).expanduser()
+    sched = _schedule(cfg, mode)
+    seed = int(cfg_get(cfg, "seed", 0))
+    loss_weights = to_plain(cfg_get(cfg, f"{STAGE}.loss", {})) or {}
+    unknown = sorted(set(loss_weights) - set(LOSS_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key {STAGE}.loss.{unknown[0]}; valid keys: {', '.join(LOSS_KEYS)}")
+
+    # Architecture: fine-tuning keeps the general model's.
+    init_weights: Path | None = None
+    if init_dir is not None:
+        init_dir = Path(init_dir).expanduser()
+        init_info = read_model_json(init_dir, GENERAL_COMMAND.format(out=init_dir))
+        init_weights = init_dir / WEIGHTS_FILE
+    if mode == "finetune":
+        if init_dir is None:
+            raise ConfigError("audio2coeff fine-tuning needs init_dir (the general model directory); set general=DIR")
+        model_kwargs = dict(init_info["model"])
+    else:
+        model_kwargs = _model_kwargs_from_config(cfg)
+        if init_dir is not None and init_info["model"] != model_kwargs:
+            raise ConfigError(f"audio2coeff.model {model_kwargs} differs from {init_dir / MODEL_FILE}; use the same architecture")
+
+    if val_clips is None:
+        val_clips = clips if mode == "finetune" else []
+    frames, val_frames = _frame_slice(sched["frames"], "frames"), _frame_slice(sched["val_frames"], "val_frames")
+    fingerprint = _fingerprint({
+        "mode": mode, "model": model_kwargs, "sched": sched, "loss": loss_weights, "seed": seed,
+        "clips": [_clip_name(c) for c in clips], "init": str(init_weights) if init_weights else None,
+    })
+    done_path = out_dir / DONE_FILE
+    if done_path.is_file():
+        try:
+            done = json.loads(done_path.read_text())
+        except json.JSONDecodeError:
+            done = {}
+        if done.get("fingerprint") == fingerprint and (out_dir / WEIGHTS_FILE).is_file():
+            log.info("%s: already trained (done.json matches); skipping", out_dir)
+            return out_dir
+    if is_main() and done_path.exists():
+        done_path.unlink()  # the directory is being (re)trained: no longer marked finished
+    barrier()
+
+    window, stride = int(sched["window"]), int(sched["stride"])
+    train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]))
+    if len(train_set) == 0:
+        raise ConfigError(
+            f"no {window}-frame windows in the training clips' frames {sched['frames']}; "
+            "check data.root or lower audio2coeff window"
+        )
+    val_set = Stage1WindowDataset(val_clips, window, window, val_frames) if val_clips else None
+
+    seed_everything(seed)
+    model = ExpressionPoseLSTM(**model_kwargs)
+    task = Audio2CoeffTask(model, sched["lr"], sched["lr_schedule"], sched["min_lr_ratio"], loss_weights)
+    if init_weights is not None:
+        ckpt.load_weights(task.models, init_weights)  # overwritten by resume if a checkpoint exists
+
+    trainer_overrides = dict(
+        out_dir=str(out_dir),
+        max_steps=int(sched["max_steps"]),
+        batch_size=int(sched["batch_size"]),
+        seed=seed,
+        desc=f"{STAGE} ({mode})",
+    )
+    if sched["val_batch_size"]:
+        trainer_overrides["val_batch_size"] = int(sched["val_batch_size"])
+    if sched["grad_clip"]:
+        trainer_overrides["grad_clip"] = float(sched["grad_clip"])
+    trainer_cfg = TrainerConfig.coerce(to_plain(cfg_get(cfg, "trainer", {})) or {}, **trainer_overrides)
+    trainer = Trainer(task, train_set, val_set, trainer_cfg)
+    log.info("training %s: %s; validation: %s", STAGE, train_set, val_set)
+    metrics = trainer.fit()
+
+    if trainer.is_main:
+        info = {
+            "stage": STAGE,
+            "mode": mode,
+            "model": model_kwargs,
+            "window": window,
+            "trained_on": train_set.clip_names,
+            "frames": sched["frames"],
+            "init": str(init_weights) if init_weights else None,
+            "format_version": 1,
+        }
+        ckpt.export_weights(task, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
+        write_json_atomic(out_dir / MODEL_FILE, info)
+        write_json_atomic(done_path, {"fingerprint": fingerprint, "metrics": metrics, "steps": trainer.step})
+    barrier()
+    return out_dir

@@ -1,0 +1,54 @@
+"""``scripts/train.py``: general training of one stage over a corpus of person clips.
+
+    python scripts/train.py stage=audio2coeff|refiner data.root=DIR out=DIR [experiment=...] [debug=tiny]
+
+The corpus at ``data.root`` is a directory of clips with a ``corpus.json`` naming each
+person's split: the ``train`` persons are trained on; for Stage 1 the ``heldout`` persons'
+fine-tuning frames are the validation set (their frames 300-399 stay unseen). Runs the same
+under ``torchrun --nproc_per_node=N`` (data parallel; ``trainer.batch_size`` stays global).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from talkinghead.cli import cfg_get
+from talkinghead.data.clip import list_clips
+from talkinghead.errors import ConfigError, InputError
+from talkinghead.train.distributed import cleanup
+
+__all__ = ["STAGES", "train_from_config"]
+
+STAGES = ("audio2coeff", "refiner")
+
+
+def _heldout_clips(root) -> list[Path]:
+    """The corpus's held-out persons, or none (a single clip or a corpus without them)."""
+    if (Path(root) / "meta.json").is_file():
+        return []
+    try:
+        return list_clips(root, "heldout")
+    except InputError:
+        return []
+
+
+def train_from_config(cfg) -> Path:
+    """Dispatch on ``cfg.stage``; returns the output directory. Unknown stage -> ConfigError."""
+    stage = cfg_get(cfg, "stage")
+    if stage not in STAGES:
+        raise ConfigError(f"unknown stage={stage!r}; use stage=audio2coeff or stage=refiner")
+    root = cfg_get(cfg, "data.root")
+    if root is None:
+        raise ConfigError("data.root is not set; point it at a corpus of person clips (data.root=DIR)")
+    out = Path(cfg_get(cfg, "out", f"checkpoints/general/{stage}"))
+    clips = list_clips(root, "train")
+    try:
+        if stage == "audio2coeff":
+            from talkinghead.train.audio2coeff import train_audio2coeff
+
+            return train_audio2coeff(clips, out, cfg, mode="general", val_clips=_heldout_clips(root))
+        from talkinghead.train.refiner import train_refiner
+
+        return train_refiner(clips, out, cfg, mode="general")
+    finally:
+        cleanup()

@@ -1,0 +1,270 @@
+"""scripts/infer.py behaviour: every bad input exits non-zero with one clear line and leaves no
+mp4 behind; a good run afterwards works; chunked streaming equals one pass; batch manifests.
+
+The CLI is exercised in-process through ``run_cli`` (the same wrapper scripts/infer.py uses).
+Models are the real Stage-1/Stage-2 trainers run for one step at ``debug=tiny`` size on a small
+hand-made clip, so the whole file stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from talkinghead.audio import load_audio, save_wav
+from talkinghead.cli import compose_config, run_cli
+from talkinghead.data.clip import ClipMeta, write_clip
+from talkinghead.errors import ConfigError, InputError
+from talkinghead.pipeline import infer as infer_mod
+from talkinghead.pipeline.infer import (
+    InferenceOptions,
+    generate_video,
+    infer_from_config,
+    load_person,
+    run_manifest,
+)
+from talkinghead.video import probe_media
+
+NUM_FRAMES = 24
+ONE_STEP = [
+    "debug=tiny", "trainer.log_every=0", "trainer.image_every=0", "trainer.val_every=0", "trainer.ckpt_every=0",
+    "audio2coeff.train.max_steps=1", "audio2coeff.train.batch_size=2",
+    "refiner.train.max_steps=1", "refiner.train.val_frames=[18,24]",
+]
+
+
+def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """A loud, amplitude-modulated tone (not silent; speech content is irrelevant here)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
+    return (0.3 * envelope * np.sin(2 * np.pi * 180 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A person clip (no fine-tuned models) and one-step general models usable as ``weights=``."""
+    from talkinghead.train.audio2coeff import train_audio2coeff
+    from talkinghead.train.refiner import train_refiner
+
+    root = tmp_path_factory.mktemp("infer")
+    rng = np.random.default_rng(0)
+    coeffs = np.zeros((NUM_FRAMES, 257), np.float32)
+    coeffs[:, 80:144] = rng.normal(0, 0.3, (NUM_FRAMES, 64))
+    coeffs[:, 224:227] = rng.normal(0, 0.05, (NUM_FRAMES, 3))
+    frames = rng.integers(0, 255, (NUM_FRAMES, 224, 224, 3), dtype=np.uint8)
+    eye = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    meta = ClipMeta(name="tiny", num_frames=NUM_FRAMES, source="synthetic", train_frames=(0, 18), test_frames=(18, 24))
+    person = write_clip(root / "tiny", meta, coeffs, np.zeros((NUM_FRAMES, 68, 2), np.float32), frames, frames, eye,
+                        np.tile(eye, (NUM_FRAMES, 1, 1)), _speech_like(NUM_FRAMES / 25))
+    cfg = compose_config("train", ONE_STEP)
+    weights = root / "models"
+    train_audio2coeff([person], weights / "audio2coeff", cfg, mode="general")
+    train_refiner([person], weights / "refiner", cfg, mode="general")
+
+    audio = save_wav(root / "speech.wav", _speech_like(1.01, seed=1))
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really a wav file" * 4)
+    save_wav(bad / "silent.wav", np.zeros(16000, np.float32))
+    save_wav(bad / "empty.wav", np.zeros(0, np.float32))
+    return {"root": root, "person": person, "weights": weights, "audio": audio, "bad": bad}
+
+
+def _run(argv: list[str], capsys) -> tuple[int, str]:
+    """Run the infer CLI in-process: (exit code, stderr)."""
+    try:
+        run_cli("infer", infer_from_config, argv)
+        code = 0
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    return code, capsys.readouterr().err
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.suffix in (".mp4", ".wav") or ".tmp" in p.name
+                  or p.name.startswith("."))
+
+
+def _bad_cases(world) -> dict[str, tuple[list[str], str]]:
+    out = world["root"] / "outs"
+    person, weights, audio, bad = world["person"], world["weights"], world["audio"], world["bad"]
+    good = [f"person={person}", f"weights={weights}", f"audio={audio}"]
+    return {
+        "missing person": ([f"person={world['root'] / 'nobody'}", f"audio={audio}", f"out={out / 'a.mp4'}"],
+                           "person clip not found"),
+        "no fine-tuned weights": ([f"person={person}", f"audio={audio}", f"out={out / 'b.mp4'}"], "finetune.py"),
+        "corrupt audio": ([*good[:2], f"audio={bad / 'corrupt.wav'}", f"out={out / 'c.mp4'}"], "corrupt.wav"),
+        "silent audio": ([*good[:2], f"audio={bad / 'silent.wav'}", f"out={out / 'd.mp4'}"], "silent"),
+        "empty audio": ([*good[:2], f"audio={bad / 'empty.wav'}", f"out={out / 'e.mp4'}"], "no samples"),
+        "missing audio": ([*good[:2], f"audio={bad / 'nothing.wav'}", f"out={out / 'f.mp4'}"], "not found"),
+        "unwritable out": ([*good, f"out={out / 'no_such_dir' / 'g.mp4'}"], "does not exist"),
+        "out is not a video": ([*good, f"out={out / 'h.txt'}"], ".mp4"),
+        "unknown config key": ([*good, f"out={out / 'i.mp4'}", "bogus_key=1"], "bogus_key"),
+        "bad pose mode": ([*good, f"out={out / 'j.mp4'}", "pose.mode=wobble"], "pose.mode"),
+    }
+
+
+BAD_CASES = ["missing person", "no fine-tuned weights", "corrupt audio", "silent audio", "empty audio", "missing audio",
+             "unwritable out", "out is not a video", "unknown config key", "bad pose mode"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_exits_nonzero_with_one_line_and_no_mp4(world, capsys, case):
+    argv, expected = _bad_cases(world)[case]
+    outs = world["root"] / "outs"
+    outs.mkdir(exist_ok=True)
+    code, err = _run(argv, capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0]
+    assert "Traceback" not in err
+    assert _leftovers(outs) == []
+
+
+def test_good_run_after_bad_inputs_writes_synchronised_mp4(world, capsys):
+    outs = world["root"] / "good"
+    outs.mkdir()
+    code, _ = _run([f"person={world['person']}", f"audio={world['bad'] / 'silent.wav'}", f"weights={world['weights']}",
+                    f"out={outs / 'talk.mp4'}"], capsys)
+    assert code != 0
+    code, err = _run([f"person={world['person']}", f"audio={world['audio']}", f"weights={world['weights']}",
+                      f"out={outs / 'talk.mp4'}"], capsys)
+    assert code == 0, err
+    assert _leftovers(outs) == ["talk.mp4"]
+    info = probe_media(outs / "talk.mp4", count_frames=True)
+    assert info.video_codec == "h264" and info.audio_codec == "aac" and info.fps == 25
+    input_seconds = len(load_audio(world["audio"])) / 16000
+    assert abs(info.num_frames / 25 - input_seconds) <= 0.040
+    assert abs(len(load_audio(outs / "talk.mp4")) / 16000 - input_seconds) <= 0.040
+    assert (info.width, info.height) == (32, 32)  # the refiner's image size (debug=tiny)
+
+
+@pytest.fixture(scope="module")
+def person_models(world):
+    return load_person(world["person"], world["weights"], device="cpu")
+
+
+def _capture_frames(monkeypatch) -> list[np.ndarray]:
+    """Record every batch of frames handed to the encoder."""
+    from talkinghead.video import io as video_io
+
+    written: list[np.ndarray] = []
+
+    original = video_io.VideoWriter.write
+
+    def spy(self, frames):
+        written.append(np.array(frames, copy=True))
+        return original(self, frames)
+
+    monkeypatch.setattr(video_io.VideoWriter, "write", spy)
+    return written
+
+
+@pytest.mark.parametrize("identity", ["memory", "zero"])
+def test_chunked_streaming_equals_one_pass(world, person_models, tmp_path, monkeypatch, identity):
+    written = _capture_frames(monkeypatch)
+    results = {}
+    for chunk in (3, 7, 250):
+        written.clear()
+        options = InferenceOptions(chunk_frames=chunk, identity=identity)
+        result = generate_video(person_models, world["audio"], tmp_path / f"c{chunk}.mp4", options)
+        results[chunk] = np.concatenate(written)
+        assert len(results[chunk]) == result.num_frames == 25
+    np.testing.assert_array_equal(results[3], results[250])
+    np.testing.assert_array_equal(results[7], results[250])
+    # method.md section 8: frames 0 and 1 copy frame 2
+    np.testing.assert_array_equal(results[250][0], results[250][2])
+    np.testing.assert_array_equal(results[250][1], results[250][2])
+
+
+def test_failure_mid_stream_leaves_no_file(world, person_models, tmp_path, monkeypatch):
+    from talkinghead.pipeline import stage2
+
+    calls = {"n": 0}
+    original = stage2.RefinerStream.push
+
+    def failing_push(self, frames):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash in Stage 2")
+        return original(self, frames)
+
+    monkeypatch.setattr(stage2.RefinerStream, "push", failing_push)
+    with pytest.raises(RuntimeError, match="simulated"):
+        generate_video(person_models, world["audio"], tmp_path / "crash.mp4", InferenceOptions(chunk_frames=5))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_paste_back_of_a_synthetic_clip_uses_the_full_crop(world, person_models, tmp_path):
+    result = generate_video(person_models, world["audio"], tmp_path / "pasted.mp4",
+                            InferenceOptions(paste_back=True, pose=infer_mod.PoseControls(mode="still")))
+    info = probe_media(result.path, count_frames=True)
+    assert (info.width, info.height) == (224, 224) and info.num_frames == result.num_frames
+    assert set(result.timings) >= {"audio", "stage1", "pose", "render", "stage2", "encode", "paste_back"}
+    assert np.all(result.ref_index == 0)  # still mode: reference frame 0 throughout
+
+
+def test_manifest_loads_each_person_once_and_reports_bad_rows(world, tmp_path, monkeypatch, capsys):
+    loads = []
+    original = infer_mod.load_person
+
+    def counting_load(*args, **kwargs):
+        loads.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(infer_mod, "load_person", counting_load)
+    manifest = tmp_path / "jobs.csv"
+    with open(manifest, "w", newline="") as handle:
+        rows = csv.writer(handle)
+        rows.writerow(["person", "audio", "out"])
+        rows.writerow([world["person"], world["audio"], "one.mp4"])  # relative out: next to the manifest
+        rows.writerow([world["person"], world["bad"] / "silent.wav", "two.mp4"])
+        rows.writerow([world["person"], world["audio"], "three.mp4"])
+    options = InferenceOptions()
+    with pytest.raises(InputError, match=r"1 of 3 manifest rows failed \(first: line 3"):
+        run_manifest(manifest, options, weights=world["weights"], device="cpu")
+    assert len(loads) == 1
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["one.mp4", "three.mp4"]
+    assert "silent" in capsys.readouterr().out
+
+
+def test_manifest_format_errors(tmp_path):
+    bad_header = tmp_path / "bad.csv"
+    bad_header.write_text("who,audio,out\np,a.wav,o.mp4\n")
+    with pytest.raises(InputError, match="lacks column"):
+        infer_mod.read_manifest(bad_header)
+    empty_cell = tmp_path / "empty.csv"
+    empty_cell.write_text("person,audio,out\np,,o.mp4\n")
+    with pytest.raises(InputError, match="line 2: empty"):
+        infer_mod.read_manifest(empty_cell)
+    no_rows = tmp_path / "none.csv"
+    no_rows.write_text("person,audio,out\n\n")
+    with pytest.raises(InputError, match="no rows"):
+        infer_mod.read_manifest(no_rows)
+    good = tmp_path / "good.csv"
+    good.write_text("person,audio,out,comment\nclips/p,a.wav,/abs/o.mp4,hi\n\n")
+    (row,) = infer_mod.read_manifest(good)
+    assert row.person == tmp_path / "clips/p" and row.out == Path("/abs/o.mp4") and row.line == 2
+
+
+@pytest.mark.parametrize("override, key", [
+    ({"chunk_frames": 2}, "chunk_frames"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"identity": "nobody"}, "identity"),
+    ({"out_size": 3}, "out_size"),
+])
+def test_inference_options_are_validated(override, key):
+    with pytest.raises(ConfigError, match=key):
+        InferenceOptions(**override)
+
+
+def test_options_from_config_read_infer_yaml():
+    cfg = compose_config("infer", ["person=p", "audio=a.wav", "out=o.mp4", "pose.mode=still", "chunk_frames=50",
+                                   "identity=clip", "out_size=128"])
+    options = InferenceOptions.from_config(cfg)
+    assert (options.pose.mode, options.chunk_frames, options.identity, options.out_size) == ("still", 50, "clip", 128)

@@ -1,0 +1,362 @@
+"""Stage 1 end to end: dataset, training task, scripts/train.py (general + resume after kill -9),
+fine-tuning, inference (chunked == one pass), evaluation and its baselines, errors.
+
+The clips here are small stand-ins written with the clip format's own writer (8 x 8 frames,
+audio whose loudness drives the "jaw" expression coefficient, a personal head tilt), so the
+tests exercise the Stage-1 code path in seconds without rendering a synthetic corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+
+from talkinghead.audio.features import frame_windows, num_video_frames
+from talkinghead.cli import compose_config, run_cli
+from talkinghead.data.clip import ClipMeta, read_clip, write_clip, write_corpus_index
+from talkinghead.data.stage1_dataset import Stage1WindowDataset
+from talkinghead.errors import ConfigError, TrainingError
+from talkinghead.face.coeffs import COEFF_DIM, SLICES
+from talkinghead.models.audio2coeff import ExpressionPoseLSTM
+from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff, fit_loudness_baseline, loudness_features
+from talkinghead.pipeline.stage1 import load_audio2coeff, predict_expression_pose
+from talkinghead.train.audio2coeff import Audio2CoeffTask, train_audio2coeff
+from talkinghead.train.stages import train_from_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
+SR, FPS, SPF = 16000, 25, 640
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def make_clip(root: Path, name: str, num_frames: int, seed: int, split: str = "person") -> Path:
+    """A small clip: loudness envelope -> jaw coefficient (expression 0), a personal tilt."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(num_frames)
+    # Syllable-like loudness: smooth random envelope in [0, 1] (per frame).
+    env = np.clip(np.convolve(rng.uniform(-0.6, 1.0, num_frames), np.hanning(5) / 2.0, mode="same"), 0, 1)
+    carrier = np.sin(2 * np.pi * 180 * np.arange(num_frames * SPF) / SR) + 0.3 * rng.standard_normal(num_frames * SPF)
+    audio = (0.5 * np.repeat(env, SPF) * carrier).astype(np.float32)
+    coeffs = np.zeros((num_frames, COEFF_DIM), np.float32)
+    coeffs[:, SLICES["identity"]] = rng.normal(0, 0.3, 80)
+    coeffs[:, SLICES["expression"].start] = env
+    coeffs[:, SLICES["expression"].start + 1] = 0.3 * np.roll(env, 2)
+    tilt = rng.uniform(-0.1, 0.1, 3)
+    coeffs[:, SLICES["angles"]] = tilt + 0.03 * np.sin(2 * np.pi * t[:, None] / (30 + 10 * np.arange(3)))
+    coeffs[:, SLICES["translation"]] = [0.0, 0.0, 0.3]
+    size = 8
+    meta = ClipMeta(name=name, num_frames=num_frames, crop_size=size, source="synthetic", split=split)
+    frames = np.zeros((num_frames, size, size, 3), np.uint8)
+    eye = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    return write_clip(root / name, meta, coeffs, np.zeros((num_frames, 68, 2), np.float32), frames, frames,
+                      eye, np.repeat(eye[None], num_frames, 0), audio)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """3 training persons (48 frames) + 1 held-out person (340 frames)."""
+    root = tmp_path_factory.mktemp("corpus")
+    persons = []
+    for i in range(3):
+        make_clip(root, f"train_{i}", 48, seed=i, split="train")
+        persons.append({"name": f"train_{i}", "split": "train"})
+    make_clip(root, "heldout_0", 340, seed=10, split="heldout")
+    persons.append({"name": "heldout_0", "split": "heldout"})
+    write_corpus_index(root, persons, {"source": "test"})
+    return root
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """One torch thread, like the subprocess runs: on a shared CPU, thread contention in
+    tiny ops costs far more than the second thread gains."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_cfg(*overrides: str):
+    return compose_config("train", ["debug=tiny", "device=cpu", *overrides])
+
+
+# ------------------------------------------------------------------------------------ dataset
+
+
+def test_dataset_windows_and_target_layout(corpus):
+    clip = read_clip(corpus / "heldout_0")
+    data = Stage1WindowDataset([clip], window=16, stride=1, frames=clip.train_slice)
+    assert len(data) == 285  # frames 0-299, 16-frame windows, stride 1 (method.md)
+    all_windows = frame_windows(clip.audio, clip.num_frames)
+    item = data[7]
+    assert item["windows"].shape == (16, 28, 12) and item["windows"].dtype == torch.float32
+    assert item["target"].shape == (16, 70) and item["target"].dtype == torch.float32
+    np.testing.assert_array_equal(item["windows"].numpy(), all_windows[7:23])
+    coeffs = clip.coeffs[7:23]
+    np.testing.assert_array_equal(item["target"][:, :64].numpy(), coeffs[:, SLICES["expression"]])
+    np.testing.assert_array_equal(item["target"][:, 64:67].numpy(), coeffs[:, SLICES["angles"]])
+    np.testing.assert_array_equal(item["target"][:, 67:69].numpy(), coeffs[:, SLICES["translation"]][:, :2])
+    np.testing.assert_allclose(item["target"][:, 69].numpy(), coeffs[:, SLICES["translation"]][:, 2] - 0.5)
+    # Held-out frames: windows of the whole audio, cut (real context, not padding).
+    test = Stage1WindowDataset([clip], window=16, stride=16, frames=clip.test_slice)
+    assert len(test) == (40 - 16) // 16 + 1
+    np.testing.assert_array_equal(test[0]["windows"].numpy(), all_windows[300:316])
+
+
+def test_dataset_spans_clips_and_random_offsets_stay_inside(corpus):
+    clips = [corpus / f"train_{i}" for i in range(3)]
+    data = Stage1WindowDataset(clips, window=16, stride=4, random_offset=True)
+    assert len(data) == 3 * ((48 - 16) // 4 + 1)
+    assert data.clip_names == ["train_0", "train_1", "train_2"]
+    targets = {i: read_clip(c).coeffs[:, SLICES["expression"]] for i, c in enumerate(clips)}
+    torch.manual_seed(0)
+    shifts = set()
+    for index in range(len(data)):
+        item = data[index]
+        clip_targets = targets[int(data.clip_index[index])]
+        # The sequence is a contiguous run of one clip's frames, starting in its stride slot.
+        local = int(data.starts[index]) - 48 * int(data.clip_index[index])
+        matches = [s for s in range(local, min(local + 4, 48 - 16 + 1))
+                   if np.array_equal(clip_targets[s:s + 16], item["target"][:, :64].numpy())]
+        assert matches, f"item {index} is not a window of its clip"
+        shifts.add(matches[0] - local)
+    assert len(shifts) > 1  # offsets really vary
+    torch.manual_seed(5)
+    first = data[3]["target"]
+    torch.manual_seed(5)
+    assert torch.equal(first, data[3]["target"])  # reproducible under the loop's per-sample seeding
+
+
+def test_dataset_bad_settings_name_the_key(corpus):
+    with pytest.raises(ConfigError, match="window"):
+        Stage1WindowDataset([corpus / "train_0"], window=0)
+    with pytest.raises(ConfigError, match="stride"):
+        Stage1WindowDataset([corpus / "train_0"], stride=0)
+    short = Stage1WindowDataset([corpus / "train_0"], window=64)
+    assert len(short) == 0 and short.skipped == ["train_0"]
+
+
+# ------------------------------------------------------------------------------------ task
+
+
+def test_a_few_steps_lower_the_loss(corpus):
+    torch.manual_seed(0)
+    model = ExpressionPoseLSTM(width=0.125, fc_dim=64, embed_dim=32, hidden=32, layers=2)
+    task = Audio2CoeffTask(model, lr=2e-3)
+    task.configure_optimizers()
+    data = Stage1WindowDataset([corpus / "train_0"], window=16, stride=8)
+    batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in ("windows", "target")}
+    losses = [float(task.training_step(batch, step)["total"]) for step in range(25)]
+    assert losses[-1] < 0.5 * losses[0]
+    model.eval()
+    with torch.no_grad():
+        metrics = task.validation_step(batch)
+    assert set(metrics) >= {"total", "expression", "pose", "pose_smooth", "expression_smooth"}
+
+
+def test_cosine_schedule_decays_to_the_floor():
+    task = Audio2CoeffTask(ExpressionPoseLSTM(width=0.125, fc_dim=16, embed_dim=8, hidden=8, layers=1),
+                           lr=1e-3, lr_schedule="cosine", min_lr_ratio=0.1)
+    task.total_steps = 100
+    rates = [task.learning_rate(s) for s in (0, 50, 100)]
+    assert rates[0] == pytest.approx(1e-3) and rates[1] == pytest.approx(5.5e-4) and rates[2] == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        Audio2CoeffTask(task.models["audio2coeff"], lr_schedule="step")
+
+
+# ------------------------------------------------------------------------------------ scripts
+
+
+def run_train_script(*args: str, timeout: float = 300, wait: bool = True):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    command = [sys.executable, str(TRAIN_SCRIPT), "debug=tiny", "device=cpu", *args]
+    if wait:
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def general_run(corpus, tmp_path_factory) -> Path:
+    """scripts/train.py stage=audio2coeff debug=tiny on the test corpus."""
+    out = tmp_path_factory.mktemp("general") / "audio2coeff"
+    done = run_train_script("stage=audio2coeff", f"data.root={corpus}", f"out={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_train_script_writes_the_run_directory(general_run):
+    for name in ("weights.safetensors", "model.json", "done.json"):
+        assert (general_run / name).is_file(), name
+    assert list((general_run / "tb").iterdir()) and list((general_run / "checkpoints").iterdir())
+    info = json.loads((general_run / "model.json").read_text())
+    tiny = compose_config("train", ["debug=tiny"]).audio2coeff.model
+    assert info["stage"] == "audio2coeff" and info["mode"] == "general"
+    assert info["model"] == dict(tiny) and info["trained_on"] == ["train_0", "train_1", "train_2"]
+    done = json.loads((general_run / "done.json").read_text())
+    assert done["steps"] == compose_config("train", ["debug=tiny"]).audio2coeff.train.max_steps
+    assert np.isfinite(done["metrics"]["total"])  # validated on the held-out person
+    model = load_audio2coeff(general_run)
+    assert not model.training and model.hidden == tiny.hidden
+
+
+def test_finished_run_is_skipped_on_rerun(corpus, general_run, monkeypatch):
+    before = (general_run / "weights.safetensors").stat().st_mtime_ns
+    cfg = tiny_cfg(f"data.root={corpus}", f"out={general_run}")
+    monkeypatch.setattr("talkinghead.train.audio2coeff.Trainer", None)  # would fail if training ran
+    assert train_from_config(cfg) == general_run
+    assert (general_run / "weights.safetensors").stat().st_mtime_ns == before
+
+
+def test_killed_training_resumes_to_the_same_weights(corpus, tmp_path):
+    args = ("stage=audio2coeff", f"data.root={corpus}", "audio2coeff.train.max_steps=60",
+            "trainer.ckpt_every=5", "trainer.val_every=30")
+    train_from_config(tiny_cfg(*args, f"out={tmp_path / 'reference'}"))  # uninterrupted, in-process
+
+    killed_dir = tmp_path / "killed"
+    process = run_train_script(*args, f"out={killed_dir}", wait=False)
+    deadline = time.monotonic() + 240
+    try:
+        while not list((killed_dir / "checkpoints").glob("step_*")) and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)  # kill -9 mid-training
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed_dir / "done.json").exists()
+
+    resumed = run_train_script(*args, f"out={killed_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected = safetensors.torch.load_file(str(tmp_path / "reference" / "weights.safetensors"))
+    actual = safetensors.torch.load_file(str(killed_dir / "weights.safetensors"))
+    assert sorted(actual) == sorted(expected)
+    assert all(torch.equal(actual[k], expected[k]) for k in expected)
+
+
+def _train_main(cfg):
+    return train_from_config(cfg)
+
+
+def test_bad_stage_name_is_one_line(capsys, corpus):
+    with pytest.raises(SystemExit) as exc:
+        run_cli("train", _train_main, ["debug=tiny", "stage=audio2kofe", f"data.root={corpus}"])
+    assert exc.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "stage='audio2kofe'" in lines[0] and "stage=audio2coeff" in lines[0]
+
+
+# ------------------------------------------------------------------------------------ fine-tuning
+
+
+def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
+    cfg = tiny_cfg("audio2coeff.model.hidden=8")  # ignored: fine-tuning keeps the general architecture
+    out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", cfg, mode="finetune", init_dir=general_run)
+    info = json.loads((out / "model.json").read_text())
+    general = json.loads((general_run / "model.json").read_text())
+    assert info["mode"] == "finetune" and info["model"] == general["model"] and info["frames"] == [0, 300]
+    done = json.loads((out / "done.json").read_text())
+    assert done["steps"] == cfg.audio2coeff.finetune.max_steps and np.isfinite(done["metrics"]["total"])
+    before = load_audio2coeff(general_run).state_dict()
+    after = load_audio2coeff(out).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_missing_general_model_names_the_path_and_the_command(corpus, tmp_path):
+    missing = tmp_path / "nowhere" / "audio2coeff"
+    with pytest.raises(TrainingError) as err:
+        train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg(), mode="finetune", init_dir=missing)
+    message = str(err.value)
+    assert str(missing) in message and "scripts/train.py stage=audio2coeff" in message and "\n" not in message
+    with pytest.raises(TrainingError) as err:
+        load_audio2coeff(tmp_path / "person" / "finetuned" / "audio2coeff")
+    assert "scripts/finetune.py person=" in str(err.value) and "finetuned/audio2coeff" in str(err.value)
+
+
+# ------------------------------------------------------------------------------------ inference
+
+
+def test_chunked_inference_equals_one_pass(general_run, corpus):
+    model = load_audio2coeff(general_run)
+    audio = read_clip(corpus / "heldout_0").audio[: 97 * SPF + 123]
+    one_exp, one_pose = predict_expression_pose(model, audio, chunk_frames=10_000)
+    frames = num_video_frames(len(audio))
+    assert one_exp.shape == (frames, 64) and one_pose.shape == (frames, 6) and one_exp.dtype == np.float32
+    for chunk in (1, 7, 50):
+        exp, pose = predict_expression_pose(model, audio, chunk_frames=chunk)
+        np.testing.assert_allclose(exp, one_exp, atol=1e-5)
+        np.testing.assert_allclose(pose, one_pose, atol=1e-5)
+    # The translation shift of the Stage-1 target is undone.
+    with torch.no_grad():
+        raw, _ = model(torch.from_numpy(frame_windows(audio))[None])
+    np.testing.assert_allclose(one_pose[:, 5], raw[0, :, 69].numpy() + 0.5, atol=1e-5)
+    exp, _ = predict_expression_pose(model, audio, num_frames=20)
+    np.testing.assert_allclose(exp, one_exp[:20], atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def test_loudness_features_follow_the_envelope(corpus):
+    clip = read_clip(corpus / "heldout_0")
+    feats = loudness_features(clip.audio, clip.num_frames)
+    assert feats.shape == (clip.num_frames, 7)
+    jaw = clip.coeffs[:, SLICES["expression"].start]
+    # The group holding the frame's own time (rows 12-15) tracks the loudness envelope.
+    assert np.corrcoef(feats[:, 3], jaw)[0, 1] > 0.7
+    baseline = fit_loudness_baseline([corpus / f"train_{i}" for i in range(3)])
+    predicted = baseline.predict(clip.audio, clip.num_frames)
+    assert predicted.shape == (clip.num_frames, 64)
+    assert np.corrcoef(predicted[:, 0], jaw)[0, 1] > 0.7
+
+
+def test_evaluate_reports_metrics_and_baselines(general_run, corpus):
+    from talkinghead.face.factory import make_face_model
+
+    face_model = make_face_model({"kind": "procedural", "seed": 0, "resolution": 24})
+    baseline = fit_loudness_baseline([corpus / f"train_{i}" for i in range(3)])
+    result = evaluate_audio2coeff(load_audio2coeff(general_run), corpus / "heldout_0", face_model,
+                                  loudness_baseline=baseline)
+    assert set(result) == {"lmd", "lipsync_corr", "lipsync_offset", "hs", "lmd_mean_expression", "lmd_loudness",
+                           "hs_real_train"}
+    assert all(np.isfinite(v) for v in result.values())
+    assert result["lmd"] >= 0 and 0 <= result["hs"] <= 1 and abs(result["lipsync_offset"]) <= 5
+
+
+# ------------------------------------------------------------------------------------ distributed
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(corpus, tmp_path):
+    args = ("stage=audio2coeff", f"data.root={corpus}", "audio2coeff.train.max_steps=30",
+            "audio2coeff.train.batch_size=8")
+    single = run_train_script(*args, f"out={tmp_path / 'one'}")
+    assert single.returncode == 0, single.stderr[-3000:]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+         str(TRAIN_SCRIPT), "debug=tiny", "device=cpu", *args, f"out={tmp_path / 'two'}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one_loss = json.loads((tmp_path / "one" / "done.json").read_text())["metrics"]["total"]
+    two_loss = json.loads((tmp_path / "two" / "done.json").read_text())["metrics"]["total"]
+    # Same global batch and data order; BatchNorm statistics are per process (half batches).
+    assert two_loss == pytest.approx(one_loss, rel=0.1)
