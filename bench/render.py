@@ -15,8 +15,9 @@ Meshes: (a) the procedural face model at about BFM size (~35k vertices / ~70k tr
     python bench/render.py --renderer pytorch3d   # another backend (where it imports)
 
 Each figure comes after ``--warmup`` calls, iterating until ``--seconds`` have passed (at least
-``--min-iters`` calls); torch's thread count is left at its default. Numbers are throughput on
-this machine (wall clock, so they drop when the machine is shared), not tests.
+``--min-iters`` calls); torch's thread count is left at its default unless ``--threads`` is
+given (on a heavily shared machine ``--threads 1`` avoids threads waiting on each other).
+Numbers are throughput on this machine (wall clock, so they drop when it is shared), not tests.
 """
 
 from __future__ import annotations
@@ -132,7 +133,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per figure")
     parser.add_argument("--min-iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, renderer={args.renderer}, {args.size}x{args.size}")

@@ -7,14 +7,16 @@
 First a per-part breakdown of one person in this process (one torch thread, as in the
 workers): sampling the persons, audio + coefficients, real-frame rendering, aligned crops,
 writing the clip. Then the whole corpus with ``make_corpus`` (``--workers``, default one
-process per core), wall clock end to end. The figures are wall-clock time on this machine,
-so they grow when the machine is shared; they are not tests.
+process per core), wall clock end to end, plus the CPU time all processes used: on a shared
+machine the wall clock grows with the other load, while CPU time / workers estimates the wall
+clock of the same run on an idle machine. Figures, not tests.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -59,6 +61,12 @@ def breakdown(frames: int, persons: int) -> dict[str, float]:
     return times
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--persons", type=int, default=20)
@@ -83,14 +91,19 @@ def main() -> None:
     from talkinghead.data.synthetic.world import make_corpus
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="synthetic-bench-"))
+    workers = min(args.persons, args.workers or os.cpu_count() or 1)
     try:
+        cpu_before = _cpu_seconds()
         start = time.perf_counter()
-        make_corpus(out, args.persons, args.frames, seed=0, heldout=args.heldout, workers=args.workers, progress=True)
+        make_corpus(out, args.persons, args.frames, seed=0, heldout=args.heldout, workers=workers, progress=True)
         total = time.perf_counter() - start
+        cpu = _cpu_seconds() - cpu_before
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-        print(f"\ncorpus: {args.persons} persons x {args.frames} frames, workers={args.workers or os.cpu_count()}: "
-              f"{total:.1f} s wall ({1000 * total / (args.persons * args.frames):.1f} ms/frame), "
-              f"{size / 2**30:.2f} GiB on disk; load average now {os.getloadavg()[0]:.1f}")
+        frames = args.persons * args.frames
+        print(f"\ncorpus: {args.persons} persons x {args.frames} frames, workers={workers}: "
+              f"{total:.1f} s wall ({1000 * total / frames:.1f} ms/frame), {size / 2**30:.2f} GiB on disk")
+        print(f"CPU time of all processes: {cpu:.1f} s ({1000 * cpu / frames:.1f} ms/frame); idle-machine "
+              f"estimate with {workers} workers: {cpu / workers:.1f} s; load average now {os.getloadavg()[0]:.1f}")
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)

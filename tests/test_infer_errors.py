@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from talkinghead.audio import load_audio, save_wav
 from talkinghead.cli import compose_config, run_cli
@@ -34,6 +35,16 @@ ONE_STEP = [
     "audio2coeff.train.max_steps=1", "audio2coeff.train.batch_size=2",
     "refiner.train.max_steps=1", "refiner.train.val_frames=[18,24]",
 ]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Run this module's models on one thread: on a shared, oversubscribed CPU, intra-op thread
+    barriers cost far more than they save (about 7x the wall time here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
@@ -165,21 +176,21 @@ def _capture_frames(monkeypatch) -> list[np.ndarray]:
     return written
 
 
-@pytest.mark.parametrize("identity", ["memory", "zero"])
-def test_chunked_streaming_equals_one_pass(world, person_models, tmp_path, monkeypatch, identity):
+def test_chunked_streaming_equals_one_pass(world, person_models, tmp_path, monkeypatch):
+    """Chunks of 3 frames (Stage 2 holding frames back until the next memory keyframe, 2 frames
+    of context carried) give exactly the frames of one 250-frame chunk."""
     written = _capture_frames(monkeypatch)
     results = {}
-    for chunk in (3, 7, 250):
+    for chunk in (3, 250):
         written.clear()
-        options = InferenceOptions(chunk_frames=chunk, identity=identity)
-        result = generate_video(person_models, world["audio"], tmp_path / f"c{chunk}.mp4", options)
+        result = generate_video(person_models, world["audio"], tmp_path / f"c{chunk}.mp4", InferenceOptions(chunk_frames=chunk))
         results[chunk] = np.concatenate(written)
         assert len(results[chunk]) == result.num_frames == 25
     np.testing.assert_array_equal(results[3], results[250])
-    np.testing.assert_array_equal(results[7], results[250])
     # method.md section 8: frames 0 and 1 copy frame 2
     np.testing.assert_array_equal(results[250][0], results[250][2])
     np.testing.assert_array_equal(results[250][1], results[250][2])
+    assert not np.array_equal(results[250][2], results[250][-1])  # the face does move
 
 
 def test_failure_mid_stream_leaves_no_file(world, person_models, tmp_path, monkeypatch):

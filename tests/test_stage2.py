@@ -413,6 +413,14 @@ def test_finetune_and_evaluate(general_run, corpus, tiny_cfg, tmp_path):
     state = torch.load(next((out / "checkpoints").glob("step_*")) / "state.pt", weights_only=True)
     assert state["optimizers"]["generator"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
 
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert "refiner/input_output_target_mask" in events.Tags()["images"]  # the input | output | target | mask grid
+    image = events.Images("refiner/input_output_target_mask")[-1]
+    assert (image.width, image.height) == (4 * SIZE, 2 * SIZE)  # 4 columns; rows = the validation batch (2)
+
     refiner = load_refiner(out)
     clip = read_clip(corpus / "heldout_0", load_audio=False)
     face_model, renderer = make_face_model(FACE_SPEC), get_renderer("torch")

@@ -139,7 +139,7 @@ def finetune_person(
         raise InputError(f"cannot create {out} ({err.strerror}); choose a writable out= or person=") from None
 
     ran, skipped = [], []
-    bar = tqdm(total=len(steps), desc=f"finetune {person.name}", unit="step", disable=not progress,
+    bar = tqdm(total=len(steps), desc=f"finetune {person.name}", unit="step", disable=None if progress else True,
                dynamic_ncols=True, position=0, leave=True)
     try:
         if needs_clip:

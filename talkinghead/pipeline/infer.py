@@ -10,7 +10,7 @@ The path, per method.md sections 3-8::
           --> per chunk of ``chunk_frames`` frames:
                 coefficients (frame 0's identity/texture/lighting + expression + pose)
                 --render RGBA at the refiner's size--> blend over the reference frames' fixed crops
-                --Stage 2 (3-frame windows; the last 2 blended frames of a chunk carried over)-->
+                --Stage 2 streamed (3-frame windows; 2 frames of context carried between chunks)-->
                 uint8 frames [--paste back into the full frame--] --> H.264 encoder (streamed)
           --> mux the audio (AAC); the file appears atomically when complete.
 
@@ -31,7 +31,6 @@ for every audio of that person (the manifest path does exactly that).
 from __future__ import annotations
 
 import csv
-import logging
 import os
 import tempfile
 import time
@@ -48,9 +47,6 @@ import torch.nn.functional as F
 from talkinghead.errors import ConfigError, InputError, TalkingHeadError, TrainingError
 from talkinghead.face.coeffs import SLICES, split_coeffs
 from talkinghead.pipeline.pose import PoseControls, resolve_pose
-from talkinghead.pipeline.render import blend, render_rgba, to_unit
-
-log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -199,7 +195,7 @@ class PersonModels:
 
     clip: Any  # talkinghead.data.clip.PersonClip (frames as read-only memory maps)
     stage1: torch.nn.Module
-    refiner: Any  # talkinghead.pipeline.stage2 refiner bundle (.generator, .image_size, ...)
+    refiner: Any  # talkinghead.pipeline.stage2.Refiner (generator + memory, identity feature, sizes)
     face_model: torch.nn.Module
     renderer: Any
     device: torch.device
@@ -207,7 +203,7 @@ class PersonModels:
     base_coeffs: torch.Tensor  # [257]
     ref_frames: slice
     ref_pose: np.ndarray  # [M, 6] angles + translation of the reference frames
-    _full_frames: Any = None  # lazily decoded full frames for paste-back
+    full_frames: Any = field(default=None, repr=False)  # FullFrames, decoded on first paste-back
 
     @property
     def name(self) -> str:
@@ -365,13 +361,10 @@ class FullFrames:
     """
 
     def __init__(self, clip, stop: int):
-        self.clip = clip
-        self.crop_to_frame = None
-        self._frames = None
-        self._tmp = None
-        from talkinghead.video import invert_affine
+        from talkinghead.video import invert_affine, iter_video, probe_media
 
         self.crop_to_frame = invert_affine(clip.fixed_transform)  # [2, 3] fixed-crop px -> frame px
+        self._tmp = None
         video = clip.source_video
         if video is None:
             if clip.meta.source != "synthetic":
@@ -379,8 +372,6 @@ class FullFrames:
                                  "with the video, or set paste_back=false")
             self._frames = clip.fixed
             return
-        from talkinghead.video import iter_video, probe_media
-
         info = probe_media(video)
         self._tmp = tempfile.TemporaryDirectory(prefix="talkinghead_frames_")
         shape = (stop, int(info.height), int(info.width), 3)
@@ -401,9 +392,9 @@ def paste_frames(person: PersonModels, refined: torch.Tensor, alpha: torch.Tenso
     mask ``alpha [n, 1, S, S]`` (Poisson blending): uint8 ``[n, H, W, 3]``."""
     from talkinghead.video import paste_back
 
-    if person._full_frames is None:
-        person._full_frames = FullFrames(person.clip, person.ref_frames.stop)
-    full = person._full_frames
+    if person.full_frames is None:
+        person.full_frames = FullFrames(person.clip, person.ref_frames.stop)
+    full = person.full_frames
     crop_size = person.clip.meta.crop_size
     crops = _to_uint8(refined, crop_size)  # [n, 224, 224, 3]
     masks = F.interpolate(alpha, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
@@ -474,7 +465,7 @@ def generate_video(
             writer.write(frames)
         written += len(refined)
 
-    bar = tqdm(total=num_frames, desc=f"infer {person.name}", unit="frame", disable=not options.progress,
+    bar = tqdm(total=num_frames, desc=f"infer {person.name}", unit="frame", disable=None if options.progress else True,
                dynamic_ncols=True)
     try:
         with VideoWriter(out, fps=FPS, audio=audio_path, sample_rate=SAMPLE_RATE) as writer:

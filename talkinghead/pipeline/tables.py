@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -37,7 +37,6 @@ from talkinghead.pipeline.evaluate import (
     evaluate_pose_modes,
     evaluate_stage1,
     evaluate_stage2,
-    format_number,
     held_out_frames,
     write_json,
 )
@@ -102,21 +101,17 @@ def _cell(stat: tuple[float, float, int] | None, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if count > 1 else f"{mean:.{digits}f}"
 
 
-def _verdict(better: bool | None, text: str) -> str:
-    if better is None:
-        return f"- {text}: not measurable here"
-    return f"- {text}: **{'holds' if better else 'does not hold'}** on these numbers"
-
-
 def _mean(stat) -> float | None:
     return None if stat is None else stat[0]
 
 
-def _compare(a, b, higher_is_better: bool = True) -> bool | None:
+def _verdict(a, b, text: str, higher_is_better: bool = True) -> str:
+    """``- text: **holds** (a vs b)`` comparing the means of two cells."""
     a, b = _mean(a), _mean(b)
     if a is None or b is None:
-        return None
-    return a > b if higher_is_better else a < b
+        return f"- {text}: not measurable here"
+    holds = a > b if higher_is_better else a < b
+    return f"- {text}: **{'holds' if holds else 'does not hold'}** ({a:.3f} vs {b:.3f})"
 
 
 def build_tables(results: Sequence[PersonTables]) -> tuple[str, dict]:
@@ -148,11 +143,11 @@ def build_tables(results: Sequence[PersonTables]) -> tuple[str, dict]:
     if s1["finetuned"]["hs_real_train"] is not None:
         lines.append(f"| reference: the person's real frames 0-299 | - | - | - | {_cell(s1['finetuned']['hs_real_train'])} |")
     lines += ["", "Paper claim (fine-tuning personalises the talking head):",
-              _verdict(_compare(s1["finetuned"]["hs"], s1["general"]["hs"]), "fine-tuned HS > general HS"),
-              _verdict(_compare(s1["finetuned"]["lipsync_corr"], s1["general"]["lipsync_corr"]),
+              _verdict(s1["finetuned"]["hs"], s1["general"]["hs"], "fine-tuned HS > general HS"),
+              _verdict(s1["finetuned"]["lipsync_corr"], s1["general"]["lipsync_corr"],
                        "fine-tuned lip-sync correlation > general"),
-              _verdict(_compare(s1["finetuned"]["lmd"], s1["general"]["lmd"], higher_is_better=False),
-                       "fine-tuned mouth LMD < general"),
+              _verdict(s1["finetuned"]["lmd"], s1["general"]["lmd"], "fine-tuned mouth LMD < general",
+                       higher_is_better=False),
               ""]
 
     lines += [
@@ -167,11 +162,11 @@ def build_tables(results: Sequence[PersonTables]) -> tuple[str, dict]:
             row = s2[model][identity]
             lines.append(f"| {label} | {IDENTITY_LABELS[identity]} | {_cell(row['psnr'], 2)} | {_cell(row['ssim'])} |")
     lines += ["", "Paper claim (the memory-provided identity feature improves the refined frames):",
-              _verdict(_compare(s2["finetuned"]["memory"]["psnr"], s2["finetuned"]["zero"]["psnr"]),
+              _verdict(s2["finetuned"]["memory"]["psnr"], s2["finetuned"]["zero"]["psnr"],
                        "fine-tuned PSNR with memory > without"),
-              _verdict(_compare(s2["finetuned"]["memory"]["ssim"], s2["finetuned"]["zero"]["ssim"]),
+              _verdict(s2["finetuned"]["memory"]["ssim"], s2["finetuned"]["zero"]["ssim"],
                        "fine-tuned SSIM with memory > without"),
-              _verdict(_compare(s2["finetuned"]["memory"]["psnr"], s2["finetuned"]["memory"]["psnr_input"]),
+              _verdict(s2["finetuned"]["memory"]["psnr"], s2["finetuned"]["memory"]["psnr_input"],
                        "refined PSNR > blended-render PSNR"),
               ""]
 
@@ -181,8 +176,8 @@ def build_tables(results: Sequence[PersonTables]) -> tuple[str, dict]:
         "| --- | --- |",
         *(f"| {mode} | {_cell(pose[mode])} |" for mode in POSE_MODE_ORDER),
         "", "Paper claim (personalised keyframe-matched pose looks most like the person's own motion):",
-        _verdict(_compare(pose["matched"], pose["predicted"]), "matched HS > predicted HS"),
-        _verdict(_compare(pose["matched"], pose["still"]), "matched HS > still HS"),
+        _verdict(pose["matched"], pose["predicted"], "matched HS > predicted HS"),
+        _verdict(pose["matched"], pose["still"], "matched HS > still HS"),
         "",
         "HS is our definition (mean Bhattacharyya coefficient of per-axis Gaussian summaries of angles "
         "and angular velocities; talkinghead/metrics/pose.py), not the paper's unverified formula.",

@@ -192,6 +192,18 @@ class FitParameters(torch.nn.Module):
         self.translation = torch.nn.Parameter(translation.detach().clone())
         self.lighting = torch.nn.Parameter(torch.zeros(num_frames, SH_DIM, device=device))
 
+    @classmethod
+    def from_coeffs(cls, coeffs: np.ndarray, device: torch.device) -> "FitParameters":
+        """Start from coefficients ``[N, 257]`` (identity and texture: their mean over frames)."""
+        c = split_coeffs(torch.as_tensor(coeffs, dtype=torch.float32, device=device))
+        params = cls(len(coeffs), c.angles, c.translation)
+        with torch.no_grad():
+            params.identity.copy_(c.identity.mean(0, keepdim=True))
+            params.texture.copy_(c.texture.mean(0, keepdim=True))
+            params.expression.copy_(c.expression)
+            params.lighting.copy_(c.lighting)
+        return params
+
     def coeffs(self, frames: slice | None = None) -> torch.Tensor:
         """Coefficients ``[n, 257]`` of the frames in ``frames`` (default all)."""
         frames = frames or slice(None)
@@ -312,6 +324,13 @@ def _check_inputs(crops, landmarks: np.ndarray, photometric: bool) -> None:
         )
 
 
+def _check_init(init_coeffs, num_frames: int) -> np.ndarray:
+    init = np.asarray(init_coeffs, dtype=np.float32)
+    if init.shape != (num_frames, COEFF_DIM) or not np.isfinite(init).all():
+        raise InputError(f"fit: init_coeffs must be finite [{num_frames}, {COEFF_DIM}] like the landmarks, got {init.shape}")
+    return init
+
+
 def fit_coefficients(
     crops: np.ndarray | None,
     landmarks: np.ndarray,
@@ -322,11 +341,14 @@ def fit_coefficients(
     progress: bool = True,
     crop_size: int | None = None,
     record_history: bool = True,
+    init_coeffs: np.ndarray | None = None,
 ) -> FitResult:
     """Fit per-frame 257-d coefficients to fixed crops ``[N, S, S, 3]`` (uint8 RGB) and their
     landmarks ``[N, 68, 2]`` (crop pixels). ``crops`` may be ``None`` with
     ``photometric_steps=0`` (then give ``crop_size``). ``renderer``: a name for
-    :func:`talkinghead.render.get_renderer` or a renderer. Returns a :class:`FitResult`."""
+    :func:`talkinghead.render.get_renderer` or a renderer. ``init_coeffs [N, 257]``: start
+    from these (e.g. a previous fit; identity/texture are averaged over frames) instead of
+    :func:`initial_pose`. Returns a :class:`FitResult`."""
     from tqdm.auto import tqdm
 
     from talkinghead.render import get_renderer
@@ -356,9 +378,12 @@ def fit_coefficients(
         targets.images = _downsample(crops, int(config.render_size), dev)  # [N, 3, R, R]
     skin = model.skin_mask.to(torch.float32)[None, :, None]  # [1, V, 1]
 
-    with torch.no_grad():
-        angles, translation = initial_pose(model, targets.landmarks, camera)
-    params = FitParameters(n, angles, translation)
+    if init_coeffs is None:
+        with torch.no_grad():
+            angles, translation = initial_pose(model, targets.landmarks, camera)
+        params = FitParameters(n, angles, translation)
+    else:
+        params = FitParameters.from_coeffs(_check_init(init_coeffs, n), dev)
     chunk = int(config.batch_frames)
     chunks = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
 

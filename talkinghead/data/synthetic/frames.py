@@ -39,7 +39,7 @@ from talkinghead.render import get_renderer
 #: Face-model coordinates covered by the detail texture: x in [-U, U], y in [Y0, Y1].
 _UV_X = 0.8
 _UV_Y0, _UV_Y1 = -1.08, 1.0
-_DETAIL_SIZE = 192
+_DETAIL_SIZE = 256
 
 
 # ------------------------------------------------------------------------ face attributes
@@ -50,8 +50,9 @@ class FaceAttributes:
     ``uv [N, 2]``: face-model x, y of each vertex with the jaw open (so the mouth cavity is
     spread out): the coordinates the skin-detail texture, hairline and catch lights attach to.
     ``skin``, ``teeth``, ``cavity_shade`` ``[N]``: skin mask, lower-teeth mask, darkening of the
-    mouth cavity toward its depth. ``pupils [2, 2]``: pupil centres in uv. ``skin_texels
-    [T, T]``: the skin mask over the detail texture (1 where the nearest vertex is skin).
+    mouth cavity toward its depth. ``pupils [2, 2]``: pupil centres in uv. ``texel_uv
+    [T, T, 2]``: the uv of each texel of the face texture (row 0 = top of the face);
+    ``skin_texels [T, T]``: 1 where the texel's nearest vertex is skin.
     """
 
     uv: torch.Tensor
@@ -59,6 +60,7 @@ class FaceAttributes:
     teeth: torch.Tensor
     cavity_shade: torch.Tensor
     pupils: torch.Tensor
+    texel_uv: torch.Tensor
     skin_texels: torch.Tensor
 
     @classmethod
@@ -101,8 +103,8 @@ class FaceAttributes:
         texel_uv = np.stack([(tx / texture_size * 2 - 1) * _UV_X, _UV_Y1 - ty / texture_size * (_UV_Y1 - _UV_Y0)], -1)
         _, nearest = cKDTree(uv.numpy()).query(texel_uv.reshape(-1, 2))
         skin_texels = torch.from_numpy(skin.numpy()[nearest].reshape(texture_size, texture_size).astype(np.float32))
-        return cls(uv=uv, skin=skin.float(), teeth=teeth.float(), cavity_shade=shade,
-                   pupils=torch.stack(pupils), skin_texels=skin_texels)
+        return cls(uv=uv, skin=skin.float(), teeth=teeth.float(), cavity_shade=shade, pupils=torch.stack(pupils),
+                   texel_uv=torch.from_numpy(texel_uv.astype(np.float32)), skin_texels=skin_texels)
 
 
 # ------------------------------------------------------------------------- person images
@@ -175,8 +177,8 @@ class FrameSynthesizer:
         model: the (shared) face model; ``attributes``: its :class:`FaceAttributes`
             (computed once per model when omitted).
         person: whose appearance to use. ``crop_size``: output size (224).
-        seed: seeds the per-frame camera noise / flicker (with the frame index, so chunking
-            does not change the result).
+        seed: seeds the camera noise (with the first frame index of each call: frames are
+            reproducible for the same chunking, which :mod:`.world` keeps fixed).
     """
 
     def __init__(self, model: MorphableModel, person: Person, crop_size: int = 224,
@@ -190,17 +192,17 @@ class FrameSynthesizer:
         self.seed = int(seed)
         look = person.appearance
         self.background = torch.from_numpy(make_background(look.background_seed, crop_size)).permute(2, 0, 1)  # [3, S, S]
-        detail = torch.from_numpy(make_skin_detail(look.detail_seed, look.skin_detail, look.freckles))
-        self.detail = (1.0 + (detail - 1.0) * self.attributes.skin_texels)[None]  # [1, 3, T, T], 1 off the skin
         self.hair_colour = torch.tensor(look.hair_colour)
         self.shirt_colour = torch.tensor(look.shirt_colour)
-        albedo = model.albedo(torch.from_numpy(person.texture)[None])[0]  # [N, 3]
-        skin = model.skin_mask
-        self.skin_colour = albedo[skin].mean(0) * 0.9  # the neck's colour
         hair_rng = np.random.default_rng(look.hair_seed)
-        self.hair_phase = torch.tensor(hair_rng.uniform(0, 2 * np.pi, 4), dtype=torch.float32)
+        self.phase = torch.tensor(hair_rng.uniform(0, 2 * np.pi, 4), dtype=torch.float32)  # hair, light drift, flicker
         self.hair_freq = torch.tensor(hair_rng.integers(3, 9, 4), dtype=torch.float32)
         self.collar = float(hair_rng.uniform(-1.3, -1.05))
+        self.albedo = model.albedo(torch.from_numpy(person.texture)[None])  # [1, N, 3]
+        skin = model.skin_mask
+        self.skin_colour = self.albedo[0, skin].mean(0) * 0.9  # the neck's colour
+        forehead = skin & (self.attributes.uv[:, 1] > 0.45)
+        self.face_texture = self._face_texture(self.albedo[0, forehead].mean(0))  # [1, 3, T, T]
         half = crop_size // 2  # the layers behind the face are computed at half resolution
         v, u = torch.meshgrid(2.0 * torch.arange(half) + 1.0, 2.0 * torch.arange(half) + 1.0, indexing="ij")
         self.layer_pixels = torch.stack([u, v], -1)  # [S/2, S/2, 2] centres in full-size pixels (u, v)
@@ -218,11 +220,16 @@ class FrameSynthesizer:
         """Real frames of ``coeffs [B, 257]`` at frames ``frame_index [B]`` -> (uint8
         ``[B, S, S, 3]``, landmarks ``[B, 68, 2]`` in pixels)."""
         c = split_coeffs(coeffs)
-        geo = self.model(coeffs, self.camera)
-        B, N = geo.vertices.shape[:2]
+        model, B = self.model, len(coeffs)
+        vertices = pose_vertices(model.shape(c.identity, c.expression), c.angles, c.translation)  # [B, N, 3]
+        normals = model.vertex_normals(vertices)
+        same_texture = bool((c.texture == torch.from_numpy(self.person.texture)).all())
+        albedo = self.albedo.expand(B, -1, -1) if same_texture else model.albedo(c.texture)
+        landmarks = self.camera.project(vertices[:, model.landmark_indices])[0]  # [B, 68, 2]
         t = frame_index.to(torch.float32) / 25.0  # [B] seconds
-        attrs = torch.cat([self._vertex_colours(geo, c.lighting, t), self.attributes.uv.expand(B, N, 2)], -1)
-        out = self.renderer.render(geo.vertices, self.model.triangles, attrs, self.camera)
+        colours = self._vertex_colours(albedo, normals, c.lighting, t)
+        attrs = torch.cat([colours, self.attributes.uv.expand(B, -1, 2)], -1)  # [B, N, 5]
+        out = self.renderer.render(vertices, model.triangles, attrs, self.camera)
         px = out.rgba  # [B, 6, S, S]: colour 3, uv 2, alpha
         face = self._face_pixels(px[:, 0:3], px[:, 3:5])
         alpha = px[:, 5:6]
@@ -230,15 +237,16 @@ class FrameSynthesizer:
         img = face * alpha + under * (1.0 - alpha)
         img = self._camera(img, frame_index)
         frames = (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-        return frames, geo.landmarks
+        return frames, landmarks
 
-    def _vertex_colours(self, geo, lighting: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Richly lit vertex colours ``[B, N, 3]``: SH light plus a drifting key light with a
-        Blinn-Phong highlight on skin and teeth; lower teeth and a dark cavity depth."""
+    def _vertex_colours(self, albedo: torch.Tensor, normal: torch.Tensor, lighting: torch.Tensor,
+                        t: torch.Tensor) -> torch.Tensor:
+        """Richly lit vertex colours ``[B, N, 3]`` from albedo and unit world normals ``[B, N, 3]``:
+        SH light plus a drifting key light with a Blinn-Phong highlight on skin and teeth;
+        lower teeth and a dark cavity depth."""
         look, attr = self.person.appearance, self.attributes
         teeth = attr.teeth.view(1, -1, 1)
-        albedo = geo.albedo * (1.0 - teeth) + teeth * torch.tensor([0.82, 0.8, 0.74])
-        normal = geo.normals  # [B, N, 3] unit
+        albedo = albedo * (1.0 - teeth) + teeth * torch.tensor([0.82, 0.8, 0.74])
         key = self._key_light(t).unsqueeze(1)  # [B, 1, 3]
         n_dot_l = (normal * key).sum(-1, keepdim=True)
         half = key + torch.tensor([0.0, 0.0, 1.0])
@@ -248,43 +256,49 @@ class FrameSynthesizer:
         shine = look.specular * spec * (attr.skin + 0.6 * attr.teeth).view(1, -1, 1)
         return albedo * light * attr.cavity_shade.view(1, -1, 1) + shine
 
+    def _face_texture(self, forehead_albedo: torch.Tensor) -> torch.Tensor:
+        """The person's multiplicative face texture ``[1, 3, T, T]`` over the face coordinates:
+        skin detail on the skin, catch lights on the eyeballs, and above the hairline the hair
+        (as hair colour / forehead albedo, so that it is lit like the face)."""
+        look, attr = self.person.appearance, self.attributes
+        detail = torch.from_numpy(make_skin_detail(look.detail_seed, look.skin_detail, look.freckles))  # [3, T, T]
+        texture = 1.0 + (detail - 1.0) * attr.skin_texels
+        uv = attr.texel_uv.permute(2, 0, 1)  # [2, T, T]
+        offset = torch.tensor([0.012 * look.key_light[0] + 0.006, 0.01])  # up and toward the key light
+        for pupil in attr.pupils:  # only eyeball vertices have uv near the pupils (lids cover them in a blink)
+            d2 = (uv - (pupil + offset).view(2, 1, 1)).square().sum(0)
+            texture = texture * (1.0 + 3.5 * torch.exp(-0.5 * d2 / 0.011**2) * (1.0 - attr.skin_texels))
+        x, y = uv[0:1], uv[1:2]
+        hairline = look.hairline + 0.12 * x**2 + 0.02 * torch.sin(x * 9.0 + self.phase[0])
+        fringe = torch.sigmoid((y - hairline) / 0.012) * attr.skin_texels
+        hair = self._hair_texture(x[None] * 30.0, y[None])[0] / forehead_albedo.clamp_min(0.05).view(3, 1, 1)
+        return (texture * (1.0 - fringe) + hair * fringe)[None]
+
     def _face_pixels(self, colour: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-        """Per-pixel face detail on the interpolated colour ``[B, 3, S, S]`` via the face
-        coordinates ``uv [B, 2, S, S]``: skin detail, catch lights, the hairline."""
-        look = self.person.appearance
-        B = colour.shape[0]
+        """The face texture applied to the interpolated colour ``[B, 3, S, S]``, looked up at
+        the interpolated face coordinates ``uv [B, 2, S, S]`` (attached to the face)."""
         grid = torch.stack([uv[:, 0] / _UV_X, (_UV_Y1 + _UV_Y0 - 2 * uv[:, 1]) / (_UV_Y1 - _UV_Y0)], -1)  # [B, S, S, 2]
-        detail = F.grid_sample(self.detail.expand(B, -1, -1, -1), grid, align_corners=False, padding_mode="border")
-        colour = colour * detail
-        # catch lights: only eyeball vertices have uv near the pupils (lids cover them in a blink)
-        offset = torch.tensor([0.012 * look.key_light[0] + 0.006, 0.01])
-        for pupil in self.attributes.pupils:  # two eyes
-            d2 = (uv - (pupil + offset).view(1, 2, 1, 1)).square().sum(1, keepdim=True)
-            colour = colour + 0.9 * torch.exp(-0.5 * d2 / 0.011**2)
-        # hair on the forehead above the person's hairline
-        x, y = uv[:, 0:1], uv[:, 1:2]
-        hairline = look.hairline + 0.12 * x**2 + 0.02 * torch.sin(x * 9.0 + self.hair_phase[0])
-        fringe = torch.sigmoid((y - hairline) / 0.012)
-        hair = self._hair_texture(x * 30.0, y) * (0.8 + 0.3 * look.key_light[0] * x)
-        return colour * (1.0 - fringe) + hair * fringe
+        texture = F.grid_sample(self.face_texture.expand(len(uv), -1, -1, -1), grid, align_corners=False,
+                                padding_mode="border")
+        return colour * texture
 
     def _key_light(self, t: torch.Tensor) -> torch.Tensor:
         """Key light direction ``[B, 3]`` drifting slowly (a few degrees) over time."""
         base = torch.tensor(self.person.appearance.key_light)
-        drift = torch.stack([0.08 * torch.sin(0.21 * t + self.hair_phase[1]),
-                             0.06 * torch.sin(0.17 * t + self.hair_phase[2]), torch.zeros_like(t)], -1)
+        drift = torch.stack([0.08 * torch.sin(0.21 * t + self.phase[1]),
+                             0.06 * torch.sin(0.17 * t + self.phase[2]), torch.zeros_like(t)], -1)
         return F.normalize(base + drift, dim=-1)
 
     def _hair_texture(self, angle: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
         """Hair colour ``[B, 3, ...]`` with strands along ``angle`` (any scale) and some shading."""
-        strands = (0.8 + 0.12 * torch.sin(angle * self.hair_freq[0] + self.hair_phase[0])
-                   + 0.08 * torch.sin(angle * self.hair_freq[1] * 3.1 + self.hair_phase[1] + 2.0 * radius))
+        strands = (0.8 + 0.12 * torch.sin(angle * self.hair_freq[0] + self.phase[0])
+                   + 0.08 * torch.sin(angle * self.hair_freq[1] * 3.1 + self.phase[1] + 2.0 * radius))
         return self.hair_colour.view(1, 3, 1, 1) * strands
 
     def _project(self, points: torch.Tensor, angles: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
-        """Model-space points ``[P, 3]`` posed per frame -> pixels ``[B, P, 2]`` (and depth)."""
+        """Model-space points ``[P, 3]`` posed per frame -> pixels ``[B, P, 2]``."""
         posed = pose_vertices(points.expand(angles.shape[0], -1, -1), angles, translation)
-        return self.camera.project(posed)
+        return self.camera.project(posed)[0]
 
     def _hair_neck_background(self, angles: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
         """What lies behind the face ``[B, 3, S, S]``: the background, and over it neck and
@@ -296,7 +310,7 @@ class FrameSynthesizer:
         img = torch.zeros(B, 3, H, H)  # premultiplied colour of the layers
         cover = torch.zeros(B, 1, H, H)
         # neck: from behind the jaw (moves with the head) straight down to the body (translation only)
-        top = self._project(torch.tensor([[0.0, -0.55, -0.4]]), angles, translation)[0][:, 0]  # [B, 2]
+        top = self._project(torch.tensor([[0.0, -0.55, -0.4]]), angles, translation)[:, 0]  # [B, 2]
         bottom = self.camera.project(torch.tensor([0.0, -2.2, -0.4]) + translation)[0]  # [B, 2]
         axis = bottom - top
         rel = p - top.view(B, 1, 1, 2)
@@ -318,7 +332,7 @@ class FrameSynthesizer:
         # down the sides for long hair)
         centre = torch.tensor([[0.0, 0.05, -0.5], [0.92 * look.hair_width, 0.05, -0.5],
                                [0.0, 0.05 + 1.1 * look.hair_height, -0.5]])
-        c, a, b = self._project(centre, angles, translation)[0].unbind(1)  # [B, 2] each
+        c, a, b = self._project(centre, angles, translation).unbind(1)  # [B, 2] each
         inverse = torch.linalg.inv(torch.stack([a - c, b - c], -1))  # [B, 2 (s, t), 2 (u, v)]
         rel = p - c.view(B, 1, 1, 2)  # [B, S, S, 2]
         s_ = rel[..., 0] * inverse[:, 0, 0].view(B, 1, 1) + rel[..., 1] * inverse[:, 0, 1].view(B, 1, 1)
@@ -331,7 +345,7 @@ class FrameSynthesizer:
         head_colour = self.skin_colour.view(1, 3, 1, 1) * (0.95 - 0.4 * side[:, None] ** 2 + 0.1 * ear[:, None])
         img, cover = _over(img, cover, head_colour, head[:, None])
         theta = torch.atan2(s_, t_)
-        edge = 1.06 + 0.05 * look.hair_wave * torch.sin(theta * self.hair_freq[2] + self.hair_phase[3])
+        edge = 1.06 + 0.05 * look.hair_wave * torch.sin(theta * self.hair_freq[2] + self.phase[3])
         cap = torch.sigmoid((t_ - 0.25 + 0.25 * side**2) / 0.05)  # the top of the head
         curtain = torch.sigmoid((side - 0.78) / 0.04) * torch.sigmoid((t_ + look.hair_length) / 0.05)  # long hair
         hair_mask = torch.sigmoid((edge - radius) / soft) * torch.maximum(cap, curtain)
@@ -346,7 +360,7 @@ class FrameSynthesizer:
         B = img.shape[0]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(frame_index[0]))
         t = frame_index.to(torch.float32)
-        flicker = 1.0 + 0.02 * torch.sin(0.7 * t + self.hair_phase[0]) + 0.01 * torch.rand(B, generator=gen)
+        flicker = 1.0 + 0.02 * torch.sin(0.7 * t + self.phase[0]) + 0.01 * torch.rand(B, generator=gen)
         img = img * torch.tensor(look.white_balance).view(1, 3, 1, 1) * flicker.view(B, 1, 1, 1)
         if look.blur > 0:  # separable [b/2, 1, b/2] blur, as shifted sums
             w = look.blur / 2

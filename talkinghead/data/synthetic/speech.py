@@ -31,9 +31,9 @@ SAMPLE_RATE = 16000
 FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 
-# STFT used by the filter stage: 32 ms windows, 4 ms hop.
+# STFT used by the filter stage: 32 ms windows, 8 ms hop.
 _NFFT = 512
-_HOP = 64
+_HOP = 128
 
 
 @dataclass(frozen=True)

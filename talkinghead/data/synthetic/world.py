@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from scipy.ndimage import convolve1d
 
 from talkinghead.data.clip import TEST_FRAMES, TRAIN_FRAMES, ClipMeta, write_clip, write_corpus_index
 from talkinghead.data.synthetic.motion import blinks, brow_raises, head_motion
@@ -76,7 +77,8 @@ def _slow_noise(rng: np.random.Generator, n: int, dims: int, seconds: float) -> 
     kernel = np.exp(-0.5 * (taps / sigma) ** 2)
     kernel /= np.sqrt((kernel**2).sum())
     white = rng.normal(size=(n + len(kernel) - 1, dims))
-    return np.stack([np.convolve(white[:, d], kernel, mode="valid") for d in range(dims)], -1)
+    half = len(kernel) // 2
+    return convolve1d(white, kernel, axis=0, mode="constant")[half:half + n]
 
 
 def person_signals(person: Person, num_frames: int) -> PersonSignals:
@@ -125,7 +127,8 @@ def render_frames(model, person: Person, coeffs: np.ndarray, crop_size: int = 22
     """Real frames ``uint8 [N, S, S, 3]`` and landmarks ``[N, 68, 2]`` of ``coeffs [N, 257]``."""
     from talkinghead.data.synthetic.frames import FrameSynthesizer
 
-    synth = FrameSynthesizer(model, person, crop_size, attributes=attributes, seed=person.index)
+    noise_seed = int(person.streams()["frames"].integers(2**31))
+    synth = FrameSynthesizer(model, person, crop_size, attributes=attributes, seed=noise_seed)
     n = len(coeffs)
     frames = np.empty((n, crop_size, crop_size, 3), np.uint8)
     landmarks = np.empty((n, 68, 2), np.float32)
@@ -184,9 +187,12 @@ def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0
     the last ``heldout`` persons are held out. ``workers``: processes (0 = one per CPU core).
     Returns ``out``."""
     _check_sizes(persons, heldout, frames)
+    spec = dict(face_model or DEFAULT_FACE_MODEL)
+    if spec.get("kind") != "procedural":
+        raise ConfigError(f"face_model.kind={spec.get('kind')!r}: the synthetic world drives the procedural face "
+                          "model's named expression units; use face_model=procedural")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = dict(face_model or DEFAULT_FACE_MODEL)
     people = sample_people(persons, seed, heldout)
     workers = min(persons, workers if workers > 0 else (os.cpu_count() or 1))
     jobs = [(str(out), persons, seed, heldout, i, frames, spec, crop_size) for i in range(persons)]

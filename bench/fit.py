@@ -1,0 +1,145 @@
+"""Benchmark of the 3DMM fitting (talkinghead/preprocess/fit.py): seconds per 300 frames.
+
+    python bench/fit.py                      # CPU (and CUDA when present): seconds per 300 frames
+    python bench/fit.py --accuracy           # synthetic truth: landmark-only vs + photometric errors
+    python bench/fit.py --astronaut /tmp/astronaut_fit.png   # fit a photograph, save an overlay
+
+Timing: the fit of a clip is ``landmark_steps`` cheap steps (68 projected points per frame)
+plus ``photometric_steps`` steps that render every frame at ``render_size``; both scale
+linearly with the number of frames (they are batched over frames, in chunks of
+``batch_frames``). On CUDA the full default fit of 300 synthetic frames is timed end to end.
+On CPU that would take tens of minutes, so the seconds per step are measured on
+``--cpu-frames`` frames (after a warm-up) and scaled to 300 frames and the default step
+counts; the table says which rows are measured and which are scaled. Numbers are this
+machine's, not tests (the goal on one GPU: <= 60 s per 300 frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from talkinghead.face.factory import make_face_model
+from talkinghead.preprocess.fit import FittingConfig, coefficient_errors, fit_coefficients, truth_sequence
+from talkinghead.preprocess.landmarks import GroundTruthDetector
+
+FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
+CLIP_FRAMES = 300
+
+
+def synthetic(model, frames: int, size: int, seed: int = 0, noise_px: float = 1.5):
+    crops, truth = truth_sequence(model, frames, size, seed=seed)
+    landmarks = GroundTruthDetector(truth, model, noise_px=noise_px, seed=seed).landmarks_for_size(size)
+    return crops, landmarks, truth
+
+
+def seconds_per_step(model, crops, landmarks, device: str, photometric: bool, steps: int, config: FittingConfig) -> float:
+    """Wall seconds of one fitting step over all given frames (after one warm-up fit)."""
+    def with_steps(n: int) -> FittingConfig:
+        return FittingConfig.from_mapping({**vars(config), "landmark_steps": 0 if photometric else n,
+                                           "photometric_steps": n if photometric else 0})
+
+    fit_coefficients(crops, landmarks, model, with_steps(2), device=device, progress=False, crop_size=224)  # warm-up
+    run_config = with_steps(steps)
+    start = time.perf_counter()
+    fit_coefficients(crops, landmarks, model, run_config, device=device, progress=False, record_history=False,
+                     crop_size=224)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def bench_timing(args) -> None:
+    model = make_face_model(FACE_MODEL)
+    config = FittingConfig()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"fitting config: landmark_steps={config.landmark_steps} photometric_steps={config.photometric_steps} "
+          f"render_size={config.render_size} batch_frames={config.batch_frames}; torch threads {torch.get_num_threads()}")
+    print(f"{'device':8} {'frames':>6} {'s/landmark step':>16} {'s/photo step':>13} {'s per 300 frames':>17}  how")
+    print(f"{'':8} {'':6} {'(300 frames)':>16} {'(frames)':>13}")
+    for device in devices:
+        frames = CLIP_FRAMES if device == "cuda" else args.cpu_frames
+        crops, landmarks, _ = synthetic(model, frames, 224)
+        clip_landmarks = np.resize(landmarks, (CLIP_FRAMES, 68, 2))  # landmark steps: always 300 frames
+        t_lm = seconds_per_step(model, None, clip_landmarks, device, False, args.steps, config)
+        t_photo = seconds_per_step(model, crops, landmarks, device, True, max(2, args.steps // 10), config)
+        scale = CLIP_FRAMES / frames
+        total = config.landmark_steps * t_lm + scale * config.photometric_steps * t_photo
+        how = "per-step times measured (photo: scaled to 300 frames)" if scale != 1 else "per-step times at 300 frames"
+        print(f"{device:8} {frames:6d} {t_lm:16.4f} {t_photo:13.3f} {total:17.1f}  {how}")
+        if device == "cuda":  # the real thing, end to end
+            start = time.perf_counter()
+            result = fit_coefficients(crops, landmarks, model, config, device=device, progress=False)
+            torch.cuda.synchronize()
+            print(f"{device:8} {frames:6d} {'':16} {'':13} {time.perf_counter() - start:17.1f}  measured: full default fit "
+                  f"(landmark error {result.landmark_error_px.mean():.2f} px)")
+
+
+def bench_accuracy(args) -> None:
+    """Errors against ground truth: landmark-only vs with the photometric stage (same data)."""
+    model = make_face_model(FACE_MODEL)
+    keys = ("angle_deg_median", "angle_deg_max", "translation_xy_px_median", "translation_z_median",
+            "expression_rmse", "expression_vertex_mean")
+    print(f"synthetic truth: {args.frames} frames at {args.size} px, landmark noise {args.noise} px (224 scale), "
+          f"render {args.size // 2} px")
+    print(f"{'seed':>4} {'stages':12} " + " ".join(f"{k:>24}" for k in keys))
+    for seed in range(args.seeds):
+        crops, landmarks, truth = synthetic(model, args.frames, args.size, seed, args.noise)
+        lm_only = fit_coefficients(None, landmarks, model, {"photometric_steps": 0}, progress=False, crop_size=args.size)
+        both = fit_coefficients(crops, landmarks, model, {"photometric_steps": args.photometric_steps,
+                                                          "render_size": args.size // 2},
+                                progress=False, init_coeffs=lm_only.coeffs)  # continue the same landmark fit
+        for name, result in (("landmarks", lm_only), ("+photometric", both)):
+            errors = coefficient_errors(result.coeffs, truth, model)
+            print(f"{seed:4d} {name:12} " + " ".join(f"{errors[k]:24.4f}" for k in keys))
+
+
+def bench_astronaut(args) -> None:
+    """Fit scikit-image's astronaut photograph (MediaPipe landmarks) and save an overlay."""
+    import imageio.v2 as imageio
+    from skimage.data import astronaut
+
+    from talkinghead.preprocess.fit import draw_fit_overlay, render_coeffs
+    from talkinghead.preprocess.pipeline import fit_image
+
+    model = make_face_model(FACE_MODEL)
+    config = {"photometric_steps": args.photometric_steps}
+    crop, detected, result = fit_image(astronaut(), "mediapipe", FACE_MODEL, config, progress=True)
+    fitted = model.landmarks_2d(torch.from_numpy(result.coeffs))[0].numpy()
+    overlay = draw_fit_overlay(crop, detected, fitted, render_coeffs(model, result.coeffs, 224)[0])
+    imageio.imwrite(args.astronaut, np.concatenate([crop, overlay], 1))
+    angles = np.degrees(result.coeffs[0, 224:227])
+    print(f"astronaut: landmark reprojection error {result.landmark_error_px[0]:.2f} px (224 crop); "
+          f"angles x/y/z {angles.round(1).tolist()} deg; photo loss {result.losses['photo']:.4f}; "
+          f"{result.seconds:.1f} s; overlay (left: crop, right: render blended, green = detected, "
+          f"red = fitted landmarks) -> {args.astronaut}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cpu-frames", type=int, default=16, help="frames timed on CPU (scaled to 300)")
+    parser.add_argument("--steps", type=int, default=20, help="landmark steps timed (photometric: a tenth, >= 2)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
+    parser.add_argument("--accuracy", action="store_true", help="synthetic accuracy table instead of timing")
+    parser.add_argument("--frames", type=int, default=16, help="--accuracy: frames per sequence")
+    parser.add_argument("--size", type=int, default=112, help="--accuracy: crop size (render at half)")
+    parser.add_argument("--noise", type=float, default=3.0, help="--accuracy: landmark noise, px at 224")
+    parser.add_argument("--seeds", type=int, default=3, help="--accuracy: number of sequences")
+    parser.add_argument("--photometric-steps", type=int, default=100, help="--accuracy/--astronaut: photometric steps")
+    parser.add_argument("--astronaut", metavar="PNG", help="fit the astronaut photograph and save an overlay here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.astronaut:
+        bench_astronaut(args)
+    elif args.accuracy:
+        bench_accuracy(args)
+    else:
+        bench_timing(args)
+
+
+if __name__ == "__main__":
+    main()

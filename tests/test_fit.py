@@ -1,0 +1,225 @@
+"""Tests of the 3DMM fitting (talkinghead/preprocess/fit.py) against ground truth and on a
+real photograph."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from talkinghead.errors import ConfigError, InputError
+from talkinghead.face.camera import Camera
+from talkinghead.face.factory import make_face_model
+from talkinghead.preprocess.fit import (
+    FitParameters,
+    FittingConfig,
+    coefficient_errors,
+    draw_fit_overlay,
+    fit_coefficients,
+    initial_pose,
+    landmark_loss,
+    photometric_loss,
+    render_coeffs,
+    similarity_2d,
+    smoothness_loss,
+    truth_sequence,
+)
+from talkinghead.preprocess.landmarks import GroundTruthDetector
+
+try:
+    import mediapipe  # noqa: F401
+
+    HAS_MEDIAPIPE = True
+except ImportError:
+    HAS_MEDIAPIPE = False
+
+FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensor ops are much slower with 2 threads on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_face_model(FACE_MODEL)
+
+
+@pytest.fixture(scope="module")
+def truth(model):
+    """8 frames at 112 px with known coefficients; landmarks with 3 px (at 224) of noise."""
+    frames, coeffs = truth_sequence(model, 8, 112, seed=1)
+    landmarks = GroundTruthDetector(coeffs, model, noise_px=3.0, seed=0).landmarks_for_size(112)
+    return frames, coeffs, landmarks
+
+
+@pytest.fixture(scope="module")
+def landmark_fit(model, truth):
+    frames, _, landmarks = truth
+    config = FittingConfig(landmark_steps=200, photometric_steps=0)
+    return fit_coefficients(None, landmarks, model, config, progress=False, crop_size=112)
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+def test_similarity_2d_recovers_scale_rotation_shift():
+    src = torch.randn(68, 2, generator=torch.Generator().manual_seed(0)) * 30
+    scale, theta = torch.tensor([0.7, 1.3]), torch.tensor([0.2, -0.4])
+    shift = torch.tensor([[5.0, -3.0], [100.0, 80.0]])
+    rot = torch.stack([torch.stack([theta.cos(), -theta.sin()], -1), torch.stack([theta.sin(), theta.cos()], -1)], -2)
+    dst = scale[:, None, None] * src @ rot.transpose(-1, -2) + shift[:, None]
+    s, t, d = similarity_2d(src, dst)
+    torch.testing.assert_close(s, scale, atol=1e-4, rtol=0)
+    torch.testing.assert_close(t, theta, atol=1e-5, rtol=0)
+    torch.testing.assert_close(d, shift, atol=1e-3, rtol=0)
+
+
+def test_initial_pose_recovers_roll_and_translation(model):
+    coeffs = torch.zeros(3, 257)
+    coeffs[:, 226] = torch.tensor([0.0, 0.15, -0.3])  # roll
+    coeffs[:, 254:257] = torch.tensor([[0.0, 0.0, -2.0], [0.1, -0.2, -1.0], [-0.15, 0.1, 1.0]])
+    camera = Camera()
+    landmarks = model.landmarks_2d(coeffs, camera)
+    angles, translation = initial_pose(model, landmarks, camera)
+    torch.testing.assert_close(angles, coeffs[:, 224:227], atol=2e-3, rtol=0)
+    torch.testing.assert_close(translation, coeffs[:, 254:257], atol=0.05, rtol=0)
+    # and it is a good start: landmarks within a few pixels
+    start = FitParameters(3, angles, translation).coeffs()
+    assert (model.landmarks_2d(start, camera) - landmarks).norm(dim=-1).mean() < 2.0
+
+
+def test_losses():
+    pred, target = torch.zeros(2, 68, 2), torch.zeros(2, 68, 2)
+    target[..., 0] = 3.0  # 3 px off everywhere, in a 112 crop = 6 px at 224
+    weights = torch.ones(68)
+    torch.testing.assert_close(landmark_loss(pred, target, weights, 224 / 112), torch.full((2,), 36.0))
+    image = torch.rand(2, 3, 8, 8)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[:, :, 2:6, 2:6] = 1
+    assert photometric_loss(image, image, mask).max() < 1e-3
+    shifted = image.clone()
+    shifted[:, :, 0, 0] += 1  # outside the mask: ignored
+    assert photometric_loss(shifted, image, mask).max() < 1e-3
+    brighter = image + torch.tensor([0.03, 0.04, 0.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(photometric_loss(brighter, image, mask), torch.full((2,), 0.05), atol=1e-4, rtol=0)
+    params = FitParameters(5, torch.zeros(5, 3), torch.zeros(5, 3))
+    assert all(float(term.detach()) == 0 for term in smoothness_loss(params))
+    with torch.no_grad():
+        params.angles[2, 1] = 0.1
+    pose_term, exp_term = smoothness_loss(params)
+    assert float(pose_term.detach()) > 0 and float(exp_term.detach()) == 0
+
+
+def test_config_and_input_errors(model):
+    with pytest.raises(ConfigError, match="unknown fitting key"):
+        FittingConfig.from_mapping({"landmark_step": 3})
+    with pytest.raises(ConfigError, match="at least one step"):
+        FittingConfig.from_mapping({"landmark_steps": 0, "photometric_steps": 0})
+    with pytest.raises(ConfigError, match="render_size"):
+        FittingConfig.from_mapping({"render_size": 4})
+    lm = np.full((2, 68, 2), 100.0, np.float32)
+    with pytest.raises(InputError, match=r"\[N, 68, 2\]"):
+        fit_coefficients(None, lm[:, :60], model, {"photometric_steps": 0}, progress=False)
+    bad = lm.copy()
+    bad[1, 5] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        fit_coefficients(None, bad, model, {"photometric_steps": 0}, progress=False)
+    with pytest.raises(InputError, match="needs the crops"):
+        fit_coefficients(None, lm, model, {"photometric_steps": 2}, progress=False)
+    with pytest.raises(InputError, match="like the landmarks"):
+        fit_coefficients(np.zeros((3, 64, 64, 3), np.uint8), lm, model, {"photometric_steps": 2}, progress=False)
+    with pytest.raises(ConfigError, match="CUDA"):
+        if torch.cuda.is_available():
+            raise ConfigError("CUDA is available here; nothing to test")
+        fit_coefficients(None, lm, model, {"photometric_steps": 0}, device="cuda", progress=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Against ground truth
+# --------------------------------------------------------------------------------------------
+def test_landmark_fit_recovers_pose_and_expression(model, truth, landmark_fit):
+    _, coeffs, landmarks = truth
+    errors = coefficient_errors(landmark_fit.coeffs, coeffs, model)
+    assert errors["angle_deg_median"] < 2.0, errors
+    assert errors["translation_xy_px_median"] < 3.0, errors  # pixels of a 224 crop
+    assert errors["translation_z_median"] < 1.0, errors  # depth ~12: scale trades with identity
+    assert errors["expression_vertex_mean"] < 0.03, errors  # ~3 mm on a ~15 cm face
+    # the fit explains the landmarks to about their noise (3 px at 224 = 1.5 px here)
+    assert landmark_fit.landmark_error_px.mean() < 2.5
+    shape_phase = [h["landmark"] for h in landmark_fit.history if h["phase"] == "shape"]
+    assert shape_phase[-1] < 0.7 * shape_phase[0]  # identity and expression explain more
+    # the zero coefficients are not already a good answer
+    baseline = coefficient_errors(np.zeros_like(coeffs), coeffs, model)
+    assert baseline["angle_deg_median"] > 3 * errors["angle_deg_median"]
+
+
+def test_photometric_stage_lowers_the_errors(model, truth, landmark_fit):
+    """Continue the landmark fit with the photometric stage (render at 56 px)."""
+    frames, coeffs, landmarks = truth
+    config = FittingConfig(landmark_steps=0, photometric_steps=40, render_size=56)
+    photo_fit = fit_coefficients(frames, landmarks, model, config, progress=False, init_coeffs=landmark_fit.coeffs)
+    photo = [h["photo"] for h in photo_fit.history]
+    assert photo[-1] < 0.7 * photo[0]
+    before = coefficient_errors(landmark_fit.coeffs, coeffs, model)
+    after = coefficient_errors(photo_fit.coeffs, coeffs, model)
+    for key in ("translation_xy_px_median", "expression_vertex_mean", "angle_deg_max"):
+        assert after[key] < before[key], (key, before[key], after[key])
+    assert after["angle_deg_median"] < 2.0
+
+
+@pytest.mark.slow
+def test_full_synthetic_accuracy(model):
+    """16 frames at 224 px, 3 px landmark noise, default steps: landmark-only vs photometric."""
+    frames, coeffs = truth_sequence(model, 16, 224, seed=2)
+    landmarks = GroundTruthDetector(coeffs, model, noise_px=3.0, seed=0).landmarks_for_size(224)
+    lm_only = fit_coefficients(None, landmarks, model, {"photometric_steps": 0}, progress=False, crop_size=224)
+    full = fit_coefficients(frames, landmarks, model, {"render_size": 112}, progress=False)
+    before = coefficient_errors(lm_only.coeffs, coeffs, model)
+    after = coefficient_errors(full.coeffs, coeffs, model)
+    assert after["angle_deg_median"] < 2.0
+    for key in ("angle_deg_median", "translation_xy_px_median", "expression_vertex_mean"):
+        assert after[key] < before[key], (key, before[key], after[key])
+
+
+# --------------------------------------------------------------------------------------------
+# A real photograph
+# --------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not HAS_MEDIAPIPE, reason="mediapipe is not installed")
+def test_astronaut_photograph_fit(model, tmp_path):
+    from skimage.data import astronaut
+
+    from talkinghead.preprocess.pipeline import fit_image
+
+    config = {"landmark_steps": 200, "photometric_steps": 10, "render_size": 64}
+    crop, detected, result = fit_image(astronaut(), "mediapipe", FACE_MODEL, config, device="cpu")
+    assert crop.shape == (224, 224, 3) and detected.shape == (68, 2)
+    assert result.landmark_error_px[0] < 5.0  # a few pixels in the 224 crop
+    pose = np.degrees(result.coeffs[0, 224:227])
+    assert np.abs(pose).max() < 15  # she faces the camera
+    fitted = model.landmarks_2d(torch.from_numpy(result.coeffs))[0].numpy()
+    overlay = draw_fit_overlay(crop, detected, fitted, render_coeffs(model, result.coeffs, 224)[0])
+    assert overlay.shape == crop.shape and overlay.dtype == np.uint8
+    u, v = np.round(detected[30] - 0.5).astype(int)
+    assert tuple(overlay[v, u]) == (0, 255, 0)  # detected landmarks are drawn green
+
+
+# --------------------------------------------------------------------------------------------
+# GPU
+# --------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fit_matches_cpu(model, truth):
+    frames, _, landmarks = truth
+    config = FittingConfig(landmark_steps=50, photometric_steps=5, render_size=56)
+    cpu = fit_coefficients(frames, landmarks, model, config, device="cpu", progress=False)
+    gpu = fit_coefficients(frames, landmarks, model, config, device="cuda", progress=False)
+    assert gpu.device.startswith("cuda")
+    assert math.isclose(float(gpu.landmark_error_px.mean()), float(cpu.landmark_error_px.mean()), rel_tol=0.05,
+                        abs_tol=0.05)
