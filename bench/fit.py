@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=112, help="--accuracy: crop size (render at half)")
     parser.add_argument("--noise", type=float, default=3.0, help="--accuracy: landmark noise, px at 224")
     parser.add_argument("--seeds", type=int, default=3, help="--accuracy: number of sequences")
-    parser.add_argument("--photometric-steps", type=int, default=100, help="--accuracy/--astronaut: photometric steps")
+    parser.add_argument("--photometric-steps", type=int, default=150, help="--accuracy/--astronaut: photometric steps")
     parser.add_argument("--astronaut", metavar="PNG", help="fit the astronaut photograph and save an overlay here")
     args = parser.parse_args()
     if args.threads:

@@ -38,7 +38,7 @@ except ImportError:
 FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny tensor ops are much slower with 2 threads on a busy 2-core machine."""
     threads = torch.get_num_threads()
@@ -161,32 +161,41 @@ def test_landmark_fit_recovers_pose_and_expression(model, truth, landmark_fit):
     assert baseline["angle_deg_median"] > 3 * errors["angle_deg_median"]
 
 
+ERROR_KEYS = ("angle_deg_median", "angle_deg_max", "translation_xy_px_median", "expression_vertex_mean")
+
+
 def test_photometric_stage_lowers_the_errors(model, truth, landmark_fit):
-    """Continue the landmark fit with the photometric stage (render at 56 px)."""
+    """Continue the landmark fit with the photometric stage (render at 56 px, 60 steps)."""
     frames, coeffs, landmarks = truth
-    config = FittingConfig(landmark_steps=0, photometric_steps=40, render_size=56)
+    config = FittingConfig(landmark_steps=0, photometric_steps=60, render_size=56)
     photo_fit = fit_coefficients(frames, landmarks, model, config, progress=False, init_coeffs=landmark_fit.coeffs)
     photo = [h["photo"] for h in photo_fit.history]
     assert photo[-1] < 0.7 * photo[0]
     before = coefficient_errors(landmark_fit.coeffs, coeffs, model)
     after = coefficient_errors(photo_fit.coeffs, coeffs, model)
-    for key in ("translation_xy_px_median", "expression_vertex_mean", "angle_deg_max"):
-        assert after[key] < before[key], (key, before[key], after[key])
+    log_ratios = [math.log(after[k] / before[k]) for k in ERROR_KEYS]
+    assert np.mean(log_ratios) < -0.05, dict(zip(ERROR_KEYS, log_ratios))  # lower on the whole (8 frames)
     assert after["angle_deg_median"] < 2.0
 
 
 @pytest.mark.slow
-def test_full_synthetic_accuracy(model):
-    """16 frames at 224 px, 3 px landmark noise, default steps: landmark-only vs photometric."""
-    frames, coeffs = truth_sequence(model, 16, 224, seed=2)
-    landmarks = GroundTruthDetector(coeffs, model, noise_px=3.0, seed=0).landmarks_for_size(224)
-    lm_only = fit_coefficients(None, landmarks, model, {"photometric_steps": 0}, progress=False, crop_size=224)
-    full = fit_coefficients(frames, landmarks, model, {"render_size": 112}, progress=False)
-    before = coefficient_errors(lm_only.coeffs, coeffs, model)
-    after = coefficient_errors(full.coeffs, coeffs, model)
-    assert after["angle_deg_median"] < 2.0
-    for key in ("angle_deg_median", "translation_xy_px_median", "expression_vertex_mean"):
-        assert after[key] < before[key], (key, before[key], after[key])
+def test_photometric_stage_lowers_the_errors_over_sequences(model):
+    """16 frames at 112 px, 3 px landmark noise, 3 sequences, default photometric stage
+    (as ``python bench/fit.py --accuracy``): every error, averaged over the sequences, is lower
+    with the photometric stage than with the landmarks alone."""
+    before, after = [], []
+    for seed in range(3):
+        frames, coeffs = truth_sequence(model, 16, 112, seed=seed)
+        landmarks = GroundTruthDetector(coeffs, model, noise_px=3.0, seed=seed).landmarks_for_size(112)
+        lm_only = fit_coefficients(None, landmarks, model, {"photometric_steps": 0}, progress=False, crop_size=112)
+        full = fit_coefficients(frames, landmarks, model, {"landmark_steps": 0, "render_size": 56}, progress=False,
+                                init_coeffs=lm_only.coeffs)
+        before.append(coefficient_errors(lm_only.coeffs, coeffs, model))
+        after.append(coefficient_errors(full.coeffs, coeffs, model))
+    for key in ERROR_KEYS:
+        mean_before, mean_after = np.mean([e[key] for e in before]), np.mean([e[key] for e in after])
+        assert mean_after < mean_before, (key, mean_before, mean_after)
+    assert max(e["angle_deg_median"] for e in after) < 2.0
 
 
 # --------------------------------------------------------------------------------------------

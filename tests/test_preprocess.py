@@ -43,7 +43,7 @@ FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
 CHEAP_FIT = {"landmark_steps": 60, "photometric_steps": 2, "render_size": 32}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """Tiny tensor ops are much slower with 2 threads on a busy 2-core machine."""
     threads = torch.get_num_threads()

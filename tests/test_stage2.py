@@ -205,6 +205,21 @@ def test_augmentation_moves_inputs_and_target_together(corpus):
     torch.testing.assert_close(ds[3]["target"], crops[0])  # and it is a function of the RNG state
 
 
+def test_dataset_render_cache_is_reused_and_keyed_by_the_settings(corpus, tmp_path, monkeypatch):
+    args = dict(frames=slice(0, 5), renderer=get_renderer("torch"), cache_dir=tmp_path)
+    first = RefinerDataset([corpus / "train_0"], SIZE, **args)
+    assert len(list(tmp_path.glob("train_0-*.npz"))) == 1
+
+    def no_rendering(*args, **kwargs):
+        raise AssertionError("rendered again instead of using the cache")
+
+    monkeypatch.setattr("talkinghead.pipeline.stage2.render_blended", no_rendering)
+    again = RefinerDataset([corpus / "train_0"], SIZE, **args)
+    assert torch.equal(again.inputs[0], first.inputs[0]) and torch.equal(again.targets[0], first.targets[0])
+    with pytest.raises(AssertionError, match="rendered again"):  # other settings, other cache entry
+        RefinerDataset([corpus / "train_0"], SIZE, render_size=2 * SIZE, **args)
+
+
 def test_dataset_rejects_an_empty_frame_range(corpus):
     with pytest.raises(InputError, match="selects no frames"):
         RefinerDataset([corpus / "train_0"], SIZE, frames=slice(30, 40), renderer=get_renderer("torch"))
@@ -245,6 +260,26 @@ def test_a_few_gan_steps_lower_the_l1(dataset, tiny_cfg):
     assert generator.memory.num_filled >= 2
     recalled = generator.read_identity(batch["inputs"])
     assert (F.cosine_similarity(recalled, batch["identity"], dim=1) > 0.98).all()
+
+
+def test_identity_condition_off_is_a_zero_identity_model(dataset, tiny_cfg):
+    """The fair "no identity" ablation: trained and used with a zero identity feature."""
+    torch.manual_seed(0)
+    spec = model_spec_from_config({**tiny_cfg.refiner.model, "identity_condition": False})
+    task = RefinerTask(spec)
+    task.configure_optimizers()
+    batch = {k: torch.stack([dataset[i][k] for i in (2, 14)]) for k in ("inputs", "target", "identity")}
+    assert torch.equal(task.generator_identity(batch["identity"]), torch.zeros(2, 512))
+    task.training_step(batch, 0)
+    assert task.models["generator"].memory.num_filled > 0  # the memory is still trained
+    metrics = task.validation_step(batch)
+    assert "psnr_memory" not in metrics and "identity_recall" in metrics
+    generator = task.models["generator"].eval()
+    refiner = Refiner(generator, make_identity_feature(None), SIZE, SIZE, spec=spec)
+    frames = (batch["inputs"][:, -3:] + 1) / 2
+    some_identity = F.normalize(torch.randn(512), dim=0)
+    torch.testing.assert_close(refine_frames(refiner, frames, identity=some_identity),
+                               refine_frames(refiner, frames, use_memory=False))
 
 
 # ------------------------------------------------------------------------------------ inference

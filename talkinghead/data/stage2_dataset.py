@@ -11,7 +11,9 @@ A blended render is the clip's own 3DMM coefficients rendered and alpha-blended 
 crop of the same frame, so render and target are pixel-aligned and differ only inside the face
 (:func:`talkinghead.pipeline.stage2.render_blended`, the function inference uses too). Renders
 are computed once per clip when the dataset is built, in batches, and kept as uint8 at the
-model's size. Windows at the start of the clip repeat the first rendered frame (frames 0 and 1;
+model's size; with ``cache_dir`` they are also saved there (keyed by a digest of the clip's
+coefficients and crops, the face model, the renderer and the sizes), so a resumed or repeated
+run does not render again. Windows at the start of the clip repeat the first rendered frame (frames 0 and 1;
 :func:`talkinghead.pipeline.render.stack_windows`); a frame range starting at 2 or later has
 real frames t-2 and t-1 (they are rendered too).
 
@@ -24,7 +26,10 @@ training loop seeds per sample.
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -86,6 +91,7 @@ class RefinerDataset(Dataset):
         render_size: resolution the faces are rendered at before resizing to ``image_size``
             (``None`` = ``image_size``); use the trained model's value at inference.
         render_batch: frames rendered per call.
+        cache_dir: where rendered clips are saved and looked up (``None``: no cache).
     """
 
     def __init__(
@@ -99,6 +105,7 @@ class RefinerDataset(Dataset):
         identity_feature: nn.Module | None = None,
         render_size: int | None = None,
         render_batch: int = 32,
+        cache_dir: str | Path | None = None,
     ):
         from talkinghead.face.factory import make_face_model
         from talkinghead.models.features import make_identity_feature
@@ -125,13 +132,22 @@ class RefinerDataset(Dataset):
             start, stop = _frame_range(frames, clip)
             first = max(start - 2, 0)
             model = face_model if face_model is not None else make_face_model(clip.meta.face_model)
-            log.info("rendering %d frames of %s at %d px", stop - first, clip.name, self.image_size)
-            blended = render_blended(model, renderer, clip.coeffs[first:stop], clip.fixed[first:stop],
-                                     self.image_size, render_size, batch_size=render_batch)  # [n, 3, S, S]
-            real = to_unit(np.array(clip.fixed[first:stop]), self.image_size)
+
+            def render(clip=clip, first=first, stop=stop, model=model) -> tuple[torch.Tensor, torch.Tensor]:
+                log.info("rendering %d frames of %s at %d px", stop - first, clip.name, self.image_size)
+                blended = render_blended(model, renderer, clip.coeffs[first:stop], clip.fixed[first:stop],
+                                         self.image_size, render_size, batch_size=render_batch)  # [n, 3, S, S]
+                real = to_unit(np.array(clip.fixed[first:stop]), self.image_size)  # [n, 3, S, S]
+                return _to_uint8(blended), _to_uint8(real)
+
+            if cache_dir is None:
+                inputs, targets = render()
+            else:
+                key = _render_key(clip, first, stop, model, renderer, self.image_size, render_size or self.image_size)
+                inputs, targets = _cached(Path(cache_dir) / f"{clip.name}-{key}.npz", render)
             self.names.append(clip.name)
-            self.inputs.append(_to_uint8(blended))
-            self.targets.append(_to_uint8(real))
+            self.inputs.append(inputs)
+            self.targets.append(targets)
             self.coeffs.append(torch.as_tensor(np.asarray(clip.coeffs[first:stop]), dtype=torch.float32))
             self.identities.append(clip_identity(identity_feature, clip).float())
             self.first_rendered.append(first)
@@ -162,6 +178,39 @@ class RefinerDataset(Dataset):
             "identity": self.identities[clip],
             "coeffs": self.coeffs[clip][local],
         }
+
+
+#: Bump when the rendering of the inputs changes (invalidates every render cache).
+_RENDER_CACHE_VERSION = 1
+
+
+def _render_key(clip: PersonClip, first: int, stop: int, face_model: nn.Module, renderer, image_size: int,
+                render_size: int) -> str:
+    """Digest of everything a clip's cached renders depend on."""
+    digest = hashlib.sha1()
+    settings = [_RENDER_CACHE_VERSION, first, stop, image_size, render_size, clip.meta.face_model, repr(face_model),
+                type(renderer).__name__]
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(np.ascontiguousarray(clip.coeffs[first:stop], dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(clip.fixed[first:stop]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _cached(path: Path, render) -> tuple[torch.Tensor, torch.Tensor]:
+    """Load ``(inputs, targets)`` from ``path`` or compute them with ``render()`` and save them
+    (atomically: a killed run never leaves a partial file)."""
+    if path.is_file():
+        try:
+            with np.load(path) as data:
+                return torch.from_numpy(data["inputs"]), torch.from_numpy(data["targets"])
+        except (OSError, ValueError, KeyError):
+            log.warning("unreadable render cache %s; rendering again", path)
+    inputs, targets = render()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+    np.savez(tmp, inputs=inputs.numpy(), targets=targets.numpy())
+    os.replace(tmp, path)
+    return inputs, targets
 
 
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,8 @@ what inference, evaluation and the Stage-2 dataset share:
   one recalled from the memory (``use_memory=True``: read with the key of every 25th frame --
   ``identity_every`` -- and of the last frame, linearly interpolated in between, the paper's
   test-time rule), or zeros (``use_memory=False``: the "no memory / no identity" ablation).
+  A model trained without identity (``identity_condition: false`` in ``model.json``) always
+  gets zeros.
 * :func:`evaluate_refiner` -- PSNR / SSIM of refined frames and of the blended input against
   the real fixed crops of a clip's held-out frames.
 """
@@ -175,6 +177,11 @@ class Refiner:
     spec: dict = field(default_factory=dict)  # the model.json contents
 
     @property
+    def identity_condition(self) -> bool:
+        """False for a model trained with a zero identity feature (ablation): it always gets zeros."""
+        return bool(self.spec.get("identity_condition", True))
+
+    @property
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
@@ -263,7 +270,7 @@ class RefinerStream:
                 raise InputError(f"identity feature must be [{gen.generator.identity_dim}], got {tuple(identity.shape)}; "
                                  "compute it with refiner.identity_of(clip)")
             self._fixed_identity = identity.to(self._device)
-        elif not use_memory:
+        if (identity is None and not use_memory) or not refiner.identity_condition:
             self._fixed_identity = torch.zeros(gen.generator.identity_dim, device=self._device)
         self._buffer = torch.zeros(0, 3, refiner.image_size, refiner.image_size, device=self._device)  # [-1, 1]
         self._buffer_start = 0  # global index of self._buffer[0]

@@ -26,13 +26,17 @@ Given the fixed crops of a clip (``[N, S, S, 3]``) and their 68 landmarks (crop 
     :data:`ANGLE_TO_PX`, translation x :data:`TRANSLATION_TO_PX`: about pixels of a 224 crop)
     and of the expression.
 * **Coarse to fine.** Stage 1 (``landmark_steps``): landmarks + priors + smoothness, first
-  pose only (``pose_fraction`` of the steps), then pose, expression and identity. Stage 2
+  pose only (``pose_fraction`` of the steps) from the points identity and expression move
+  least (:data:`RIGID_LANDMARK_WEIGHTS`: brows, nose, eyes), then pose, expression and
+  identity on all points, the angles at ``lr * shape_angle_lr_ratio`` (otherwise the head
+  pitches to explain a longer or shorter lower face before the identity can). Stage 2
   (``photometric_steps``): adds the photometric loss, first texture and lighting only
   (``appearance_fraction``), then everything, the geometry at ``lr * refine_lr_ratio`` (it
   is already close). Each phase has its own Adam with a cosine learning-rate decay to
   ``lr * final_lr_ratio``.
 
-A tqdm progress bar shows the phase, the mean landmark error (px) and the photometric loss.
+A tqdm progress bar shows the phase, the weighted RMS landmark error (224-crop pixels) and
+the photometric loss.
 """
 
 from __future__ import annotations
@@ -41,13 +45,13 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talkinghead.errors import ConfigError, InputError
+from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.face.camera import CAMERA_Z, Camera, pose_vertices
 from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, ID_DIM, SH_DIM, TEX_DIM, join_coeffs, split_coeffs
 
@@ -97,11 +101,11 @@ class FittingConfig:
     final_lr_ratio: float = 0.05
     pose_fraction: float = 0.3
     appearance_fraction: float = 0.3
-    refine_lr_ratio: float = 0.2
+    refine_lr_ratio: float = 0.5
     shape_angle_lr_ratio: float = 0.1
     render_size: int = 112
     w_landmark: float = 1.0
-    w_photo: float = 1000.0
+    w_photo: float = 3000.0
     w_id_prior: float = 1.0e-3
     w_exp_prior: float = 1.0e-2
     w_tex_prior: float = 1.0e-3
@@ -303,6 +307,14 @@ def _phases(config: FittingConfig) -> list[_Phase]:
     return [p for p in phases if p.steps > 0]
 
 
+def _cosine_decay(steps: int, floor: float):
+    """Learning-rate factor for step ``i`` of ``steps``: cosine from 1 down to ``floor``."""
+    def factor(i: int) -> float:
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, steps - 1) / max(steps - 1, 1)))
+
+    return factor
+
+
 def _model_on(face_model, device: torch.device):
     """The face model on ``device`` (a copy when it must move: the factory's model is shared)."""
     current = face_model.mean_shape.device
@@ -432,20 +444,19 @@ def fit_coefficients(
         groups = [{"params": [getattr(params, name)], "lr": config.lr * phase.lr_scale.get(name, 1.0)}
                   for name in phase.params]
         optimiser = torch.optim.Adam(groups, lr=config.lr)
-        decay = lambda i, steps=phase.steps: config.final_lr_ratio + (1 - config.final_lr_ratio) * 0.5 * (  # noqa: E731
-            1 + math.cos(math.pi * i / max(steps - 1, 1)))
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, _cosine_decay(phase.steps, config.final_lr_ratio))
         for _ in range(phase.steps):
             optimiser.zero_grad(set_to_none=True)
             terms = step(phase.photometric)
             if not all(math.isfinite(v) for k, v in terms.items() if k != "photo" or phase.photometric):
-                raise InputError("fit: the loss became NaN/inf; check the landmarks (a detection may be wrong)")
+                raise TrainingError("fit: the loss became NaN/inf; check the landmarks (a detection may be wrong) "
+                                    "or lower fitting.lr")
             optimiser.step()
             schedule.step()
             if record_history:
                 history.append({"phase": phase.name, **terms})
             bar.update(1)
-            bar.set_postfix(phase=phase.name, lm_px=f"{math.sqrt(terms['landmark']):.2f}",
+            bar.set_postfix(phase=phase.name, lm_rms_px=f"{math.sqrt(terms['landmark']):.2f}",
                             photo=f"{terms['photo']:.4f}" if phase.photometric else "-")
     bar.close()
 
@@ -600,9 +611,3 @@ def config_dict(config: FittingConfig) -> dict[str, Any]:
     """The config as a plain dict (for ``meta.extra``)."""
     return asdict(config)
 
-
-__all__: Sequence[str] = (
-    "FitParameters", "FitResult", "FittingConfig", "LANDMARK_WEIGHTS", "coefficient_errors", "config_dict",
-    "draw_fit_overlay", "fit_coefficients", "initial_pose", "landmark_loss", "photometric_loss", "render_coeffs",
-    "resolve_device", "similarity_2d", "smoothness_loss",
-)

@@ -137,8 +137,10 @@ class MediaPipeDetector:
         min_tracking_confidence: float = 0.5,
     ):
         try:
-            from mediapipe.python.solutions import face_mesh
-        except ImportError as err:  # pragma: no cover - mediapipe is a dev dependency here
+            import mediapipe
+
+            face_mesh = mediapipe.solutions.face_mesh
+        except (ImportError, AttributeError) as err:  # pragma: no cover - mediapipe is a dev dependency here
             raise ConfigError(
                 f"detector=mediapipe needs the mediapipe package ({err}); pip install mediapipe==0.10.21 "
                 "or use detector=face_alignment"

@@ -15,12 +15,17 @@ windows (:class:`talkinghead.data.stage2_dataset.RefinerDataset`), in the author
 
 Adam with beta1 0.5 for all three optimisers (lr 2e-4 general, 1e-4 fine-tuning).
 
+Ablation switch: ``refiner.model.identity_condition=false`` trains a generator that always gets
+a zero identity feature (the memory is still trained and updated, so it can be inspected); the
+flag is part of the model spec, so fine-tuning and inference follow it.
+
 :func:`train_refiner` trains a general model over many clips (frames 2.. of every clip) or
 fine-tunes one from a general directory on a person's frames 2-299, and writes the trained-stage
 directory of the integration contract: ``weights.safetensors`` (generator with key network and
 memory, and the discriminator, so fine-tuning starts from both), ``model.json`` (what
 :func:`talkinghead.pipeline.stage2.load_refiner` needs to rebuild it), ``checkpoints/``,
-``tb/`` and finally ``done.json``.
+``tb/``, ``render_cache/`` (the rendered inputs, reused when the run is resumed; safe to
+delete) and finally ``done.json``.
 
 **Multi-process policy: single process only.** The identity memory is a set of buffers updated
 outside ``forward`` (in-place, item by item), and the key network's margin loss is not computed
@@ -62,6 +67,8 @@ __all__ = ["RefinerTask", "model_spec_from_config", "train_refiner"]
 
 SPEC_VERSION = 1
 MODES = ("general", "finetune")
+#: Rendered training inputs are cached here inside the run directory (reused on resume).
+RENDER_CACHE_DIR = "render_cache"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +119,7 @@ class RefinerTask:
         self.betas = (float(beta1), 0.999)
         self.lambdas = {"lambda_l1": float(lambda_l1), "lambda_mask": float(lambda_mask), "lambda_tv": float(lambda_tv)}
         self.image_rows = int(image_rows)
+        self.identity_condition = bool(spec.get("identity_condition", True))
         self.grad_clip: float | None = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
 
@@ -128,6 +136,11 @@ class RefinerTask:
 
     def on_train_start(self, trainer) -> None:
         self.grad_clip = trainer.cfg.grad_clip
+
+    def generator_identity(self, identity: torch.Tensor) -> torch.Tensor:
+        """What the generator is conditioned on: the true identity (teacher forcing), or zeros
+        for a model trained without identity (ablation)."""
+        return identity if self.identity_condition else torch.zeros_like(identity)
 
     def _clip(self, module: torch.nn.Module) -> None:
         if self.grad_clip:
@@ -146,7 +159,7 @@ class RefinerTask:
         generator.update_memory(inputs, identity)
 
         # 2. Generator forward with the true identity (teacher forcing).
-        out = generator(inputs, identity)
+        out = generator(inputs, self.generator_identity(identity))
 
         # 3. Discriminator on (inputs, real) vs (inputs, fake).
         _set_requires_grad(discriminator, True)
@@ -185,7 +198,7 @@ class RefinerTask:
         right person (cosine above the memory's threshold)."""
         generator = self.models["generator"]
         inputs, target, identity = batch["inputs"], batch["target"], batch["identity"]
-        out = generator(inputs, identity)
+        out = generator(inputs, self.generator_identity(identity))
         metrics = {
             "l1": F.l1_loss(out.image, target),
             "psnr": _psnr(out.image, target),
@@ -194,7 +207,8 @@ class RefinerTask:
         }
         if generator.memory.num_filled:
             recalled = generator.read_identity(inputs)
-            metrics["psnr_memory"] = _psnr(generator(inputs, recalled).image, target)
+            if self.identity_condition:
+                metrics["psnr_memory"] = _psnr(generator(inputs, recalled).image, target)
             same = F.cosine_similarity(recalled, identity.to(recalled.dtype), dim=1) > generator.memory.threshold
             metrics["identity_recall"] = same.float().mean()
         return metrics
@@ -205,7 +219,7 @@ class RefinerTask:
         generator = self.models["generator"]
         rows = min(self.image_rows, batch["inputs"].shape[0])
         inputs, target, identity = batch["inputs"][:rows], batch["target"][:rows], batch["identity"][:rows]
-        out = generator(inputs, identity)
+        out = generator(inputs, self.generator_identity(identity))
         columns = [_to_unit(inputs[:, -3:]), _to_unit(out.image), _to_unit(target), out.mask.expand(-1, 3, -1, -1)]
         grid = torch.cat([torch.cat(columns, dim=3)[i] for i in range(rows)], dim=1)  # [3, rows*S, 4*S]
         writer.add_image("refiner/input_output_target_mask", grid.clamp(0, 1).cpu(), step)
@@ -269,6 +283,7 @@ def model_spec_from_config(model_cfg: Mapping[str, Any]) -> dict:
         },
         "render_size": image_size * render_scale,
         "identity_every": int(m.get("identity_every", 25)),
+        "identity_condition": bool(m.get("identity_condition", True)),
     }
 
 
@@ -356,7 +371,7 @@ def train_refiner(
     renderer = get_renderer(str(getattr(cfg.renderer, "name", "auto")))
     identity_feature = make_identity_feature(spec["identity_feature"])
     data_args = dict(image_size=image_size, renderer=renderer, identity_feature=identity_feature,
-                     render_size=int(spec["render_size"]))
+                     render_size=int(spec["render_size"]), cache_dir=out_dir / RENDER_CACHE_DIR)
     train_set = RefinerDataset(clips, frames=frames, augment=True, **data_args)
     val_set = None
     val_start, val_stop = (int(v) for v in schedule.get("val_frames") or (250, 300))

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.ndimage import convolve1d
 
 from talkinghead.data.synthetic.speech import FPS
 from talkinghead.face.camera import euler_to_rotation
