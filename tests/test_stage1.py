@@ -321,6 +321,8 @@ def test_loudness_features_follow_the_envelope(corpus):
     baseline = fit_loudness_baseline([corpus / f"train_{i}" for i in range(3)])
     predicted = baseline.predict(clip.audio, clip.num_frames)
     assert predicted.shape == (clip.num_frames, 64)
+    expressions = np.concatenate([read_clip(corpus / f"train_{i}").coeffs[:, SLICES["expression"]] for i in range(3)])
+    np.testing.assert_allclose(baseline.mean_expression, expressions.mean(axis=0), atol=1e-5)
     assert np.corrcoef(predicted[:, 0], jaw)[0, 1] > 0.7
 
 
@@ -331,8 +333,8 @@ def test_evaluate_reports_metrics_and_baselines(general_run, corpus):
     baseline = fit_loudness_baseline([corpus / f"train_{i}" for i in range(3)])
     result = evaluate_audio2coeff(load_audio2coeff(general_run), corpus / "heldout_0", face_model,
                                   loudness_baseline=baseline)
-    assert set(result) == {"lmd", "lipsync_corr", "lipsync_offset", "hs", "lmd_mean_expression", "lmd_loudness",
-                           "hs_real_train"}
+    assert set(result) == {"lmd", "lipsync_corr", "lipsync_offset", "hs", "lmd_mean_expression", "lmd_corpus_mean",
+                           "lmd_loudness", "hs_real_train"}
     assert all(np.isfinite(v) for v in result.values())
     assert result["lmd"] >= 0 and 0 <= result["hs"] <= 1 and abs(result["lipsync_offset"]) <= 5
 

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -109,7 +110,7 @@ class RefinerDataset(Dataset):
     ):
         from talkinghead.face.factory import make_face_model
         from talkinghead.models.features import make_identity_feature
-        from talkinghead.pipeline.stage2 import clip_identity, render_blended
+        from talkinghead.pipeline.stage2 import clip_identity
         from talkinghead.render import get_renderer
 
         if not clips:
@@ -132,18 +133,12 @@ class RefinerDataset(Dataset):
             start, stop = _frame_range(frames, clip)
             first = max(start - 2, 0)
             model = face_model if face_model is not None else make_face_model(clip.meta.face_model)
-
-            def render(clip=clip, first=first, stop=stop, model=model) -> tuple[torch.Tensor, torch.Tensor]:
-                log.info("rendering %d frames of %s at %d px", stop - first, clip.name, self.image_size)
-                blended = render_blended(model, renderer, clip.coeffs[first:stop], clip.fixed[first:stop],
-                                         self.image_size, render_size, batch_size=render_batch)  # [n, 3, S, S]
-                real = to_unit(np.array(clip.fixed[first:stop]), self.image_size)  # [n, 3, S, S]
-                return _to_uint8(blended), _to_uint8(real)
-
+            render_size = int(render_size or self.image_size)
+            render = partial(_render_clip, clip, first, stop, model, renderer, self.image_size, render_size, render_batch)
             if cache_dir is None:
                 inputs, targets = render()
             else:
-                key = _render_key(clip, first, stop, model, renderer, self.image_size, render_size or self.image_size)
+                key = _render_key(clip, first, stop, model, renderer, self.image_size, render_size)
                 inputs, targets = _cached(Path(cache_dir) / f"{clip.name}-{key}.npz", render)
             self.names.append(clip.name)
             self.inputs.append(inputs)
@@ -178,6 +173,18 @@ class RefinerDataset(Dataset):
             "identity": self.identities[clip],
             "coeffs": self.coeffs[clip][local],
         }
+
+
+def _render_clip(clip: PersonClip, first: int, stop: int, face_model: nn.Module, renderer, image_size: int,
+                 render_size: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames [first, stop) of a clip: blended renders and real fixed crops, uint8 ``[n, 3, S, S]``."""
+    from talkinghead.pipeline.stage2 import render_blended
+
+    log.info("rendering %d frames of %s at %d px", stop - first, clip.name, image_size)
+    blended = render_blended(face_model, renderer, clip.coeffs[first:stop], clip.fixed[first:stop], image_size,
+                             render_size, batch_size=batch_size)  # [n, 3, S, S]
+    real = to_unit(np.array(clip.fixed[first:stop]), image_size)  # [n, 3, S, S]
+    return _to_uint8(blended), _to_uint8(real)
 
 
 #: Bump when the rendering of the inputs changes (invalidates every render cache).

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -126,6 +128,16 @@ def stream_durations(video: Path) -> tuple[float, float]:
     return info.num_frames / 25.0, len(load_audio(video, 16000)) / 16000.0
 
 
+@contextmanager
+def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
+    """Announce a demo step and record its wall time in ``timings[name]``."""
+    print(f"[demo] {name} ...", flush=True)
+    started = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - started
+    print(f"[demo] {name} done in {timings[name]:.0f} s", flush=True)
+
+
 def run_demo(cfg) -> DemoResult:
     """Run the five steps (see the module docstring) with the composed ``demo`` config."""
     from talkinghead.audio import save_wav
@@ -142,54 +154,38 @@ def run_demo(cfg) -> DemoResult:
     progress = bool(cfg_get(cfg, "progress", True))
     device = cfg_get(cfg, "device", "auto")
     renderer = cfg_get(cfg, "renderer.name", "torch")
+    options = InferenceOptions.from_config(cfg)
     timings: dict[str, float] = {}
 
-    def step(name: str):
-        print(f"[demo] {name} ...", flush=True)
-        timings[name] = time.perf_counter()
+    with _step("corpus", timings):
+        ensure_corpus(root, int(cfg.data.persons), int(cfg.data.heldout), int(cfg.data.frames),
+                      int(cfg_get(cfg, "seed", 0)), int(cfg_get(cfg, "workers", 0)), progress)
+    with _step("general", timings):
+        train_general(cfg, root, general)
+    with _step("finetune", timings):
+        name = cfg_get(cfg, "person")
+        person = root / name if name else (list_clips(root, "heldout") if int(cfg.data.heldout) > 0 else list_clips(root))[0]
+        finetune_person(person, cfg, general=general, progress=progress)
+    with _step("render", timings):
+        clip = read_clip(person)
+        test = clip.test_slice
+        audio_path = cfg_get(cfg, "audio")
+        if audio_path is None:  # the person's own held-out speech, never seen in fine-tuning
+            audio_path = save_wav(out / f"{clip.name}_heldout_audio.wav", clip.audio_for_frames(test),
+                                  clip.meta.sample_rate)
+        video = out / f"{clip.name}_heldout.mp4"
+        result = generate_video(load_person(person, device=device, renderer=renderer), audio_path, video, options)
+    with _step("evaluate", timings):
+        metrics = evaluate_person(person, device=device, renderer=renderer, controls=options.pose)
+        write_json(out / "metrics.json", {**metrics, "video": str(video), "step_seconds": timings})
+        sheet = contact_sheet(video, clip, slice(test.start, test.start + result.num_frames), out / "contact_sheet.png")
+        video_s, audio_s = stream_durations(video)
 
-    def done(name: str, note: str = "") -> None:
-        timings[name] = time.perf_counter() - timings[name]
-        print(f"[demo] {name} done in {timings[name]:.0f} s{note}", flush=True)
-
-    step("corpus")
-    ensure_corpus(root, int(cfg.data.persons), int(cfg.data.heldout), int(cfg.data.frames), int(cfg_get(cfg, "seed", 0)),
-                  int(cfg_get(cfg, "workers", 0)), progress)
-    done("corpus", f" ({root})")
-
-    step("general")
-    train_general(cfg, root, general)
-    done("general", f" ({general})")
-
-    step("finetune")
-    person_name = cfg_get(cfg, "person")
-    held = list_clips(root, "heldout") if int(cfg.data.heldout) > 0 else list_clips(root)
-    person = root / person_name if person_name else held[0]
-    finetune_person(person, cfg, general=general, progress=progress)
-    done("finetune", f" ({person / 'finetuned'})")
-
-    step("render")
-    clip = read_clip(person)
-    test = clip.test_slice
-    audio_path = cfg_get(cfg, "audio")
-    if audio_path is None:  # the person's own held-out speech, never seen in fine-tuning
-        audio_path = save_wav(out / f"{clip.name}_heldout_audio.wav", clip.audio_for_frames(test), clip.meta.sample_rate)
-    models = load_person(person, device=device, renderer=renderer)
-    video = out / f"{clip.name}_heldout.mp4"
-    options = InferenceOptions.from_config(cfg)
-    result = generate_video(models, audio_path, video, options)
-    done("render", f" ({result.frames_per_second:.1f} frames/s)")
-
-    step("evaluate")
-    metrics = evaluate_person(person, device=device, renderer=renderer, controls=options.pose)
-    write_json(out / "metrics.json", {**metrics, "video": str(video), "step_seconds": timings})
-    sheet = contact_sheet(video, clip, slice(test.start, test.start + result.num_frames), out / "contact_sheet.png")
-    video_s, audio_s = stream_durations(video)
-    done("evaluate")
-
+    print()
     print(format_person_metrics(metrics))
-    print(f"\n[demo] video: {video}  (video stream {video_s:.3f} s, audio stream {audio_s:.3f} s, "
-          f"input audio {result.audio_seconds:.3f} s)")
+    print(f"\n[demo] corpus {root}, general models {general}, fine-tuned models {person / 'finetuned'}")
+    print(f"[demo] video: {video}  (video stream {video_s:.3f} s, audio stream {audio_s:.3f} s, "
+          f"input audio {result.audio_seconds:.3f} s; {result.frames_per_second:.1f} frames/s)")
     print(f"[demo] contact sheet: {sheet}  (top: real held-out frames, bottom: generated)")
     print(f"[demo] metrics: {out / 'metrics.json'}; total {sum(timings.values()):.0f} s "
           f"({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")

@@ -15,7 +15,11 @@ LSTM from a zero state) and compares with the clip's fitted coefficients of thos
                     the predicted angles smoothed with a Hanning window of 7 frames (the
                     ``pose=predicted`` mode) vs the real angles of the same frames.
 ``lmd_mean_expression``  baseline: every frame gets the mean expression of the clip's training
-                    frames (0-299; "this person's average mouth").
+                    frames (0-299; "this person's average face"; it knows the person's habitual
+                    expression, which a general model cannot).
+``lmd_corpus_mean`` baseline (when a :class:`LoudnessBaseline` is given): every frame gets the
+                    mean expression of the training persons (what a general model that
+                    ignores the audio would predict).
 ``lmd_loudness``    baseline (when a :class:`LoudnessBaseline` is given): ridge regression
                     from the loudness envelope around each frame to the expression, fitted
                     on the training persons (:func:`fit_loudness_baseline`). It tells whether
@@ -91,6 +95,11 @@ class LoudnessBaseline:
     std: np.ndarray  # [F]
     weights: np.ndarray  # [F + 1, 64]
 
+    @property
+    def mean_expression(self) -> np.ndarray:
+        """The training persons' mean expression ``[64]`` (the intercept: features are centred)."""
+        return self.weights[-1].astype(np.float32)
+
     def predict(self, audio: np.ndarray, num_frames: int | None = None) -> np.ndarray:
         """Expression ``[N, 64]`` (float32) from mono 16 kHz ``audio``."""
         x = (loudness_features(audio, num_frames) - self.mean) / self.std
@@ -163,5 +172,6 @@ def evaluate_audio2coeff(
         if len(train_coeffs) >= 2:
             results["hs_real_train"] = head_pose_similarity(train_coeffs[:, SLICES["angles"]], true_angles)
     if loudness_baseline is not None:
+        results["lmd_corpus_mean"] = mouth(np.broadcast_to(loudness_baseline.mean_expression, (count, EXP_DIM)).copy())[0]
         results["lmd_loudness"] = mouth(loudness_baseline.predict(audio, count))[0]
     return results

@@ -70,27 +70,34 @@ class FinetuneResult:
     skipped: list[str]
 
 
+#: Keys of the fine-tuning config handed to preprocessing (the rest of ``configs/preprocess.yaml``
+#: keeps its defaults).
+PREPROCESS_KEYS = ("detector", "fitting", "face_model", "renderer", "device", "progress", "seed", "max_frames",
+                   "min_frames", "ground_truth_clip")
+
+
 def ensure_clip(person: Path, video: str | os.PathLike | None, cfg) -> Path:
-    """The person clip at ``person``; preprocesses ``video`` into it when it does not exist yet."""
+    """The person clip at ``person``; preprocesses ``video`` into it when it does not exist yet
+    (:func:`talkinghead.preprocess.pipeline.preprocess_from_config` with ``configs/preprocess.yaml``
+    and this job's detector / fitting / face-model / device settings)."""
     if (person / "meta.json").is_file():
         return person
     if video is None:
         raise InputError(f"no person clip at {person} (meta.json missing); pass video=FILE to preprocess a video "
                          f"into it, or point person= at an existing clip")
-    from talkinghead.cli import cfg_get
-    from talkinghead.preprocess.pipeline import preprocess_video
+    from omegaconf import OmegaConf
 
-    return preprocess_video(
-        video,
-        person,
-        detector=cfg_get(cfg, "detector"),
-        face_model_cfg=cfg_get(cfg, "face_model"),
-        fitting_cfg=cfg_get(cfg, "fitting"),
-        max_frames=int(cfg_get(cfg, "max_frames", 400)),
-        min_frames=int(cfg_get(cfg, "min_frames", 300)),
-        device=cfg_get(cfg, "device", "auto"),
-        progress=bool(cfg_get(cfg, "progress", True)),
-    )
+    from talkinghead.cli import compose_config
+    from talkinghead.preprocess.pipeline import preprocess_from_config
+
+    pre = compose_config("preprocess", [f"video={video}", f"out={person}"])
+    OmegaConf.set_struct(pre, False)
+    for key in PREPROCESS_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            pre[key] = value
+    OmegaConf.set_struct(pre, True)
+    return preprocess_from_config(pre)
 
 
 def _train_stage(stage: str, clip, out_dir: Path, cfg, init_dir: Path) -> Path:

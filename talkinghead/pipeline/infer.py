@@ -79,10 +79,6 @@ class StageTimer:
                 torch.cuda.synchronize()
             self.seconds[stage] += time.perf_counter() - start
 
-    @property
-    def total(self) -> float:
-        return float(sum(self.seconds.values()))
-
     def as_dict(self) -> dict[str, float]:
         return dict(self.seconds)
 
@@ -106,7 +102,7 @@ class InferenceOptions:
     """
 
     pose: PoseControls = field(default_factory=PoseControls)
-    chunk_frames: int = 250
+    chunk_frames: int = 50
     batch_size: int = 4
     render_batch: int = 16
     identity: str = "memory"
@@ -121,7 +117,8 @@ class InferenceOptions:
                 raise ConfigError(f"{key}={value!r} must be an integer >= {least}")
         if self.identity not in IDENTITY_MODES:
             raise ConfigError(f"identity={self.identity!r} is not an identity mode; use one of {', '.join(IDENTITY_MODES)}")
-        if self.out_size is not None and (isinstance(self.out_size, bool) or int(self.out_size) < 16):
+        if self.out_size is not None and (isinstance(self.out_size, bool) or not isinstance(self.out_size, (int, np.integer))
+                                          or self.out_size < 16):
             raise ConfigError(f"out_size={self.out_size!r} must be null or a side length >= 16 pixels")
 
     @classmethod
@@ -133,15 +130,14 @@ class InferenceOptions:
             amplitude=cfg_get(cfg, "pose.amplitude", 1.0),
             smoothing=cfg_get(cfg, "pose.smoothing", 7),
         )
-        out_size = cfg_get(cfg, "out_size", None)
         return cls(
             pose=pose,
-            chunk_frames=cfg_get(cfg, "chunk_frames", 250),
+            chunk_frames=cfg_get(cfg, "chunk_frames", 50),
             batch_size=cfg_get(cfg, "batch_size", 4),
             render_batch=cfg_get(cfg, "render_batch", 16),
             identity=str(cfg_get(cfg, "identity", "memory")),
             paste_back=bool(cfg_get(cfg, "paste_back", False)),
-            out_size=int(out_size) if out_size is not None else None,
+            out_size=cfg_get(cfg, "out_size", None),
             progress=bool(cfg_get(cfg, "progress", False)),
         )
 
@@ -327,20 +323,25 @@ def render_inputs(person: PersonModels, coeffs: torch.Tensor, ref_index: np.ndar
 
 
 class _PendingFrames:
-    """Per-frame data (face mask, reference index) of frames pushed into Stage 2 and not yet
-    returned by it (the memory path holds up to 25 frames back), in order."""
+    """Per-frame data (face mask for paste-back, reference index) of frames pushed into Stage 2
+    and not yet returned by it (the memory path holds up to 25 frames back), in order."""
 
     def __init__(self):
-        self._alpha: list[torch.Tensor] = []
+        self._alpha: list[torch.Tensor] = []  # [n, 1, S, S] each; empty when masks are not kept
         self._ref: list[np.ndarray] = []
 
-    def append(self, alpha: torch.Tensor, ref_index: np.ndarray) -> None:
-        self._alpha.append(alpha)
+    def append(self, alpha: torch.Tensor | None, ref_index: np.ndarray) -> None:
+        if alpha is not None:
+            self._alpha.append(alpha.clone())  # a copy: not a view pinning the whole render batch
         self._ref.append(np.asarray(ref_index))
 
-    def take(self, n: int) -> tuple[torch.Tensor, np.ndarray]:
-        alpha, ref = torch.cat(self._alpha), np.concatenate(self._ref)
-        self._alpha, self._ref = [alpha[n:]], [ref[n:]]
+    def take(self, n: int) -> tuple[torch.Tensor | None, np.ndarray]:
+        ref = np.concatenate(self._ref)
+        self._ref = [ref[n:]]
+        if not self._alpha:
+            return None, ref[:n]
+        alpha = torch.cat(self._alpha)
+        self._alpha = [alpha[n:]]
         return alpha[:n], ref[:n]
 
 
@@ -474,7 +475,7 @@ def generate_video(
                 with timer("render"):
                     coeffs = frame_coeffs(person, expression[chunk], pose[chunk])
                     blended, alpha = render_inputs(person, coeffs, ref_index[chunk], options.render_batch)
-                pending.append(alpha, ref_index[chunk])
+                pending.append(alpha if options.paste_back else None, ref_index[chunk])
                 with timer("stage2"):
                     refined = stream.push(blended)
                 write(writer, refined)

@@ -22,7 +22,13 @@ from talkinghead.errors import InputError
 from talkinghead.face.coeffs import EXP_DIM, from_stage1_output
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM
 from talkinghead.train import checkpoint as ckpt
-from talkinghead.train.audio2coeff import GENERAL_COMMAND, MODEL_NAME, WEIGHTS_FILE, read_model_json
+from talkinghead.train.audio2coeff import (
+    GENERAL_COMMAND,
+    MODEL_NAME,
+    WEIGHTS_FILE,
+    NormalizedExpressionPoseLSTM,
+    read_model_json,
+)
 from talkinghead.train.distributed import resolve_device
 
 __all__ = ["load_audio2coeff", "predict_expression_pose", "creating_command"]
@@ -38,15 +44,16 @@ def creating_command(model_dir: str | os.PathLike) -> str:
 
 
 def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> ExpressionPoseLSTM:
-    """Rebuild a trained :class:`ExpressionPoseLSTM` from ``DIR/model.json`` and
-    ``DIR/weights.safetensors``, in eval mode on ``device``.
+    """Rebuild a trained :class:`ExpressionPoseLSTM` (the input-standardising subclass
+    :class:`~talkinghead.train.audio2coeff.NormalizedExpressionPoseLSTM`) from
+    ``DIR/model.json`` and ``DIR/weights.safetensors``, in eval mode on ``device``.
 
     A missing directory/file is a one-line :class:`TrainingError` naming ``DIR`` and the
     command that creates it.
     """
     model_dir = Path(model_dir).expanduser()
     info = read_model_json(model_dir, creating_command(model_dir))
-    model = ExpressionPoseLSTM(**info["model"])
+    model = NormalizedExpressionPoseLSTM(**info["model"])
     ckpt.load_weights({MODEL_NAME: model}, model_dir / WEIGHTS_FILE)
     return model.to(resolve_device(device)).eval()
 

@@ -102,10 +102,11 @@ class FittingConfig:
     pose_fraction: float = 0.3
     appearance_fraction: float = 0.3
     refine_lr_ratio: float = 0.5
-    shape_angle_lr_ratio: float = 0.1
+    photometric_warmup: float = 0.2
+    shape_angle_lr_ratio: float = 0.5
     render_size: int = 112
     w_landmark: float = 1.0
-    w_photo: float = 3000.0
+    w_photo: float = 1000.0
     w_id_prior: float = 1.0e-3
     w_exp_prior: float = 1.0e-2
     w_tex_prior: float = 1.0e-3
@@ -307,10 +308,16 @@ def _phases(config: FittingConfig) -> list[_Phase]:
     return [p for p in phases if p.steps > 0]
 
 
-def _cosine_decay(steps: int, floor: float):
-    """Learning-rate factor for step ``i`` of ``steps``: cosine from 1 down to ``floor``."""
+def _lr_schedule(steps: int, floor: float, warmup: float = 0.0):
+    """Learning-rate factor for step ``i`` of ``steps``: cosine from 1 down to ``floor``, after
+    a linear warm-up over the first ``warmup`` fraction of the steps (Adam's first steps move
+    every parameter by about the full learning rate, whatever its gradient: a phase that starts
+    from a good fit must start gently)."""
+    ramp = max(1.0, warmup * steps)
+
     def factor(i: int) -> float:
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, steps - 1) / max(steps - 1, 1)))
+        cosine = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(i, steps - 1) / max(steps - 1, 1)))
+        return cosine * min(1.0, (i + 1) / ramp)
 
     return factor
 
@@ -444,7 +451,8 @@ def fit_coefficients(
         groups = [{"params": [getattr(params, name)], "lr": config.lr * phase.lr_scale.get(name, 1.0)}
                   for name in phase.params]
         optimiser = torch.optim.Adam(groups, lr=config.lr)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, _cosine_decay(phase.steps, config.final_lr_ratio))
+        warmup = config.photometric_warmup if phase.photometric else 0.0
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_schedule(phase.steps, config.final_lr_ratio, warmup))
         for _ in range(phase.steps):
             optimiser.zero_grad(set_to_none=True)
             terms = step(phase.photometric)

@@ -366,9 +366,10 @@ def make_detector(spec: str | Mapping[str, Any], **overrides) -> LandmarkDetecto
     if name not in builders:
         raise ConfigError(f"detector={name!r} is not a landmark detector; use one of {', '.join(DETECTOR_NAMES)}")
     try:
-        return builders[name](**options)
+        inspect.signature(builders[name]).bind(**options)
     except TypeError as err:
         raise ConfigError(f"bad option for detector={name}: {err}; see configs/detector/{name}.yaml") from None
+    return builders[name](**options)
 
 
 def _ground_truth_from_options(clip=None, coeffs=None, face_model=None, noise_px: float = 0.0, seed: int = 0):

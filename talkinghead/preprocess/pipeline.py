@@ -139,8 +139,9 @@ def preprocess_video(
     """
     from talkinghead.data.clip import ClipMeta, write_clip
     from talkinghead.face.factory import face_model_spec, make_face_model
-    from talkinghead.video.io import read_video_audio
+    from talkinghead.video.io import iter_video, read_video_audio
 
+    # 1. checks (nothing is written before they pass)
     min_frames, max_frames = int(min_frames), int(max_frames)
     if min_frames < 1 or max_frames < min_frames:
         raise ConfigError(f"need 1 <= min_frames <= max_frames, got min_frames={min_frames}, max_frames={max_frames}")
@@ -157,8 +158,6 @@ def preprocess_video(
                     "(audio to expression/pose)", video)
 
     # 2. landmarks (first decoding pass)
-    from talkinghead.video.io import iter_video
-
     owns_detector = not isinstance(detector, LandmarkDetector)
     detect = make_detector(detector) if owns_detector else detector
     try:

@@ -53,6 +53,7 @@ __all__ = [
     "STAGE",
     "MODEL_NAME",
     "GENERAL_COMMAND",
+    "NormalizedExpressionPoseLSTM",
     "Audio2CoeffTask",
     "train_audio2coeff",
     "read_model_json",
@@ -73,6 +74,42 @@ GENERAL_COMMAND = "python scripts/train.py stage=audio2coeff data.root=DATA out=
 MODEL_KEYS = ("width", "fc_dim", "embed_dim", "hidden", "layers")
 LOSS_KEYS = ("pose_weight", "pose_smooth_weight", "expression_smooth_weight")
 MODES = ("general", "finetune")
+
+
+# ----------------------------------------------------------------------------------------------
+# The network with its input standardisation
+# ----------------------------------------------------------------------------------------------
+
+
+class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
+    """:class:`ExpressionPoseLSTM` that first standardises each of the 12 cepstral columns of
+    its MFCC windows: ``(windows - input_mean) / input_std`` (buffers ``[12]``, saved with
+    the weights; identity until :meth:`set_input_stats`).
+
+    Why: raw MFCC columns differ in offset (-17 .. +1) and spread (8 .. 26); the first conv has
+    no bias and its BatchNorm removes one offset per channel, not per column. On the synthetic
+    corpus, standardised inputs raised the held-out correlation of the mouth coefficients after
+    300 steps of the CPU preset from about 0.5 to 0.65. General training sets the statistics
+    from its training windows (``audio2coeff.train.input_norm``); fine-tuning keeps the
+    general model's.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        cepstra = self.window_shape[1]
+        self.register_buffer("input_mean", torch.zeros(cepstra))
+        self.register_buffer("input_std", torch.ones(cepstra))
+
+    @torch.no_grad()
+    def set_input_stats(self, windows: torch.Tensor) -> None:
+        """Per-cepstrum mean and std of ``windows [..., 12]`` (e.g. all training windows)."""
+        flat = windows.reshape(-1, windows.shape[-1]).double()  # [M, 12]
+        self.input_mean.copy_(flat.mean(dim=0))
+        self.input_std.copy_(flat.std(dim=0).clamp_min(1e-3))
+
+    def encode_audio(self, windows: torch.Tensor) -> torch.Tensor:
+        self._check_windows(windows)
+        return super().encode_audio((windows - self.input_mean) / self.input_std)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,6 +236,7 @@ def _schedule(cfg, mode: str) -> dict[str, Any]:
         "val_frames": [0, 300] if mode == "general" else [300, 400],
         "max_steps": 1000,
         "grad_clip": None,
+        "input_norm": mode == "general",
     }
     values = to_plain(node) or {}
     unknown = sorted(set(values) - set(sched))
@@ -316,10 +354,12 @@ def train_audio2coeff(
     val_set = Stage1WindowDataset(val_clips, window, window, val_frames) if val_clips else None
 
     seed_everything(seed)
-    model = ExpressionPoseLSTM(**model_kwargs)
+    model = NormalizedExpressionPoseLSTM(**model_kwargs)
     task = Audio2CoeffTask(model, sched["lr"], sched["lr_schedule"], sched["min_lr_ratio"], loss_weights)
-    if init_weights is not None:
-        ckpt.load_weights(task.models, init_weights)  # overwritten by resume if a checkpoint exists
+    if init_weights is not None:  # weights and input statistics (resuming overwrites both)
+        ckpt.load_weights(task.models, init_weights)
+    elif sched["input_norm"]:
+        model.set_input_stats(train_set.windows)
 
     trainer_overrides = dict(
         out_dir=str(out_dir),
@@ -343,6 +383,7 @@ def train_audio2coeff(
             "mode": mode,
             "model": model_kwargs,
             "window": window,
+            "input_norm": bool(model.input_std.ne(1).any() or model.input_mean.ne(0).any()),
             "trained_on": train_set.clip_names,
             "frames": sched["frames"],
             "init": str(init_weights) if init_weights else None,
