@@ -31,7 +31,7 @@ from talkinghead.face.coeffs import COEFF_DIM, SLICES
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM
 from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff, fit_loudness_baseline, loudness_features
 from talkinghead.pipeline.stage1 import load_audio2coeff, predict_expression_pose
-from talkinghead.train.audio2coeff import Audio2CoeffTask, train_audio2coeff
+from talkinghead.train.audio2coeff import Audio2CoeffTask, NormalizedExpressionPoseLSTM, train_audio2coeff
 from talkinghead.train.stages import train_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,7 +197,7 @@ def general_run(corpus, tmp_path_factory) -> Path:
     return out
 
 
-def test_train_script_writes_the_run_directory(general_run):
+def test_train_script_writes_the_run_directory(general_run, corpus):
     for name in ("weights.safetensors", "model.json", "done.json"):
         assert (general_run / name).is_file(), name
     assert list((general_run / "tb").iterdir()) and list((general_run / "checkpoints").iterdir())
@@ -210,6 +210,11 @@ def test_train_script_writes_the_run_directory(general_run):
     assert np.isfinite(done["metrics"]["total"])  # validated on the held-out person
     model = load_audio2coeff(general_run)
     assert not model.training and model.hidden == tiny.hidden
+    # Input standardisation: the training windows' per-cepstrum statistics, saved with the weights.
+    windows = Stage1WindowDataset([corpus / f"train_{i}" for i in range(3)]).windows
+    assert info["input_norm"] is True
+    torch.testing.assert_close(model.input_mean, windows.reshape(-1, 12).mean(0), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(model.input_std, windows.reshape(-1, 12).std(0), atol=1e-4, rtol=1e-5)
 
 
 def test_finished_run_is_skipped_on_rerun(corpus, general_run, monkeypatch):
@@ -274,6 +279,21 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
     before = load_audio2coeff(general_run).state_dict()
     after = load_audio2coeff(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    for key in ("input_mean", "input_std"):  # the general model's statistics are kept
+        assert torch.equal(before[key], after[key])
+
+
+def test_input_standardisation_equals_the_plain_network_on_standardised_input():
+    torch.manual_seed(0)
+    model = NormalizedExpressionPoseLSTM(width=0.125, fc_dim=16, embed_dim=8, hidden=8, layers=1).eval()
+    windows = torch.randn(2, 5, 28, 12) * torch.linspace(5, 25, 12) + torch.linspace(-15, 1, 12)
+    model.set_input_stats(windows)
+    plain = ExpressionPoseLSTM(width=0.125, fc_dim=16, embed_dim=8, hidden=8, layers=1).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("input_")})
+    standardised = (windows - windows.reshape(-1, 12).mean(0)) / windows.reshape(-1, 12).std(0)
+    with torch.no_grad():
+        torch.testing.assert_close(model(windows)[0], plain(standardised)[0], atol=1e-5, rtol=1e-4)
+    assert isinstance(model, ExpressionPoseLSTM)
 
 
 def test_missing_general_model_names_the_path_and_the_command(corpus, tmp_path):

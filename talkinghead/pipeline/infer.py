@@ -59,7 +59,9 @@ MANIFEST_COLUMNS = ("person", "audio", "out")
 
 # ----------------------------------------------------------------------------- timing
 class StageTimer:
-    """Wall-clock seconds spent per named stage, summed over calls (``with timer("render"): ...``).
+    """Seconds spent per named stage, summed over calls (``with timer("render"): ...``): wall
+    clock in ``seconds`` and this process's CPU time (all threads) in ``cpu_seconds`` -- the
+    latter is what a stage costs even when other programs share the CPU.
 
     On CUDA the device is synchronised at the end of each timed block, so the time lands in
     the stage that queued the work.
@@ -67,17 +69,19 @@ class StageTimer:
 
     def __init__(self, device: torch.device | None = None):
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu_seconds: dict[str, float] = defaultdict(float)
         self._sync = device is not None and device.type == "cuda"
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             if self._sync:
                 torch.cuda.synchronize()
             self.seconds[stage] += time.perf_counter() - start
+            self.cpu_seconds[stage] += time.process_time() - cpu_start
 
     def as_dict(self) -> dict[str, float]:
         return dict(self.seconds)
@@ -149,8 +153,9 @@ class InferenceResult:
     path: Path
     num_frames: int
     audio_seconds: float
-    timings: dict[str, float]
+    timings: dict[str, float]  # wall seconds per stage
     ref_index: np.ndarray  # [N] clip frame used as pose/background source per output frame
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per stage (this process)
 
     @property
     def seconds(self) -> float:
@@ -489,7 +494,8 @@ def generate_video(
         bar.close()
     if written != num_frames:  # a Stage-2 stream that lost frames would desynchronise the audio
         raise RuntimeError(f"wrote {written} frames, expected {num_frames}")
-    return InferenceResult(out, num_frames, len(audio) / SAMPLE_RATE, timer.as_dict(), ref_index)
+    return InferenceResult(out, num_frames, len(audio) / SAMPLE_RATE, timer.as_dict(), ref_index,
+                           dict(timer.cpu_seconds))
 
 
 # ----------------------------------------------------------------------------- manifest
