@@ -207,8 +207,8 @@ def test_astronaut_photograph_fit(model, tmp_path):
 
     from talkinghead.preprocess.pipeline import fit_image
 
-    config = {"landmark_steps": 200, "photometric_steps": 10, "render_size": 64}
-    crop, detected, result = fit_image(astronaut(), "mediapipe", FACE_MODEL, config, device="cpu")
+    # the default fitting (one frame: a few seconds on CPU)
+    crop, detected, result = fit_image(astronaut(), "mediapipe", FACE_MODEL, None, device="cpu")
     assert crop.shape == (224, 224, 3) and detected.shape == (68, 2)
     assert result.landmark_error_px[0] < 5.0  # a few pixels in the 224 crop
     pose = np.degrees(result.coeffs[0, 224:227])

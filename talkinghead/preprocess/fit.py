@@ -106,7 +106,7 @@ class FittingConfig:
     shape_angle_lr_ratio: float = 0.5
     render_size: int = 112
     w_landmark: float = 1.0
-    w_photo: float = 1000.0
+    w_photo: float = 3000.0
     w_id_prior: float = 1.0e-3
     w_exp_prior: float = 1.0e-2
     w_tex_prior: float = 1.0e-3
