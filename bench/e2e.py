@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def launch(args, clip: Path, audio: Path, out: Path) -> dict:
            "--size", str(args.size), "--ngf", str(args.ngf), "--slots", str(args.slots), "--key-dim", str(args.key_dim),
            "--top-k", str(args.top_k), "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames),
            "--batch-size", str(args.batch_size), "--renderer", args.renderer, "--fill", args.fill]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's package
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"benchmark child failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -159,7 +159,8 @@ def test_tables_need_persons():
 
 # ----------------------------------------------------------------------------- the whole job
 def _script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    # PYTHONPATH: the scripts must import this checkout (not whatever `pip install -e` points at).
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, str(REPO / "scripts" / f"{name}.py"), *args], cwd=cwd, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=1800)
 

@@ -137,13 +137,9 @@ def finetune_person(
         ensure_clip(person, None, cfg)  # raises: nothing to fine-tune on
     steps = (["preprocess"] if needs_clip else []) + list(stages)
     todo = [s for s in stages if not is_done(out / s)]
-    # Check everything cheap before the long steps: the general models and the output directory.
+    # Check what is cheap to check before the long steps: the general models exist.
     data_root = cfg_get(cfg, "data.root")
     general_dirs = {stage: require_general(general, stage, data_root) for stage in todo}
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise InputError(f"cannot create {out} ({err.strerror}); choose a writable out= or person=") from None
 
     ran, skipped = [], []
     bar = tqdm(total=len(steps), desc=f"finetune {person.name}", unit="step", disable=None if progress else True,
@@ -157,6 +153,10 @@ def finetune_person(
         elif video is not None:
             log.info("%s already holds a clip; not preprocessing %s again (delete it to redo)", person, video)
         clip = read_clip(person)
+        try:  # created only now: preprocessing refuses to write into an existing directory
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"cannot create {out} ({err.strerror}); choose a writable out= or person=") from None
         for stage in stages:
             bar.set_postfix_str(stage)
             if stage not in todo:
