@@ -167,6 +167,24 @@ def test_a_few_steps_lower_the_loss(corpus):
     assert set(metrics) >= {"total", "expression", "pose", "pose_smooth", "expression_smooth"}
 
 
+def test_weight_average_follows_the_network_and_is_what_validation_uses():
+    torch.manual_seed(0)
+    model = NormalizedExpressionPoseLSTM(width=0.125, fc_dim=16, embed_dim=8, hidden=8, layers=1)
+    task = Audio2CoeffTask(model, lr=1e-2, ema_decay=0.9)
+    task.configure_optimizers()
+    assert set(task.models) == {"audio2coeff", "ema"} and not any(p.requires_grad for p in task.models["ema"].parameters())
+    before = {k: v.clone() for k, v in task.models["ema"].state_dict().items()}
+    batch = {"windows": torch.randn(2, 4, 28, 12), "target": torch.randn(2, 4, 70)}
+    task.training_step(batch, step=100)  # decay min(0.9, 101 / 110) = 0.9
+    after, network = task.models["ema"].state_dict(), model.state_dict()
+    for key in ("audio_fc.0.weight", "head.bias", "audio_encoder.0.1.running_mean"):
+        torch.testing.assert_close(after[key], 0.9 * before[key] + 0.1 * network[key])
+    assert torch.equal(after["audio_encoder.0.1.num_batches_tracked"], network["audio_encoder.0.1.num_batches_tracked"])
+    assert task.inference_model is task.models["ema"]
+    with pytest.raises(ConfigError, match="ema_decay"):
+        Audio2CoeffTask(model, ema_decay=1.0)
+
+
 def test_cosine_schedule_decays_to_the_floor():
     task = Audio2CoeffTask(ExpressionPoseLSTM(width=0.125, fc_dim=16, embed_dim=8, hidden=8, layers=1),
                            lr=1e-3, lr_schedule="cosine", min_lr_ratio=0.1)
@@ -210,6 +228,12 @@ def test_train_script_writes_the_run_directory(general_run, corpus):
     assert np.isfinite(done["metrics"]["total"])  # validated on the held-out person
     model = load_audio2coeff(general_run)
     assert not model.training and model.hidden == tiny.hidden
+    # The exported weights are the final checkpoint's weight average, under the network's name.
+    exported = safetensors.torch.load_file(str(general_run / "weights.safetensors"))
+    last = sorted((general_run / "checkpoints").glob("step_*"))[-1]
+    saved = safetensors.torch.load_file(str(last / "models.safetensors"))
+    assert sorted(exported) == sorted(k.replace("ema.", "audio2coeff.", 1) for k in saved if k.startswith("ema."))
+    assert all(torch.equal(v, saved[k.replace("audio2coeff.", "ema.", 1)]) for k, v in exported.items())
     # Input standardisation: the training windows' per-cepstrum statistics, saved with the weights.
     windows = Stage1WindowDataset([corpus / f"train_{i}" for i in range(3)]).windows
     assert info["input_norm"] is True
