@@ -3,7 +3,6 @@
     python bench/e2e.py                                  # 10 s of audio at 256 x 256, paper-size refiner
     python bench/e2e.py --seconds 10 600 --size 64       # peak RSS for 10 s vs 10 min of audio
     python bench/e2e.py --size 256 --threads 2 --json out.json
-    python bench/e2e.py --fill labels                    # with the one-pass hole filling (see below)
 
 Each measurement runs :func:`talkinghead.pipeline.infer.generate_video` -- the code path of
 ``scripts/infer.py``: audio loading, Stage 1 (MFCC + LSTM), pose matching, render + blend,
@@ -20,10 +19,6 @@ Stages (seconds, as :class:`~talkinghead.pipeline.infer.StageTimer` records them
 (coefficients, rasterisation, hole filling, blending, background crops), ``stage2`` (the
 refiner incl. memory reads), ``encode`` (uint8 conversion, piping frames to ffmpeg, muxing).
 "Renderer + audio + I/O" = audio + pose + render + encode.
-
-``--fill labels`` swaps the pipeline's hole filling (iterated 3x3 dilation, up to H + W
-passes) for a one-pass connected-component labelling that gives the identical mask (checked
-on the first batch of every run): a measurement of what that change would buy.
 """
 
 from __future__ import annotations
@@ -112,54 +107,12 @@ def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim
     )
 
 
-# ----------------------------------------------------------------------------- hole filling variant
-def fill_holes_by_labels(alpha):
-    """Drop-in alternative to :func:`talkinghead.pipeline.render.fill_holes` (``--fill labels``):
-    label the background's 8-connected components of every image at once
-    (``scipy.ndimage.label`` with a structuring element that does not connect images of the
-    batch) and keep as background only the components touching the image border. Same result
-    as the iterated 3x3 dilation, in one pass over the pixels."""
-    import torch
-    from scipy import ndimage
-
-    background = (alpha < 0.5)[:, 0].cpu().numpy()  # [B, H, W]
-    structure = np.zeros((3, 3, 3), bool)
-    structure[1] = True  # 8-connectivity inside an image, none across the batch
-    labels, _ = ndimage.label(background, structure=structure)
-    border = np.concatenate([labels[:, 0].ravel(), labels[:, -1].ravel(), labels[:, :, 0].ravel(), labels[:, :, -1].ravel()])
-    outside = np.isin(labels, np.unique(border[border > 0]))
-    return torch.from_numpy(~outside).to(alpha.device, alpha.dtype)[:, None]
-
-
-def use_label_fill() -> None:
-    """Route the pipeline's hole filling through :func:`fill_holes_by_labels`, checking on every
-    call that it agrees exactly with the reference implementation on a batch of real masks."""
-    import torch
-
-    from talkinghead.pipeline import render
-
-    reference = render.fill_holes
-    checked = {"done": False}
-
-    def fill(alpha, max_iters=None):
-        filled = fill_holes_by_labels(alpha)
-        if not checked["done"]:  # one exactness check per run (the reference is the slow part)
-            if not torch.equal(filled, reference(alpha)):
-                raise SystemExit("fill_holes_by_labels disagrees with talkinghead.pipeline.render.fill_holes")
-            checked["done"] = True
-        return filled
-
-    render.fill_holes = fill
-
-
 # ----------------------------------------------------------------------------- one run (child)
 def run_child(args) -> dict:
     """One inference run in this process; returns its figures (printed as JSON)."""
     import torch
 
     torch.set_num_threads(args.threads)
-    if args.fill == "labels":
-        use_label_fill()
     from talkinghead.pipeline.infer import InferenceOptions, generate_video
 
     started = time.perf_counter()
@@ -175,7 +128,6 @@ def run_child(args) -> dict:
         "size": args.size,
         "ngf": args.ngf,
         "threads": args.threads,
-        "fill": args.fill,
         "setup_seconds": setup,
         "timings": result.timings,
         "cpu_timings": {**result.cpu_timings, "ffmpeg": children.ru_utime + children.ru_stime},
@@ -191,7 +143,7 @@ def launch(args, clip: Path, audio: Path, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", "--clip", str(clip), "--audio", str(audio), "--out", str(out),
            "--size", str(args.size), "--ngf", str(args.ngf), "--slots", str(args.slots), "--key-dim", str(args.key_dim),
            "--top-k", str(args.top_k), "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames),
-           "--batch-size", str(args.batch_size), "--renderer", args.renderer, "--fill", args.fill]
+           "--batch-size", str(args.batch_size), "--renderer", args.renderer]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's package
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
@@ -201,7 +153,7 @@ def launch(args, clip: Path, audio: Path, out: Path) -> dict:
 
 def _breakdown(results: list[dict], key: str, title: str, stages: tuple[str, ...]) -> list[str]:
     lines = [f"{title}", "",
-             "| audio | fill | frames | size | frames/s | " + " | ".join(f"{s} s (%)" for s in stages)
+             "| audio | frames | size | frames/s | " + " | ".join(f"{s} s (%)" for s in stages)
              + " | renderer+audio+I/O % | peak RSS MB |",
              "| --- " * (7 + len(stages)) + "|"]
     for r in results:
@@ -209,7 +161,7 @@ def _breakdown(results: list[dict], key: str, title: str, stages: tuple[str, ...
         total = max(sum(times.get(s, 0.0) for s in stages), 1e-9)
         overhead = sum(times.get(s, 0.0) for s in (*OVERHEAD_STAGES, "ffmpeg")) / total
         cells = [f"{times.get(s, 0.0):.1f} ({100 * times.get(s, 0.0) / total:.0f})" for s in stages]
-        lines.append(f"| {r['audio_seconds']:.0f} s | {r['fill']} | {r['frames']} | {r['size']} | "
+        lines.append(f"| {r['audio_seconds']:.0f} s | {r['frames']} | {r['size']} | "
                      f"{r['frames'] / total:.2f} | " + " | ".join(cells) + f" | {100 * overhead:.0f} | {r['peak_rss_mb']:.0f} |")
     return lines + [""]
 
@@ -242,8 +194,6 @@ def main() -> None:
     parser.add_argument("--chunk-frames", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=4, help="Stage-2 batch")
     parser.add_argument("--renderer", default="torch")
-    parser.add_argument("--fill", choices=("reference", "labels"), default="reference",
-                        help="hole filling: the pipeline's own, or the one-pass labelling variant (exactness-checked)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
