@@ -25,8 +25,8 @@ import torch
 from talkinghead.audio.features import frame_windows, num_video_frames
 from talkinghead.cli import compose_config, run_cli
 from talkinghead.data.clip import ClipMeta, read_clip, write_clip, write_corpus_index
-from talkinghead.data.stage1_dataset import Stage1WindowDataset
-from talkinghead.errors import ConfigError, TrainingError
+from talkinghead.data.stage1_dataset import Stage1WindowDataset, reference_expression
+from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.face.coeffs import COEFF_DIM, SLICES
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM
 from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff, fit_loudness_baseline, loudness_features
@@ -313,7 +313,7 @@ def test_input_standardisation_equals_the_plain_network_on_standardised_input():
     windows = torch.randn(2, 5, 28, 12) * torch.linspace(5, 25, 12) + torch.linspace(-15, 1, 12)
     model.set_input_stats(windows)
     plain = ExpressionPoseLSTM(width=0.125, fc_dim=16, embed_dim=8, hidden=8, layers=1).eval()
-    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("input_")})
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("input_", "expression_centered"))})
     standardised = (windows - windows.reshape(-1, 12).mean(0)) / windows.reshape(-1, 12).std(0)
     with torch.no_grad():
         torch.testing.assert_close(model(windows)[0], plain(standardised)[0], atol=1e-5, rtol=1e-4)
@@ -336,20 +336,43 @@ def test_missing_general_model_names_the_path_and_the_command(corpus, tmp_path):
 
 def test_chunked_inference_equals_one_pass(general_run, corpus):
     model = load_audio2coeff(general_run)
-    audio = read_clip(corpus / "heldout_0").audio[: 97 * SPF + 123]
-    one_exp, one_pose = predict_expression_pose(model, audio, chunk_frames=10_000)
+    clip = read_clip(corpus / "heldout_0")
+    reference = reference_expression(clip)
+    audio = clip.audio[: 97 * SPF + 123]
+    one_exp, one_pose = predict_expression_pose(model, audio, chunk_frames=10_000, expression_reference=reference)
     frames = num_video_frames(len(audio))
     assert one_exp.shape == (frames, 64) and one_pose.shape == (frames, 6) and one_exp.dtype == np.float32
     for chunk in (1, 7, 50):
-        exp, pose = predict_expression_pose(model, audio, chunk_frames=chunk)
+        exp, pose = predict_expression_pose(model, audio, chunk_frames=chunk, expression_reference=reference)
         np.testing.assert_allclose(exp, one_exp, atol=1e-5)
         np.testing.assert_allclose(pose, one_pose, atol=1e-5)
-    # The translation shift of the Stage-1 target is undone.
+    # The translation shift of the Stage-1 target is undone; the centred expression output is
+    # the network's plus the person's reference expression.
     with torch.no_grad():
         raw, _ = model(torch.from_numpy(frame_windows(audio))[None])
     np.testing.assert_allclose(one_pose[:, 5], raw[0, :, 69].numpy() + 0.5, atol=1e-5)
-    exp, _ = predict_expression_pose(model, audio, num_frames=20)
+    assert bool(model.expression_centered)  # the CPU preset's default
+    np.testing.assert_allclose(one_exp, raw[0, :, :64].numpy() + reference, atol=1e-5)
+    exp, _ = predict_expression_pose(model, audio, num_frames=20, expression_reference=reference)
     np.testing.assert_allclose(exp, one_exp[:20], atol=1e-5)
+    with pytest.raises(InputError, match="expression_reference"):
+        predict_expression_pose(model, audio)
+    with pytest.raises(InputError, match="shape"):
+        predict_expression_pose(model, audio, expression_reference=reference[:10])
+
+
+def test_centred_targets_are_relative_to_the_reference_frames_mean(corpus):
+    clip = read_clip(corpus / "heldout_0")
+    reference = reference_expression(clip)
+    np.testing.assert_allclose(reference, np.asarray(clip.coeffs[0:300, 80:144]).mean(0), atol=1e-5)
+    absolute = Stage1WindowDataset([clip], window=16, stride=16, frames=clip.test_slice)
+    centred = Stage1WindowDataset([clip], window=16, stride=16, frames=clip.test_slice, center_expression=True)
+    # Held-out frames 300-399 are centred on the mean of 0-299 (what inference adds back), not their own.
+    torch.testing.assert_close(centred.target[:, :64], absolute.target[:, :64] - torch.from_numpy(reference))
+    torch.testing.assert_close(centred.target[:, 64:], absolute.target[:, 64:])
+    train = Stage1WindowDataset([clip], window=16, stride=1, frames=clip.train_slice, center_expression=True)
+    assert train.target[:, :64].mean(0).abs().max() < 1e-5
+    assert "centred expression" in repr(train)
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -368,13 +391,22 @@ def test_loudness_features_follow_the_envelope(corpus):
     expressions = np.concatenate([read_clip(corpus / f"train_{i}").coeffs[:, SLICES["expression"]] for i in range(3)])
     np.testing.assert_allclose(baseline.mean_expression, expressions.mean(axis=0), atol=1e-5)
     assert np.corrcoef(predicted[:, 0], jaw)[0, 1] > 0.7
+    # Centred: fitted relative to each training person's reference; adds the given person's back.
+    centred = fit_loudness_baseline([corpus / f"train_{i}" for i in range(3)], center_expression=True)
+    np.testing.assert_allclose(centred.mean_expression, baseline.mean_expression, atol=1e-5)
+    reference = reference_expression(clip)
+    with_reference = centred.predict(clip.audio, clip.num_frames, reference)
+    np.testing.assert_allclose(with_reference - reference, centred.predict(clip.audio, clip.num_frames, np.zeros(64)), atol=1e-5)
+    assert np.corrcoef(with_reference[:, 0], jaw)[0, 1] > 0.7
+    with pytest.raises(InputError, match="expression_reference"):
+        centred.predict(clip.audio, clip.num_frames)
 
 
 def test_evaluate_reports_metrics_and_baselines(general_run, corpus):
     from talkinghead.face.factory import make_face_model
 
     face_model = make_face_model({"kind": "procedural", "seed": 0, "resolution": 24})
-    baseline = fit_loudness_baseline([corpus / f"train_{i}" for i in range(3)])
+    baseline = fit_loudness_baseline([corpus / f"train_{i}" for i in range(3)], center_expression=True)
     result = evaluate_audio2coeff(load_audio2coeff(general_run), corpus / "heldout_0", face_model,
                                   loudness_baseline=baseline)
     assert set(result) == {"lmd", "lipsync_corr", "lipsync_offset", "hs", "lmd_mean_expression", "lmd_corpus_mean",

@@ -206,12 +206,16 @@ class MorphableModel(torch.nn.Module):
         The sum over adjacent faces is one sparse ``[N, F] @ [F, B*3]`` product (about 4x
         faster than ``index_add_`` on CPU, and differentiable)."""
         b, n, _ = vertices.shape
-        corners = vertices[:, self.triangles]  # [B, F, 3 corners, 3]
-        v0, v1, v2 = corners.unbind(-2)
-        face_normals = torch.linalg.cross(v1 - v0, v2 - v0)  # [B, F, 3], length = 2 x area
+        # Vertex-major rows gathered with index_select and crossed by hand: ~2x faster on CPU
+        # than advanced indexing ``vertices[:, triangles]`` + torch.linalg.cross.
+        rows = vertices.transpose(0, 1).reshape(n, b * 3)  # [N, B*3]
+        corners = rows.index_select(0, self._corner_vertex).view(-1, 3, b, 3)  # [F, 3 corners, B, 3]
+        v0, v1, v2 = corners.unbind(1)  # [F, B, 3] each
+        ex, ey, ez = (v1 - v0).unbind(-1)
+        fx, fy, fz = (v2 - v0).unbind(-1)
+        face_normals = torch.stack([ey * fz - ez * fy, ez * fx - ex * fz, ex * fy - ey * fx], -1)  # [F, B, 3], |.| = 2 x area
         incidence = self._vertex_face_incidence(vertices.device, vertices.dtype)
-        flat = face_normals.permute(1, 0, 2).reshape(face_normals.shape[1], b * 3)
-        summed = (incidence @ flat).reshape(n, b, 3).permute(1, 0, 2)
+        summed = (incidence @ face_normals.reshape(-1, b * 3)).reshape(n, b, 3).permute(1, 0, 2)
         return F.normalize(summed, dim=-1, eps=1e-12)
 
     # --------------------------------------------------------------------------- forward

@@ -97,12 +97,14 @@ def evaluate_pose_modes(model, clip, ref_frames: slice | None = None, frames: sl
     training frames (what inference uses)."""
     from talkinghead.face.coeffs import split_coeffs
     from talkinghead.metrics.pose import head_pose_similarity
+    from talkinghead.data.stage1_dataset import reference_expression
     from talkinghead.pipeline.stage1 import predict_expression_pose
 
     frames = held_out_frames(clip, frames)
     ref_frames = ref_frames if ref_frames is not None else clip.train_slice
     n = frames.stop - frames.start
-    _, pred_pose = predict_expression_pose(model, clip.audio_for_frames(frames), num_frames=n, device=device)
+    _, pred_pose = predict_expression_pose(model, clip.audio_for_frames(frames), num_frames=n, device=device,
+                                           expression_reference=reference_expression(clip))
     ref = split_coeffs(np.asarray(clip.coeffs[ref_frames]))
     ref_pose = np.concatenate([ref.angles, ref.translation], axis=1)  # [M, 6]
     real_angles = split_coeffs(np.asarray(clip.coeffs[frames])).angles  # [n, 3]

@@ -22,8 +22,10 @@ LSTM from a zero state) and compares with the clip's fitted coefficients of thos
                     ignores the audio would predict).
 ``lmd_loudness``    baseline (when a :class:`LoudnessBaseline` is given): ridge regression
                     from the loudness envelope around each frame to the expression, fitted
-                    on the training persons (:func:`fit_loudness_baseline`). It tells whether
-                    the model learned more than "louder = more open".
+                    on the training persons (:func:`fit_loudness_baseline`; fit it with
+                    ``center_expression=model.expression_centered`` so that it gets the
+                    person's reference expression exactly when the model does). It tells
+                    whether the model learned more than "louder = more open".
 ``hs_real_train``   reference: HS of the clip's real training-frame angles vs the held-out ones.
 """
 
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from talkinghead.data.clip import PersonClip, read_clip
+from talkinghead.data.stage1_dataset import reference_expression
 from talkinghead.errors import InputError
 from talkinghead.face.camera import Camera
 from talkinghead.face.coeffs import EXP_DIM, SLICES, with_parts
@@ -89,32 +92,43 @@ def loudness_features(audio: np.ndarray, num_frames: int | None = None, sample_r
 
 @dataclass
 class LoudnessBaseline:
-    """Ridge regression ``expression = [standardised loudness, 1] @ weights``."""
+    """Ridge regression ``expression = [standardised loudness, 1] @ weights`` (+ the person's
+    reference expression when ``centered``: then it was fitted on targets relative to each
+    training person's reference expression, the information a centred Stage-1 model gets)."""
 
     mean: np.ndarray  # [F]
     std: np.ndarray  # [F]
     weights: np.ndarray  # [F + 1, 64]
+    mean_expression: np.ndarray  # [64] the training persons' mean (absolute) expression
+    centered: bool = False
 
-    @property
-    def mean_expression(self) -> np.ndarray:
-        """The training persons' mean expression ``[64]`` (the intercept: features are centred)."""
-        return self.weights[-1].astype(np.float32)
-
-    def predict(self, audio: np.ndarray, num_frames: int | None = None) -> np.ndarray:
-        """Expression ``[N, 64]`` (float32) from mono 16 kHz ``audio``."""
+    def predict(self, audio: np.ndarray, num_frames: int | None = None,
+                expression_reference: np.ndarray | None = None) -> np.ndarray:
+        """Expression ``[N, 64]`` (float32) from mono 16 kHz ``audio`` (a centred baseline needs
+        the person's ``expression_reference [64]``)."""
         x = (loudness_features(audio, num_frames) - self.mean) / self.std
-        return (np.concatenate([x, np.ones((len(x), 1))], axis=1) @ self.weights).astype(np.float32)
+        pred = np.concatenate([x, np.ones((len(x), 1))], axis=1) @ self.weights
+        if self.centered:
+            if expression_reference is None:
+                raise InputError("this loudness baseline is centred; pass the person's expression_reference")
+            pred = pred + np.asarray(expression_reference, np.float64)
+        return pred.astype(np.float32)
 
 
-def fit_loudness_baseline(clips: Sequence[PersonClip | str | os.PathLike], ridge: float = 1.0) -> LoudnessBaseline:
-    """Fit the loudness-only baseline on all frames of ``clips`` (the training persons)."""
-    features, targets = [], []
+def fit_loudness_baseline(clips: Sequence[PersonClip | str | os.PathLike], ridge: float = 1.0,
+                          center_expression: bool = False) -> LoudnessBaseline:
+    """Fit the loudness-only baseline on all frames of ``clips`` (the training persons);
+    ``center_expression``: targets relative to each clip's reference expression (compare it
+    with a Stage-1 model trained the same way, ``model.expression_centered``)."""
+    features, targets, absolute = [], [], []
     for clip in clips:
         clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
         if clip.audio is None:
             continue
         features.append(loudness_features(clip.audio, clip.num_frames, clip.meta.sample_rate, clip.meta.fps))
-        targets.append(np.asarray(clip.coeffs[:, SLICES["expression"]], np.float64))
+        expression = np.asarray(clip.coeffs[:, SLICES["expression"]], np.float64)  # [F, 64]
+        absolute.append(expression)
+        targets.append(expression - reference_expression(clip) if center_expression else expression)
     if not features:
         raise InputError("fit_loudness_baseline needs at least one clip with audio")
     x, y = np.concatenate(features), np.concatenate(targets)  # [M, F], [M, 64]
@@ -123,7 +137,8 @@ def fit_loudness_baseline(clips: Sequence[PersonClip | str | os.PathLike], ridge
     penalty = ridge * np.eye(design.shape[1])
     penalty[-1, -1] = 0.0  # the intercept is not shrunk
     weights = np.linalg.solve(design.T @ design + penalty, design.T @ y)  # [F+1, 64]
-    return LoudnessBaseline(mean, std, weights)
+    corpus_mean = np.concatenate(absolute).mean(axis=0).astype(np.float32)
+    return LoudnessBaseline(mean, std, weights, corpus_mean, bool(center_expression))
 
 
 @torch.no_grad()
@@ -145,7 +160,8 @@ def evaluate_audio2coeff(
     if count < 8:
         raise InputError(f"{clip.root}: frames {start}-{stop - 1} are too few to evaluate Stage 1 (need >= 8)")
     audio = clip.audio_for_frames(slice(start, stop))
-    expression, pose = predict_expression_pose(model, audio, num_frames=count, device=device)
+    expression, pose = predict_expression_pose(model, audio, num_frames=count, device=device,
+                                               expression_reference=reference_expression(clip))
 
     camera = Camera()  # LMD in pixels of the 224 crop
     true_coeffs = torch.as_tensor(np.asarray(clip.coeffs[start:stop]), dtype=torch.float32)  # [N, 257]
@@ -173,5 +189,5 @@ def evaluate_audio2coeff(
             results["hs_real_train"] = head_pose_similarity(train_coeffs[:, SLICES["angles"]], true_angles)
     if loudness_baseline is not None:
         results["lmd_corpus_mean"] = mouth(np.broadcast_to(loudness_baseline.mean_expression, (count, EXP_DIM)).copy())[0]
-        results["lmd_loudness"] = mouth(loudness_baseline.predict(audio, count))[0]
+        results["lmd_loudness"] = mouth(loudness_baseline.predict(audio, count, reference_expression(clip)))[0]
     return results

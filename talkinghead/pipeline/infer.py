@@ -204,6 +204,7 @@ class PersonModels:
     base_coeffs: torch.Tensor  # [257]
     ref_frames: slice
     ref_pose: np.ndarray  # [M, 6] angles + translation of the reference frames
+    expression_reference: np.ndarray  # [64] mean expression of the reference frames (Stage 1 adds it)
     full_frames: Any = field(default=None, repr=False)  # FullFrames, decoded on first paste-back
 
     @property
@@ -234,6 +235,7 @@ def load_person(
     evaluation). Raises a one-line error for a missing clip or missing weights.
     """
     from talkinghead.data.clip import read_clip
+    from talkinghead.data.stage1_dataset import reference_expression
     from talkinghead.face.factory import make_face_model
     from talkinghead.pipeline.stage1 import load_audio2coeff
     from talkinghead.pipeline.stage2 import load_refiner
@@ -268,6 +270,7 @@ def load_person(
         base_coeffs=torch.as_tensor(np.asarray(clip.coeffs[0]), dtype=torch.float32, device=device),
         ref_frames=ref_frames,
         ref_pose=ref_pose,
+        expression_reference=reference_expression(clip),
     )
 
 
@@ -295,7 +298,8 @@ def predict_motion(person: PersonModels, audio: np.ndarray, controls: PoseContro
     from talkinghead.pipeline.stage1 import predict_expression_pose
 
     expression, pred_pose = predict_expression_pose(person.stage1, audio, chunk_frames=chunk_frames,
-                                                    device=person.device)
+                                                    device=person.device,
+                                                    expression_reference=person.expression_reference)
     pose, ref_index = resolve_motion(person, pred_pose, controls)
     return expression, pred_pose, pose, ref_index
 
@@ -440,7 +444,8 @@ def generate_video(
             audio = load_speech(audio_path)
     with timer("stage1"):
         expression, pred_pose = predict_expression_pose(person.stage1, audio, chunk_frames=options.chunk_frames,
-                                                        device=person.device)
+                                                        device=person.device,
+                                                        expression_reference=person.expression_reference)
     with timer("pose"):
         pose, ref_index = resolve_motion(person, pred_pose, options.pose)
     num_frames = len(expression)

@@ -1,7 +1,13 @@
 """Stage-1 inference: load a trained audio -> expression + pose model and run it on audio.
 
     model = load_audio2coeff("PERSON/finetuned/audio2coeff")
-    expression, pose = predict_expression_pose(model, audio)   # [N, 64], [N, 6]
+    expression, pose = predict_expression_pose(model, audio, expression_reference=reference_expression(clip))
+    # [N, 64], [N, 6]
+
+A model trained with centred expression targets (``model.expression_centered``; the CPU
+preset's default) predicts the deviation from the person's reference expression
+(:func:`talkinghead.data.stage1_dataset.reference_expression`: the mean of their frames 0-299);
+``expression_reference`` adds it back and is required for such a model.
 
 The whole utterance is one sequence (method.md section 4): MFCC windows are computed in
 blocks of ``chunk_frames`` video frames (:func:`talkinghead.audio.features.iter_frame_windows`)
@@ -65,6 +71,7 @@ def predict_expression_pose(
     num_frames: int | None = None,
     chunk_frames: int = 250,
     device: str | torch.device = "cpu",
+    expression_reference: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expression and head pose for every 25 fps video frame of mono 16 kHz ``audio [S]``.
 
@@ -74,6 +81,9 @@ def predict_expression_pose(
         num_frames: frames to produce (default: the audio's length in frames).
         chunk_frames: frames per block (bounds memory; the result does not depend on it).
         device: where the network runs (the model is moved there).
+        expression_reference: float32 ``[64]``, the person's reference expression
+            (:func:`~talkinghead.data.stage1_dataset.reference_expression`); added to the output
+            of a centred model (required there), ignored by a model with absolute outputs.
 
     Returns:
         ``expression`` float32 ``[N, 64]`` and ``pose`` float32 ``[N, 6]`` (angles x, y, z in
@@ -84,6 +94,14 @@ def predict_expression_pose(
         raise InputError(f"Stage-1 audio must be a mono numpy array [S] at 16 kHz, got {shape}; load it with load_audio")
     if chunk_frames < 1:
         raise InputError(f"chunk_frames must be >= 1, got {chunk_frames}")
+    centered = bool(getattr(model, "expression_centered", False))
+    if centered:
+        if expression_reference is None:
+            raise InputError("this Stage-1 model predicts expression relative to the person's reference expression; "
+                             "pass expression_reference=reference_expression(clip)")
+        expression_reference = np.asarray(expression_reference, dtype=np.float32)
+        if expression_reference.shape != (EXP_DIM,):
+            raise InputError(f"expression_reference must have shape ({EXP_DIM},), got {expression_reference.shape}")
     device = resolve_device(device)
     model.to(device)
     was_training = model.training
@@ -99,4 +117,6 @@ def predict_expression_pose(
     if not outputs:
         return np.zeros((0, EXP_DIM), np.float32), np.zeros((0, 6), np.float32)
     expression, pose = from_stage1_output(torch.cat(outputs).numpy())
+    if centered:
+        expression = expression + expression_reference
     return np.ascontiguousarray(expression, np.float32), np.ascontiguousarray(pose, np.float32)

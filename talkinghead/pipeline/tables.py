@@ -193,6 +193,8 @@ def reproduce_tables_from_config(cfg) -> str:
     from talkinghead.data.clip import list_clips
     from talkinghead.pipeline.evaluate_stage1 import fit_loudness_baseline
     from talkinghead.pipeline.finetune import finetune_person, is_done
+    from talkinghead.pipeline.infer import check_trained
+    from talkinghead.train.audio2coeff import read_model_json
 
     root = Path(str(cfg_get(cfg, "data.root", "data/synthetic")))
     general = Path(str(cfg_get(cfg, "general", "checkpoints/general")))
@@ -217,8 +219,9 @@ def reproduce_tables_from_config(cfg) -> str:
                 raise InputError(f"{person} has no fine-tuned models; run python scripts/finetune.py person={person} "
                                  f"general={general} (or set finetune=true)")
             finetune_person(person, cfg, general=general, progress=progress)
-    try:
-        baseline = fit_loudness_baseline(list_clips(root, "train"))
+    try:  # the baseline gets the person's reference expression exactly when the general model does
+        centered = bool(read_model_json(check_trained(general / "audio2coeff")).get("center_expression", False))
+        baseline = fit_loudness_baseline(list_clips(root, "train"), center_expression=centered)
     except InputError:
         baseline = None  # a single clip or a corpus without training persons with audio
     results = [evaluate_for_tables(p, general, device, renderer, controls, baseline) for p in persons]

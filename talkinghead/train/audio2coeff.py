@@ -95,6 +95,10 @@ class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
     300 steps of the CPU preset from about 0.5 to 0.65. General training sets the statistics
     from its training windows (``audio2coeff.train.input_norm``); fine-tuning keeps the
     general model's.
+
+    The buffer ``expression_centered`` records whether the expression output is relative to
+    the person's reference expression (``audio2coeff.train.center_expression``; see
+    :mod:`talkinghead.data.stage1_dataset`); fine-tuning inherits it with the weights.
     """
 
     def __init__(self, **kwargs):
@@ -102,6 +106,9 @@ class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
         cepstra = self.window_shape[1]
         self.register_buffer("input_mean", torch.zeros(cepstra))
         self.register_buffer("input_std", torch.ones(cepstra))
+        # True: the expression output is relative to the person's reference expression
+        # (trained with Stage1WindowDataset(center_expression=True); inference adds it back).
+        self.register_buffer("expression_centered", torch.tensor(False))
 
     @torch.no_grad()
     def set_input_stats(self, windows: torch.Tensor) -> None:
@@ -276,6 +283,7 @@ def _schedule(cfg, mode: str) -> dict[str, Any]:
         "grad_clip": None,
         "input_norm": mode == "general",
         "ema_decay": None,
+        "center_expression": False if mode == "general" else None,  # finetune: the general model's
     }
     values = to_plain(node) or {}
     unknown = sorted(set(values) - set(sched))
@@ -383,20 +391,29 @@ def train_audio2coeff(
         done_path.unlink()  # the directory is being (re)trained: no longer marked finished
     barrier()
 
+    seed_everything(seed)
+    model = NormalizedExpressionPoseLSTM(**model_kwargs)
+    if init_weights is not None:  # weights and input statistics (resuming overwrites both)
+        ckpt.load_weights({MODEL_NAME: model}, init_weights)
+    if mode == "general":
+        model.expression_centered.fill_(bool(sched["center_expression"]))
+    elif sched["center_expression"] is not None and bool(sched["center_expression"]) != bool(model.expression_centered):
+        raise ConfigError(
+            f"audio2coeff.finetune.center_expression={sched['center_expression']} but the general model in {init_dir} "
+            f"was trained with center_expression={bool(model.expression_centered)}; remove the override"
+        )
+    center = bool(model.expression_centered)
+
     window, stride = int(sched["window"]), int(sched["stride"])
-    train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]))
+    train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]),
+                                    center_expression=center)
     if len(train_set) == 0:
         raise ConfigError(
             f"no {window}-frame windows in the training clips' frames {sched['frames']}; "
             "check data.root or lower audio2coeff window"
         )
-    val_set = Stage1WindowDataset(val_clips, window, window, val_frames) if val_clips else None
-
-    seed_everything(seed)
-    model = NormalizedExpressionPoseLSTM(**model_kwargs)
-    if init_weights is not None:  # weights and input statistics (resuming overwrites both)
-        ckpt.load_weights({MODEL_NAME: model}, init_weights)
-    elif sched["input_norm"]:
+    val_set = Stage1WindowDataset(val_clips, window, window, val_frames, center_expression=center) if val_clips else None
+    if init_weights is None and sched["input_norm"]:
         model.set_input_stats(train_set.windows)
     task = Audio2CoeffTask(model, sched["lr"], sched["lr_schedule"], sched["min_lr_ratio"], loss_weights,
                            ema_decay=sched["ema_decay"])
@@ -425,6 +442,7 @@ def train_audio2coeff(
             "window": window,
             "input_norm": bool(model.input_std.ne(1).any() or model.input_mean.ne(0).any()),
             "ema_decay": sched["ema_decay"],
+            "center_expression": center,
             "trained_on": train_set.clip_names,
             "frames": sched["frames"],
             "init": str(init_weights) if init_weights else None,
