@@ -83,6 +83,7 @@ def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim
     from talkinghead.pipeline.infer import PersonModels
     from talkinghead.pipeline.stage2 import Refiner
     from talkinghead.data.clip import read_clip
+    from talkinghead.data.stage1_dataset import reference_expression
     from talkinghead.face.coeffs import split_coeffs
     from talkinghead.render import get_renderer
 
@@ -104,6 +105,7 @@ def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim
         clip=clip, stage1=stage1, refiner=refiner, face_model=make_face_model(clip.meta.face_model), renderer=get_renderer(renderer),
         device=device, weights=clip_dir, base_coeffs=torch.as_tensor(np.asarray(clip.coeffs[0])),
         ref_frames=clip.train_slice, ref_pose=np.concatenate([parts.angles, parts.translation], 1).astype(np.float32),
+        expression_reference=reference_expression(clip),
     )
 
 
@@ -114,11 +116,12 @@ def run_child(args) -> dict:
 
     torch.set_num_threads(args.threads)
     from talkinghead.pipeline.infer import InferenceOptions, generate_video
+    from talkinghead.pipeline.stage2 import resolve_precision
 
     started = time.perf_counter()
     person = build_person_models(Path(args.clip), args.size, args.ngf, args.slots, args.key_dim, args.top_k, args.renderer)
     setup = time.perf_counter() - started
-    options = InferenceOptions(chunk_frames=args.chunk_frames, batch_size=args.batch_size)
+    options = InferenceOptions(chunk_frames=args.chunk_frames, batch_size=args.batch_size, precision=args.precision)
     result = generate_video(person, args.audio, args.out, options)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # ffmpeg: H.264 encoder + AAC mux
@@ -128,6 +131,8 @@ def run_child(args) -> dict:
         "size": args.size,
         "ngf": args.ngf,
         "threads": args.threads,
+        "precision": args.precision,
+        "resolved_precision": resolve_precision(args.precision, torch.device("cpu")),
         "setup_seconds": setup,
         "timings": result.timings,
         "cpu_timings": {**result.cpu_timings, "ffmpeg": children.ru_utime + children.ru_stime},
@@ -143,7 +148,7 @@ def launch(args, clip: Path, audio: Path, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", "--clip", str(clip), "--audio", str(audio), "--out", str(out),
            "--size", str(args.size), "--ngf", str(args.ngf), "--slots", str(args.slots), "--key-dim", str(args.key_dim),
            "--top-k", str(args.top_k), "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames),
-           "--batch-size", str(args.batch_size), "--renderer", args.renderer]
+           "--batch-size", str(args.batch_size), "--renderer", args.renderer, "--precision", args.precision]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's package
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
@@ -173,7 +178,9 @@ def report(results: list[dict]) -> str:
     its frames/s is frames per CPU-second of one process (threads summed), the figure that does
     not depend on what else runs on the machine."""
     stages = ("audio", "stage1", "pose", "render", "stage2", "encode")
-    lines = _breakdown(results, "timings", "Wall clock (this machine, as loaded as it was):", stages)
+    lines = [f"Stage-2 precision: {results[0].get('precision', 'fp32')} (resolved: {results[0].get('resolved_precision', '?')}), "
+             f"{results[0]['threads']} threads", ""]
+    lines += _breakdown(results, "timings", "Wall clock (this machine, as loaded as it was):", stages)
     lines += _breakdown(results, "cpu_timings", "CPU time (this process + ffmpeg children):", (*stages, "ffmpeg"))
     if len(results) > 1:
         base = results[0]["peak_rss_mb"]
@@ -194,6 +201,8 @@ def main() -> None:
     parser.add_argument("--chunk-frames", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=4, help="Stage-2 batch")
     parser.add_argument("--renderer", default="torch")
+    parser.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"),
+                        help="Stage-2 arithmetic (auto: bf16 where the hardware runs it natively)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)

@@ -302,6 +302,22 @@ def test_refine_frames_shapes_and_first_frames(tiny_cfg):
         refine_frames(refiner, torch.rand(4, 3, SIZE + 1, SIZE + 1), identity=identity)
 
 
+def test_bf16_refinement_is_close_to_fp32_and_precision_is_checked(tiny_cfg):
+    from talkinghead.pipeline.stage2 import resolve_precision
+
+    refiner = tiny_refiner(tiny_cfg)
+    frames = torch.rand(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))
+    identity = F.normalize(torch.randn(512), dim=0)
+    full = refine_frames(refiner, frames, identity=identity)
+    half = refine_frames(refiner, frames, identity=identity, precision="bf16")
+    assert half.dtype == torch.float32 and half.shape == full.shape
+    assert 0 < (half - full).abs().max() < 0.05  # bf16 arithmetic really ran, and stays close
+    assert resolve_precision("auto", torch.device("cpu")) in ("fp32", "bf16")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    with pytest.raises(ConfigError, match="precision"):
+        refine_frames(refiner, frames, identity=identity, precision="fp16")
+
+
 def test_memory_read_path_at_inference(tiny_cfg):
     refiner = tiny_refiner(tiny_cfg, identity_every=4)
     g = torch.Generator().manual_seed(2)

@@ -102,6 +102,8 @@ class InferenceOptions:
     paste_back: paste the face crop into the full original frame (the reference frame's).
     out_size: output side in pixels for the crop video (``None``: the refiner's image size);
         ignored with ``paste_back`` (the full frame's size is used).
+    precision: Stage-2 arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the
+        hardware runs it natively; :func:`talkinghead.pipeline.stage2.resolve_precision`).
     progress: show a progress bar over frames.
     """
 
@@ -112,6 +114,7 @@ class InferenceOptions:
     identity: str = "memory"
     paste_back: bool = False
     out_size: int | None = None
+    precision: str = "fp32"
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -124,6 +127,10 @@ class InferenceOptions:
         if self.out_size is not None and (isinstance(self.out_size, bool) or not isinstance(self.out_size, (int, np.integer))
                                           or self.out_size < 16):
             raise ConfigError(f"out_size={self.out_size!r} must be null or a side length >= 16 pixels")
+        from talkinghead.pipeline.stage2 import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}; use one of {', '.join(PRECISIONS)}")
 
     @classmethod
     def from_config(cls, cfg) -> "InferenceOptions":
@@ -142,6 +149,7 @@ class InferenceOptions:
             identity=str(cfg_get(cfg, "identity", "memory")),
             paste_back=bool(cfg_get(cfg, "paste_back", False)),
             out_size=cfg_get(cfg, "out_size", None),
+            precision=str(cfg_get(cfg, "precision", "fp32")),
             progress=bool(cfg_get(cfg, "progress", False)),
         )
 
@@ -452,7 +460,7 @@ def generate_video(
 
     identity = person.clip_identity() if options.identity == "clip" else None
     stream = RefinerStream(person.refiner, identity, use_memory=options.identity == "memory",
-                           batch_size=options.batch_size)
+                           batch_size=options.batch_size, precision=options.precision)
     pending = _PendingFrames()
     out_size = options.out_size or person.image_size
     written = 0
