@@ -436,5 +436,6 @@ def test_two_processes_match_one_process(corpus, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     one_loss = json.loads((tmp_path / "one" / "done.json").read_text())["metrics"]["total"]
     two_loss = json.loads((tmp_path / "two" / "done.json").read_text())["metrics"]["total"]
+    print(f"validation loss: 1 process {one_loss:.6f}, 2 processes {two_loss:.6f}")
     # Same global batch and data order; BatchNorm statistics are per process (half batches).
     assert two_loss == pytest.approx(one_loss, rel=0.1)
