@@ -16,7 +16,7 @@ from talkinghead.face.camera import Camera, euler_to_rotation, pose_vertices, ro
 from talkinghead.face.coeffs import COEFF_DIM, SH_DC_INIT, SLICES, neutral_coeffs
 from talkinghead.face.morphable import FIVE_POINT_INDICES, MorphableModel, five_points
 from talkinghead.face.procedural import EXPRESSION_UNITS, make_procedural_model
-from talkinghead.face.shading import SH_A, SH_C, sh_basis, shade
+from talkinghead.face.shading import SH_A, SH_C, irradiance, lighting_matrix, sh_basis, shade
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -158,6 +158,27 @@ def test_flat_plane_normals_are_the_plane_normal():
     posed = pose_vertices(verts, angles, torch.zeros(2, 3))
     rotated_normal = torch.tensor([0.0, 0.0, 1.0]) @ euler_to_rotation(angles[1])
     assert torch.allclose(model.vertex_normals(posed)[1], rotated_normal.expand(verts.shape[1], 3), atol=1e-6)
+
+
+def test_irradiance_polynomial_equals_the_nine_band_product():
+    """The quadratic-form evaluation equals the 9-band basis times the lighting gains."""
+    g = torch.Generator().manual_seed(3)
+    normals = torch.nn.functional.normalize(torch.randn(3, 500, 3, generator=g), dim=-1)
+    lighting = torch.randn(3, 27, generator=g) * 0.5
+    reference = sh_basis(normals) @ lighting_matrix(lighting)
+    assert torch.allclose(irradiance(normals, lighting), reference, atol=1e-5)
+    assert torch.allclose(irradiance(normals[0], lighting[0]), reference[0], atol=1e-5)  # unbatched
+
+
+def test_shape_is_one_product_over_identity_and_expression_bases(face):
+    """``shape`` = mean + id_basis @ identity + exp_basis @ expression; the bases are views of the
+    one stored matrix, and the landmark path gives the same vertices."""
+    g = torch.Generator().manual_seed(4)
+    identity, expression = torch.randn(2, 80, generator=g), torch.randn(2, 64, generator=g)
+    expected = face.mean_shape + (face.id_basis @ identity.T + face.exp_basis @ expression.T).T.reshape(2, -1, 3)
+    assert torch.allclose(face.shape(identity, expression), expected, atol=1e-5)
+    assert face.id_basis.data_ptr() == face.shape_basis.data_ptr()
+    assert torch.allclose(face.landmark_vertices(identity, expression), expected[:, face.landmark_indices], atol=1e-5)
 
 
 def test_forward_shapes_and_landmarks_2d_match(face):

@@ -146,6 +146,10 @@ class MorphableModel(torch.nn.Module):
             idx = buffers[key]
             if int(idx.min()) < 0 or int(idx.max()) >= n:
                 raise ValueError(f"face model buffer {key!r} indexes outside the {n} vertices")
+        # Identity and expression bases live in one [N*3, 80 + 64] matrix, so that the shape is
+        # one matrix product (the bases are read once per call: that product is memory-bound);
+        # ``id_basis`` and ``exp_basis`` are views of its columns.
+        self.register_buffer("shape_basis", torch.cat([buffers.pop("id_basis"), buffers.pop("exp_basis")], 1))
         for key, value in buffers.items():
             self.register_buffer(key, value)
         self.register_buffer(
@@ -159,8 +163,7 @@ class MorphableModel(torch.nn.Module):
         lm = buffers["landmark_indices"]
         rows = (lm[:, None] * 3 + torch.arange(3)).reshape(-1)  # [68*3]
         self.register_buffer("_lm_mean_shape", mean_shape[lm], persistent=False)  # [68, 3]
-        self.register_buffer("_lm_id_basis", buffers["id_basis"][rows], persistent=False)  # [204, 80]
-        self.register_buffer("_lm_exp_basis", buffers["exp_basis"][rows], persistent=False)  # [204, 64]
+        self.register_buffer("_lm_shape_basis", self.shape_basis[rows], persistent=False)  # [204, 144]
         self.register_buffer("_corner_vertex", tri.reshape(-1), persistent=False)  # [F*3]
 
     # ----------------------------------------------------------------------------- sizes
@@ -172,11 +175,21 @@ class MorphableModel(torch.nn.Module):
     def num_triangles(self) -> int:
         return int(self.triangles.shape[0])
 
+    @property
+    def id_basis(self) -> torch.Tensor:
+        """``[N*3, 80]`` identity basis (a view of :attr:`shape_basis`)."""
+        return self.shape_basis[:, :ID_DIM]
+
+    @property
+    def exp_basis(self) -> torch.Tensor:
+        """``[N*3, 64]`` expression basis (a view of :attr:`shape_basis`)."""
+        return self.shape_basis[:, ID_DIM:]
+
     # ------------------------------------------------------------------------ components
     def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """Model-space vertices ``[B, N, 3]`` from identity ``[B, 80]`` and expression ``[B, 64]``."""
-        offsets = F.linear(identity, self.id_basis) + F.linear(expression, self.exp_basis)  # [B, N*3]
-        return self.mean_shape + offsets.unflatten(-1, (-1, 3))
+        shape_coeffs = torch.cat([identity, expression.to(identity.dtype)], -1)  # [B, 144]
+        return F.linear(shape_coeffs, self.shape_basis, self.mean_shape.reshape(-1)).unflatten(-1, (-1, 3))
 
     def albedo(self, texture: torch.Tensor) -> torch.Tensor:
         """Albedo ``[B, N, 3]`` in [0, 1] from texture coefficients ``[B, 80]``."""
@@ -234,8 +247,8 @@ class MorphableModel(torch.nn.Module):
 
     def landmark_vertices(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """Model-space positions ``[B, 68, 3]`` of the landmark vertices only (cheap)."""
-        offsets = F.linear(identity, self._lm_id_basis) + F.linear(expression, self._lm_exp_basis)  # [B, 204]
-        return self._lm_mean_shape + offsets.unflatten(-1, (NUM_LANDMARKS, 3))
+        shape_coeffs = torch.cat([identity, expression.to(identity.dtype)], -1)  # [B, 144]
+        return F.linear(shape_coeffs, self._lm_shape_basis, self._lm_mean_shape.reshape(-1)).unflatten(-1, (NUM_LANDMARKS, 3))
 
     def landmarks_2d(self, coeffs: torch.Tensor, camera: Camera | None = None) -> torch.Tensor:
         """Projected landmarks ``[B, 68, 2]`` computed from the 68 landmark vertices only (the
