@@ -148,8 +148,14 @@ def test_tables_report_means_and_verdicts():
     assert numbers["stage1"]["finetuned"]["hs"][:2] == pytest.approx((0.7, 0.0))
     assert "| fine-tuned (personalised) | 2.500 ± 0.000 |" in markdown
     assert "loudness" not in markdown  # no loudness baseline numbers: no row
+    assert "| a | 0.500 | 0.700 | 3.000 | 2.500 | 4.000 |" in markdown  # per-person Table 1
+    assert "fine-tuned HS > general HS: 2 of 2 persons" in markdown
+    assert "general LMD < every baseline (mean expression): 2 of 2 persons" in markdown
     worse, _ = build_tables([_person_tables("c", False)])
     assert worse.count("does not hold") == 7
+    assert "fine-tuned HS > general HS: 0 of 1 persons" in worse
+    mixed, _ = build_tables([_person_tables("d", True), _person_tables("e", False)])
+    assert "fine-tuned HS > general HS: 1 of 2 persons" in mixed
 
 
 def test_tables_need_persons():

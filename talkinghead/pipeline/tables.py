@@ -114,6 +114,35 @@ def _verdict(a, b, text: str, higher_is_better: bool = True) -> str:
     return f"- {text}: **{'holds' if holds else 'does not hold'}** ({a:.3f} vs {b:.3f})"
 
 
+def _fmt(value, digits: int = 3) -> str:
+    return "-" if value is None or not np.isfinite(float(value)) else f"{float(value):.{digits}f}"
+
+
+def _per_person_stage1(results: Sequence[PersonTables]) -> list[str]:
+    """Table 1 per person, with how many persons each claim holds for (the claims are per person)."""
+    loudness = any(r.stage1["finetuned"].get("lmd_loudness") is not None for r in results)
+    lines = ["Per person:", "",
+             "| person | HS general | HS fine-tuned | LMD general | LMD fine-tuned | LMD mean expression |"
+             + (" LMD loudness |" if loudness else ""),
+             "| --- | --- | --- | --- | --- | --- |" + (" --- |" if loudness else "")]
+    hs_up = lmd_below_baselines = 0
+    for r in results:
+        g, f = r.stage1["general"], r.stage1["finetuned"]
+        lines.append(f"| {r.person} | {_fmt(g.get('hs'))} | {_fmt(f.get('hs'))} | {_fmt(g.get('lmd'))} | {_fmt(f.get('lmd'))} "
+                     f"| {_fmt(f.get('lmd_mean_expression'))} |" + (f" {_fmt(f.get('lmd_loudness'))} |" if loudness else ""))
+        if g.get("hs") is not None and f.get("hs") is not None and f["hs"] > g["hs"]:
+            hs_up += 1
+        baselines = [b for b in (f.get("lmd_mean_expression"), f.get("lmd_loudness")) if b is not None]
+        if g.get("lmd") is not None and baselines and g["lmd"] < min(baselines):
+            lmd_below_baselines += 1
+    n = len(results)
+    return lines + ["",
+                    f"- fine-tuned HS > general HS: {hs_up} of {n} persons",
+                    f"- general LMD < every baseline ({'mean expression, loudness' if loudness else 'mean expression'}): "
+                    f"{lmd_below_baselines} of {n} persons",
+                    ""]
+
+
 def build_tables(results: Sequence[PersonTables]) -> tuple[str, dict]:
     """Markdown of the three tables (plus verdicts) and the aggregated numbers."""
     if not results:
@@ -149,6 +178,7 @@ def build_tables(results: Sequence[PersonTables]) -> tuple[str, dict]:
               _verdict(s1["finetuned"]["lmd"], s1["general"]["lmd"], "fine-tuned mouth LMD < general",
                        higher_is_better=False),
               ""]
+    lines += _per_person_stage1(results)
 
     lines += [
         "## Table 2. Stage 2: with vs without the memory (true coefficients rendered over the real crops)", "",
