@@ -181,6 +181,28 @@ def test_shape_is_one_product_over_identity_and_expression_bases(face):
     assert torch.allclose(face.landmark_vertices(identity, expression), expected[:, face.landmark_indices], atol=1e-5)
 
 
+def test_vertex_normals_match_an_index_add_reference_and_have_gradients(face):
+    """Area-weighted vertex normals equal a plain scatter-add of cross products, batch by batch,
+    and are differentiable w.r.t. the vertices."""
+    g = torch.Generator().manual_seed(5)
+    coeffs = torch.zeros(3, COEFF_DIM)
+    coeffs[:, :144] = torch.randn(3, 144, generator=g) * 0.5
+    coeffs[:, SLICES["angles"]] = torch.randn(3, 3, generator=g) * 0.2
+    vertices = face(coeffs).vertices.double().requires_grad_(True)
+    tri = face.triangles
+    corners = vertices[:, tri]  # [B, F, 3, 3]
+    face_normals = torch.linalg.cross(corners[:, :, 1] - corners[:, :, 0], corners[:, :, 2] - corners[:, :, 0], dim=-1)
+    reference = torch.zeros_like(vertices)
+    for k in range(3):
+        reference = reference.index_add(1, tri[:, k], face_normals)
+    reference = torch.nn.functional.normalize(reference, dim=-1)
+    normals = face.vertex_normals(vertices)
+    assert normals.shape == vertices.shape and normals.is_contiguous()
+    assert torch.allclose(normals, reference, atol=1e-9)
+    (normals[..., 2].sum() + normals[0, :, 0].sum()).backward()
+    assert vertices.grad is not None and torch.isfinite(vertices.grad).all() and vertices.grad.abs().sum() > 0
+
+
 def test_forward_shapes_and_landmarks_2d_match(face):
     g = torch.Generator().manual_seed(3)
     c = torch.randn(3, COEFF_DIM, generator=g) * 0.5

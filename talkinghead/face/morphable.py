@@ -164,7 +164,7 @@ class MorphableModel(torch.nn.Module):
         rows = (lm[:, None] * 3 + torch.arange(3)).reshape(-1)  # [68*3]
         self.register_buffer("_lm_mean_shape", mean_shape[lm], persistent=False)  # [68, 3]
         self.register_buffer("_lm_shape_basis", self.shape_basis[rows], persistent=False)  # [204, 144]
-        self.register_buffer("_corner_vertex", tri.reshape(-1), persistent=False)  # [F*3]
+        self.register_buffer("_corner_columns", tri.T.contiguous(), persistent=False)  # [3, F]: row k = corner k
 
     # ----------------------------------------------------------------------------- sizes
     @property
@@ -216,20 +216,24 @@ class MorphableModel(torch.nn.Module):
     def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
         """Unit vertex normals ``[B, N, 3]``: area-weighted sum of the adjacent face normals.
 
-        The sum over adjacent faces is one sparse ``[N, F] @ [F, B*3]`` product (about 4x
-        faster than ``index_add_`` on CPU, and differentiable)."""
+        Computed in a planar layout (``[3 coordinates, vertices, B]``), so every elementwise op of
+        the cross product runs on contiguous ``[F, B]`` planes (strided ``[..., 3]`` views were
+        about half of the face model's time on CPU). The sum over adjacent faces is one sparse
+        ``[N, F] @ [F, 3*B]`` product (about 4x faster than ``index_add_`` on CPU, and
+        differentiable)."""
         b, n, _ = vertices.shape
-        # Vertex-major rows gathered with index_select and crossed by hand: ~2x faster on CPU
-        # than advanced indexing ``vertices[:, triangles]`` + torch.linalg.cross.
-        rows = vertices.transpose(0, 1).reshape(n, b * 3)  # [N, B*3]
-        corners = rows.index_select(0, self._corner_vertex).view(-1, 3, b, 3)  # [F, 3 corners, B, 3]
-        v0, v1, v2 = corners.unbind(1)  # [F, B, 3] each
-        ex, ey, ez = (v1 - v0).unbind(-1)
-        fx, fy, fz = (v2 - v0).unbind(-1)
-        face_normals = torch.stack([ey * fz - ez * fy, ez * fx - ex * fz, ex * fy - ey * fx], -1)  # [F, B, 3], |.| = 2 x area
+        xyz = vertices.permute(2, 1, 0).contiguous()  # [3, N, B]
+        p0, p1, p2 = (xyz.index_select(1, corner) for corner in self._corner_columns)  # [3, F, B] each
+        e, f = p1 - p0, p2 - p0
+        face_normals = torch.stack(  # [F, 3, B], |.| = 2 x area
+            [e[1] * f[2] - e[2] * f[1], e[2] * f[0] - e[0] * f[2], e[0] * f[1] - e[1] * f[0]], 1
+        )
         incidence = self._vertex_face_incidence(vertices.device, vertices.dtype)
-        summed = (incidence @ face_normals.reshape(-1, b * 3)).reshape(n, b, 3).permute(1, 0, 2)
-        return F.normalize(summed, dim=-1, eps=1e-12)
+        summed = (incidence @ face_normals.view(-1, 3 * b)).view(n, 3, b)
+        sx, sy, sz = summed.unbind(1)  # [N, B] each
+        # x / max(|x|, 1e-12) like F.normalize (whose reduction over the middle axis is slow here).
+        inv_norm = (sx * sx + sy * sy + sz * sz).clamp_min(1e-24).rsqrt()  # [N, B]
+        return (summed * inv_norm.unsqueeze(1)).permute(2, 0, 1).contiguous()
 
     # --------------------------------------------------------------------------- forward
     def forward(self, coeffs: torch.Tensor, camera: Camera | None = None) -> FaceGeometry:
