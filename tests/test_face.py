@@ -13,7 +13,7 @@ import torch
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
 from talkinghead.face.bfm import BFM_FILES, BFM_URL, convert_bfm09, load_face_model
 from talkinghead.face.camera import Camera, euler_to_rotation, pose_vertices, rotation_to_euler
-from talkinghead.face.coeffs import COEFF_DIM, SH_DC_INIT, SLICES, neutral_coeffs
+from talkinghead.face.coeffs import COEFF_DIM, SH_DC_INIT, SLICES, neutral_coeffs, split_coeffs
 from talkinghead.face.morphable import FIVE_POINT_INDICES, MorphableModel, five_points
 from talkinghead.face.procedural import EXPRESSION_UNITS, make_procedural_model
 from talkinghead.face.shading import SH_A, SH_C, irradiance, lighting_matrix, sh_basis, shade
@@ -201,6 +201,32 @@ def test_vertex_normals_match_an_index_add_reference_and_have_gradients(face):
     assert torch.allclose(normals, reference, atol=1e-9)
     (normals[..., 2].sum() + normals[0, :, 0].sum()).backward()
     assert vertices.grad is not None and torch.isfinite(vertices.grad).all() and vertices.grad.abs().sum() > 0
+
+
+def test_one_person_fast_path_equals_the_general_product(face):
+    """Frames of one person (shared identity/texture, no gradient) take the cached path; it gives
+    the general path's shape and albedo, follows a change of person, and is skipped under autograd."""
+    g = torch.Generator().manual_seed(6)
+    one = torch.randn(1, 257, generator=g) * 0.5
+    frames = one.repeat(4, 1)
+    frames[:, SLICES["expression"]] = torch.randn(4, 64, generator=g) * 0.5
+    mixed = frames.clone()
+    mixed[1:, SLICES["identity"]] += 0.3  # rows differ: general path
+    for person in (frames, frames + 0.1):  # a second person replaces the cached one
+        c = split_coeffs(person)
+        general_shape = face.mean_shape + (c.identity @ face.id_basis.T + c.expression @ face.exp_basis.T).view(4, -1, 3)
+        general_albedo = (face.mean_albedo + (c.texture @ face.tex_basis.T).view(4, -1, 3)).clamp(0, 1)
+        with torch.no_grad():
+            assert torch.allclose(face.shape(c.identity, c.expression), general_shape, atol=1e-5)
+            assert torch.allclose(face.albedo(c.texture), general_albedo, atol=1e-6)
+        assert face._one_person_cache["identity"][1].equal(c.identity[:1])
+    c = split_coeffs(mixed)
+    with torch.no_grad():
+        expected = face.mean_shape + (c.identity @ face.id_basis.T + c.expression @ face.exp_basis.T).view(4, -1, 3)
+        assert torch.allclose(face.shape(c.identity, c.expression), expected, atol=1e-5)
+    identity = c.identity[:1].repeat(4, 1).requires_grad_(True)
+    face.shape(identity, c.expression).sum().backward()  # general path: gradients reach the identity
+    assert identity.grad is not None and identity.grad.abs().sum() > 0
 
 
 def test_forward_shapes_and_landmarks_2d_match(face):

@@ -188,12 +188,39 @@ class MorphableModel(torch.nn.Module):
     # ------------------------------------------------------------------------ components
     def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """Model-space vertices ``[B, N, 3]`` from identity ``[B, 80]`` and expression ``[B, 64]``."""
+        person = self._one_person_term("identity", identity, self.id_basis, self.mean_shape.reshape(-1))
+        if person is not None:  # one person's neutral face (cached): only the expression product per frame
+            return F.linear(expression.to(person.dtype), self.exp_basis, person).unflatten(-1, (-1, 3))
         shape_coeffs = torch.cat([identity, expression.to(identity.dtype)], -1)  # [B, 144]
         return F.linear(shape_coeffs, self.shape_basis, self.mean_shape.reshape(-1)).unflatten(-1, (-1, 3))
 
     def albedo(self, texture: torch.Tensor) -> torch.Tensor:
         """Albedo ``[B, N, 3]`` in [0, 1] from texture coefficients ``[B, 80]``."""
+        person = self._one_person_term("texture", texture, self.tex_basis, self.mean_albedo.reshape(-1))
+        if person is not None:  # one person's albedo (cached), the same for every frame
+            return person.clamp(0.0, 1.0).view(1, -1, 3).expand(texture.shape[0], -1, -1)
         return (self.mean_albedo + F.linear(texture, self.tex_basis).unflatten(-1, (-1, 3))).clamp(0.0, 1.0)
+
+    def _one_person_term(self, name: str, coeffs: torch.Tensor, basis: torch.Tensor, offset: torch.Tensor):
+        """``offset + basis @ coeffs[0]`` (``[N*3]``) when every row of ``coeffs [B, K]`` is the
+        same and no gradient is needed, else ``None``. Rendering a person frame after frame
+        repeats that person's identity and texture; the product is cached for the last
+        coefficient vector, so each frame reads only the expression basis (the basis products are
+        memory-bound). Exact: the same sums, grouped differently (float rounding aside)."""
+        if coeffs.dim() != 2 or (torch.is_grad_enabled() and coeffs.requires_grad):
+            return None
+        first = coeffs[:1]
+        if coeffs.shape[0] > 1 and not torch.equal(coeffs, first.expand_as(coeffs)):
+            return None
+        key = (basis.data_ptr(), basis._version, offset.data_ptr(), offset._version, coeffs.dtype, coeffs.device)
+        cache = self.__dict__.setdefault("_one_person_cache", {})
+        hit = cache.get(name)
+        if hit is not None and hit[0] == key and torch.equal(hit[1], first):
+            return hit[2]
+        with torch.no_grad():
+            value = F.linear(first, basis.to(coeffs.dtype), offset.to(coeffs.dtype))[0]
+        cache[name] = (key, first.clone(), value)
+        return value
 
     def _vertex_face_incidence(self, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Sparse CSR ``[N, F]`` with a 1 where vertex n is a corner of triangle f (cached per
