@@ -1,8 +1,17 @@
 """Benchmark of the 3DMM fitting (talkinghead/preprocess/fit.py): seconds per 300 frames.
 
     python bench/fit.py                      # CPU (and CUDA when present): seconds per 300 frames
-    python bench/fit.py --accuracy           # synthetic truth: landmark-only vs + photometric errors
+    python bench/fit.py --accuracy           # face-model renders: landmark-only vs + photometric errors
+    python bench/fit.py --world /tmp/synth --clips 3 --world-frames 24   # synthetic-world clips (hair, skin
+                                             # detail, key light, noise): landmark-only vs + photometric
+                                             # (clips: python scripts/make_synthetic.py out=/tmp/synth persons=4 frames=32)
     python bench/fit.py --astronaut /tmp/astronaut_fit.png   # fit a photograph, save an overlay
+
+Accuracy tables (--accuracy, --world): the real fixed crops (area-resized to --size) and
+ground-truth landmarks with --noise px of noise; the landmark-only fit, then the photometric
+stage continuing it (landmark_steps=0; --set KEY=VALUE overrides its fitting config, e.g.
+--set photo_robust_scale=0 for the plain RGB distance); per sequence and median errors
+against the true coefficients (coefficient_errors: median over frames).
 
 Timing: the fit of a clip is ``landmark_steps`` cheap steps (68 projected points per frame)
 plus ``photometric_steps`` steps that render every frame at ``render_size``; both scale
@@ -78,23 +87,96 @@ def bench_timing(args) -> None:
                   f"(landmark error {result.landmark_error_px.mean():.2f} px)")
 
 
-def bench_accuracy(args) -> None:
-    """Errors against ground truth: landmark-only vs with the photometric stage (same data)."""
-    model = make_face_model(FACE_MODEL)
-    keys = ("angle_deg_median", "angle_deg_max", "translation_xy_px_median", "translation_z_median",
-            "expression_rmse", "expression_vertex_mean")
-    print(f"synthetic truth: {args.frames} frames at {args.size} px, landmark noise {args.noise} px (224 scale), "
-          f"render {args.size // 2} px")
-    print(f"{'seed':>4} {'stages':12} " + " ".join(f"{k:>24}" for k in keys))
-    for seed in range(args.seeds):
-        crops, landmarks, truth = synthetic(model, args.frames, args.size, seed, args.noise)
+#: Columns of the accuracy tables (median over frames; see coefficient_errors).
+ERROR_KEYS = ("pitch_deg_median", "yaw_deg_median", "roll_deg_median", "angle_deg_median", "translation_xy_px_median",
+              "translation_z_median", "expression_rmse", "expression_rmse_major", "expression_vertex_mean")
+HEADERS = ("pitch deg", "yaw deg", "roll deg", "angle deg", "t_xy px", "t_z", "exp rmse", "exp rmse maj", "exp vertex")
+
+
+def overrides(args) -> dict:
+    """``--set key=value`` fitting overrides of the photometric stage (values parsed as YAML)."""
+    import yaml
+
+    out = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def compare(cases, args) -> None:
+    """For each ``(name, crops, landmarks, truth, model)``: the landmark-only fit, then the
+    photometric stage continuing it (landmark_steps=0: the same landmark fit, so the rows differ
+    by the photometric stage only); errors against the truth per case and their medians."""
+    render = args.render_size or args.size // 2
+    photo_config = {"landmark_steps": 0, "photometric_steps": args.photometric_steps, "render_size": render,
+                    **overrides(args)}
+    print(f"{'':12} {'stages':12} " + " ".join(f"{h:>12}" for h in HEADERS) + f" {'seconds':>8}")
+    rows: dict[str, list[dict]] = {"landmarks": [], "+photometric": []}
+    for name, crops, landmarks, truth, model in cases:
         lm_only = fit_coefficients(None, landmarks, model, {"photometric_steps": 0}, progress=False, crop_size=args.size)
-        both = fit_coefficients(crops, landmarks, model, {"photometric_steps": args.photometric_steps,
-                                                          "render_size": args.size // 2},
-                                progress=False, init_coeffs=lm_only.coeffs)  # continue the same landmark fit
-        for name, result in (("landmarks", lm_only), ("+photometric", both)):
+        both = fit_coefficients(crops, landmarks, model, photo_config, progress=False, init_coeffs=lm_only.coeffs)
+        for stages, result in (("landmarks", lm_only), ("+photometric", both)):
             errors = coefficient_errors(result.coeffs, truth, model)
-            print(f"{seed:4d} {name:12} " + " ".join(f"{errors[k]:24.4f}" for k in keys))
+            rows[stages].append(errors)
+            print(f"{name:12} {stages:12} " + " ".join(f"{errors[k]:12.4f}" for k in ERROR_KEYS)
+                  + f" {result.seconds:8.1f}", flush=True)
+    for stages, errors in rows.items():
+        print(f"{'median':12} {stages:12} " + " ".join(f"{np.median([e[k] for e in errors]):12.4f}" for k in ERROR_KEYS))
+
+
+def bench_accuracy(args) -> None:
+    """Face-model renders (truth_sequence): landmark-only vs + photometric errors."""
+    model = make_face_model(FACE_MODEL)
+    print(f"face-model renders (truth_sequence): {args.seeds} sequences x {args.frames} frames at {args.size} px, "
+          f"landmark noise {args.noise} px (224 scale), render {args.render_size or args.size // 2} px, "
+          f"photometric steps {args.photometric_steps}")
+
+    def cases():
+        for seed in range(args.seeds):
+            crops, landmarks, truth = synthetic(model, args.frames, args.size, seed, args.noise)
+            yield f"seed {seed}", crops, landmarks, truth, model
+
+    compare(cases(), args)
+
+
+def world_clip(clip_dir, frames: int, size: int, noise_px: float, seed: int):
+    """A synthetic-world clip's first ``frames`` real fixed crops (area-resized to ``size``),
+    ground-truth landmarks with ``noise_px`` (224 scale) of noise, true coefficients, face model."""
+    import cv2
+
+    from talkinghead.data.clip import read_clip
+
+    clip = read_clip(clip_dir, load_audio=False)
+    model = make_face_model(clip.meta.face_model)
+    truth = np.asarray(clip.coeffs[:frames], np.float32)
+    crops = np.asarray(clip.fixed[:frames])
+    if crops.shape[1] != size:
+        crops = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
+    landmarks = GroundTruthDetector(truth, model, noise_px=noise_px, seed=seed).landmarks_for_size(size)
+    return crops, landmarks, truth, model
+
+
+def bench_world(args) -> None:
+    """Synthetic-world clips (scripts/make_synthetic.py: the "real" fixed crops with hair, skin
+    detail, key light, camera noise): landmark-only vs + photometric errors."""
+    from talkinghead.data.clip import list_clips
+
+    clips = list_clips(args.world)[: args.clips]
+    if not clips:
+        raise SystemExit(f"--world {args.world}: no clips there (make some: python scripts/make_synthetic.py out=DIR "
+                         "persons=4 frames=32)")
+    print(f"synthetic-world clips from {args.world}: {len(clips)} clips x first {args.world_frames} frames at {args.size} px, "
+          f"landmark noise {args.noise} px (224 scale), render {args.render_size or args.size // 2} px, "
+          f"photometric steps {args.photometric_steps}")
+
+    def cases():
+        for index, clip_dir in enumerate(clips):
+            yield (clip_dir.name, *world_clip(clip_dir, args.world_frames, args.size, args.noise, index))
+
+    compare(cases(), args)
 
 
 def bench_astronaut(args) -> None:
@@ -125,16 +207,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave as is)")
     parser.add_argument("--accuracy", action="store_true", help="synthetic accuracy table instead of timing")
     parser.add_argument("--frames", type=int, default=16, help="--accuracy: frames per sequence")
-    parser.add_argument("--size", type=int, default=112, help="--accuracy: crop size (render at half)")
-    parser.add_argument("--noise", type=float, default=3.0, help="--accuracy: landmark noise, px at 224")
+    parser.add_argument("--size", type=int, default=112, help="--accuracy/--world: crop size (render at half)")
+    parser.add_argument("--noise", type=float, default=3.0, help="--accuracy/--world: landmark noise, px at 224")
     parser.add_argument("--seeds", type=int, default=3, help="--accuracy: number of sequences")
     parser.add_argument("--photometric-steps", type=int, default=150, help="--accuracy/--astronaut: photometric steps")
+    parser.add_argument("--world", metavar="DIR", help="fit synthetic-world clips of this corpus (or clip) directory")
+    parser.add_argument("--world-frames", type=int, default=24, help="--world: frames per clip (the first ones)")
+    parser.add_argument("--clips", type=int, default=3, help="--world: number of clips (the first ones)")
+    parser.add_argument("--render-size", type=int, default=0, help="--accuracy/--world: photometric render size (0: --size / 2)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="--accuracy/--world: photometric-stage "
+                        "fitting overrides (repeatable), e.g. --set photo_robust_scale=0")
     parser.add_argument("--astronaut", metavar="PNG", help="fit the astronaut photograph and save an overlay here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.astronaut:
         bench_astronaut(args)
+    elif args.world:
+        bench_world(args)
     elif args.accuracy:
         bench_accuracy(args)
     else:

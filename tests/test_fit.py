@@ -36,6 +36,8 @@ except ImportError:
     HAS_MEDIAPIPE = False
 
 FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
+#: The synthetic-world person of the fast photometric test: ``sample_people(4, WORLD_SEED)[WORLD_PERSON]``.
+WORLD_SEED, WORLD_PERSON = 2, 1
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -110,6 +112,12 @@ def test_losses():
     assert photometric_loss(shifted, image, mask).max() < 1e-3
     brighter = image + torch.tensor([0.03, 0.04, 0.0]).view(1, 3, 1, 1)
     torch.testing.assert_close(photometric_loss(brighter, image, mask), torch.full((2,), 0.05), atol=1e-4, rtol=0)
+    # robust kernel: ~ the distance when small, bounded by the scale (an outlier pixel barely counts)
+    torch.testing.assert_close(photometric_loss(brighter, image, mask, scale=1.0), torch.full((2,), 1 - math.exp(-0.05)),
+                               atol=1e-4, rtol=0)
+    far = image.clone()
+    far[:, :, 2:4, 2:6] += 1.0  # half of the masked pixels off by sqrt(3)
+    assert float(photometric_loss(far, image, mask, scale=0.05).max()) < 0.5 * 0.05 + 1e-3
     params = FitParameters(5, torch.zeros(5, 3), torch.zeros(5, 3))
     assert all(float(term.detach()) == 0 for term in smoothness_loss(params))
     with torch.no_grad():
@@ -125,6 +133,8 @@ def test_config_and_input_errors(model):
         FittingConfig.from_mapping({"landmark_steps": 0, "photometric_steps": 0})
     with pytest.raises(ConfigError, match="render_size"):
         FittingConfig.from_mapping({"render_size": 4})
+    with pytest.raises(ConfigError, match="photo_robust_scale"):
+        FittingConfig.from_mapping({"photo_robust_scale": -0.1})
     lm = np.full((2, 68, 2), 100.0, np.float32)
     with pytest.raises(InputError, match=r"\[N, 68, 2\]"):
         fit_coefficients(None, lm[:, :60], model, {"photometric_steps": 0}, progress=False)
@@ -199,6 +209,74 @@ def test_photometric_stage_lowers_the_errors_over_sequences(model):
 
 
 # --------------------------------------------------------------------------------------------
+# Synthetic-world clips: the "real" frames (hair, skin detail, key light, camera noise)
+# --------------------------------------------------------------------------------------------
+def world_clip(model, seed: int, index: int, frames: int, size: int = 112, noise_px: float = 3.0):
+    """Real frames of person ``index`` of ``sample_people(4, seed)`` (rendered at 224, area-
+    resized to ``size``), ground-truth landmarks with ``noise_px`` of noise and the true
+    coefficients (what ``scripts/make_synthetic.py`` writes, without the files)."""
+    import cv2
+
+    from talkinghead.data.synthetic.people import sample_people
+    from talkinghead.data.synthetic.world import person_signals, render_frames
+
+    person = sample_people(4, seed)[index]
+    coeffs = person_signals(person, frames).coeffs
+    real, _ = render_frames(model, person, coeffs, 224)
+    crops = np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in real])
+    landmarks = GroundTruthDetector(coeffs, model, noise_px=noise_px, seed=seed).landmarks_for_size(size)
+    return crops, landmarks, coeffs
+
+
+def test_photometric_stage_on_a_synthetic_world_clip(model):
+    """A synthetic-world clip with a low fringe over the forehead (8 frames at 112 px, 3 px
+    landmark noise): the photometric stage (100 steps at 56 px) lowers the pose error of the
+    landmark fit. (With the plain RGB distance, photo_robust_scale=0, it raised it: median angle
+    error 0.88 -> 1.57 degrees, pitch 4.1 -> 8.0, x/y translation 2.9 -> 8.5 px; the head pitches
+    to pull the forehead out from under the hair.)"""
+    crops, landmarks, coeffs = world_clip(model, WORLD_SEED, WORLD_PERSON, 8)
+    lm_only = fit_coefficients(None, landmarks, model, FittingConfig(landmark_steps=200, photometric_steps=0),
+                               progress=False, crop_size=112)
+    config = FittingConfig(landmark_steps=0, photometric_steps=100, render_size=56)
+    photo = fit_coefficients(crops, landmarks, model, config, progress=False, init_coeffs=lm_only.coeffs)
+    before = coefficient_errors(lm_only.coeffs, coeffs, model)
+    after = coefficient_errors(photo.coeffs, coeffs, model)
+    assert after["angle_deg_median"] < 0.8 * before["angle_deg_median"], (before, after)  # 0.88 -> 0.57 degrees
+    assert after["pitch_deg_median"] < 0.85 * before["pitch_deg_median"], (before, after)  # 4.1 -> 3.0
+    assert after["translation_xy_px_median"] < before["translation_xy_px_median"], (before, after)  # 2.9 -> 2.3 px
+    assert after["expression_vertex_mean"] < 1.1 * before["expression_vertex_mean"], (before, after)
+
+
+@pytest.mark.slow
+def test_photometric_stage_lowers_the_errors_on_synthetic_world_clips(model):
+    """4 synthetic-world clips x 16 frames at 112 px, 3 px landmark noise, default photometric
+    stage at 56 px (as ``python bench/fit.py --world DIR --clips 4 --world-frames 16``): the
+    median over clips of the angle errors (all axes, pitch, yaw) and of the expression errors
+    (major components, vertices) is lower with the photometric stage; the translation stays
+    within about a pixel (it is sub-pixel already from the landmarks, and the photometric stage
+    does not reliably lower it: here 0.77 -> 0.82 px)."""
+    lower = ("angle_deg_median", "pitch_deg_median", "yaw_deg_median", "expression_rmse_major",
+             "expression_vertex_mean")
+    before, after = [], []
+    for index in range(4):
+        crops, landmarks, coeffs = world_clip(model, 1, index, 16)
+        lm_only = fit_coefficients(None, landmarks, model, {"photometric_steps": 0}, progress=False, crop_size=112)
+        full = fit_coefficients(crops, landmarks, model, {"landmark_steps": 0, "render_size": 56}, progress=False,
+                                init_coeffs=lm_only.coeffs)
+        before.append(coefficient_errors(lm_only.coeffs, coeffs, model))
+        after.append(coefficient_errors(full.coeffs, coeffs, model))
+
+    def median(errors, key):
+        return float(np.median([e[key] for e in errors]))
+
+    for key in lower:
+        assert median(after, key) < median(before, key), (key, median(before, key), median(after, key))
+    assert median(after, "angle_deg_median") < 0.8 * median(before, "angle_deg_median")  # 0.76 -> 0.46 degrees
+    assert median(after, "translation_xy_px_median") < 1.2  # pixels of a 224 crop
+    assert median(after, "roll_deg_median") < 1.0
+
+
+# --------------------------------------------------------------------------------------------
 # A real photograph
 # --------------------------------------------------------------------------------------------
 @pytest.mark.skipif(not HAS_MEDIAPIPE, reason="mediapipe is not installed")
@@ -217,7 +295,8 @@ def test_astronaut_photograph_fit(model, tmp_path):
     overlay = draw_fit_overlay(crop, detected, fitted, render_coeffs(model, result.coeffs, 224)[0])
     assert overlay.shape == crop.shape and overlay.dtype == np.uint8
     u, v = np.round(detected[30] - 0.5).astype(int)
-    assert tuple(overlay[v, u]) == (0, 255, 0)  # detected landmarks are drawn green
+    r, g, b = (int(c) for c in overlay[v, u])
+    assert g >= 200 and max(r, b) <= 64, (r, g, b)  # detected landmarks are drawn green (a fitted cross may touch it)
 
 
 # --------------------------------------------------------------------------------------------
