@@ -37,6 +37,7 @@ from talkinghead.pipeline.evaluate import (
     evaluate_pose_modes,
     evaluate_stage1,
     evaluate_stage2,
+    format_number,
     held_out_frames,
     write_json,
 )
@@ -114,10 +115,6 @@ def _verdict(a, b, text: str, higher_is_better: bool = True) -> str:
     return f"- {text}: **{'holds' if holds else 'does not hold'}** ({a:.3f} vs {b:.3f})"
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "-" if value is None or not np.isfinite(float(value)) else f"{float(value):.{digits}f}"
-
-
 def _per_person_stage1(results: Sequence[PersonTables]) -> list[str]:
     """Table 1 per person, with how many persons each claim holds for (the claims are per person)."""
     loudness = any(r.stage1["finetuned"].get("lmd_loudness") is not None for r in results)
@@ -128,8 +125,8 @@ def _per_person_stage1(results: Sequence[PersonTables]) -> list[str]:
     hs_up = lmd_below_baselines = 0
     for r in results:
         g, f = r.stage1["general"], r.stage1["finetuned"]
-        lines.append(f"| {r.person} | {_fmt(g.get('hs'))} | {_fmt(f.get('hs'))} | {_fmt(g.get('lmd'))} | {_fmt(f.get('lmd'))} "
-                     f"| {_fmt(f.get('lmd_mean_expression'))} |" + (f" {_fmt(f.get('lmd_loudness'))} |" if loudness else ""))
+        lines.append(f"| {r.person} | {format_number(g.get('hs'))} | {format_number(f.get('hs'))} | {format_number(g.get('lmd'))} | {format_number(f.get('lmd'))} "
+                     f"| {format_number(f.get('lmd_mean_expression'))} |" + (f" {format_number(f.get('lmd_loudness'))} |" if loudness else ""))
         if g.get("hs") is not None and f.get("hs") is not None and f["hs"] > g["hs"]:
             hs_up += 1
         baselines = [b for b in (f.get("lmd_mean_expression"), f.get("lmd_loudness")) if b is not None]
