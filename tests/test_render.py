@@ -373,6 +373,27 @@ def test_output_shapes_background_and_image_size():
     assert abs(big.mask.sum().item() / out.mask[0].sum().item() - 4) < 0.3
 
 
+def test_lazy_images_match_the_covered_pixels_and_interpolate():
+    """depth / triangle_id / bary are scattered from the covered pixels when first read; an
+    output built from those images alone interpolates exactly like the renderer's own."""
+    corners, tris, _ = tilted_plane_scene()
+    colours = torch.rand(2, 4, 3)
+    out = TorchRenderer().render(corners[None].expand(2, -1, -1), tris, colours, CAMERA.with_size(32))
+    covered = out.covered
+    assert covered is not None and covered.pixel_index.numel() == int(out.mask.sum())
+    flat_ids = out.triangle_id.reshape(-1)
+    assert torch.equal((flat_ids >= 0).nonzero().squeeze(1), covered.pixel_index)
+    assert torch.equal(flat_ids[covered.pixel_index], covered.triangle_index)
+    assert torch.equal(out.depth.reshape(-1)[covered.pixel_index], covered.depth)
+    assert torch.equal(out.depth.reshape(-1)[flat_ids < 0], torch.zeros(int((flat_ids < 0).sum())))
+    attrs = torch.rand(2, 4, 2)
+    from_images = RenderOutput(out.rgba, out.depth, out.triangle_id, out.bary)
+    assert torch.equal(interpolate(attrs, tris, out), interpolate(attrs, tris, from_images))
+    assert torch.equal(from_images.mask, out.mask)
+    with pytest.raises(ValueError, match="depth and triangle_id"):
+        RenderOutput(out.rgba)
+
+
 def test_bad_inputs_raise_one_line_errors():
     renderer = TorchRenderer()
     v, t, c = torch.zeros(1, 3, 3), torch.tensor([[0, 1, 2]]), torch.zeros(1, 3, 3)

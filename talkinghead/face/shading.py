@@ -68,17 +68,20 @@ def irradiance(normals: torch.Tensor, lighting: torch.Tensor) -> torch.Tensor:
     """Per-vertex RGB irradiance: normals ``[B, N, 3]``, lighting ``[B, 27]`` -> ``[B, N, 3]``.
 
     Equal to ``sh_basis(normals) @ lighting_matrix(lighting)``, evaluated as the polynomial it
-    is: a constant, a linear map of ``n`` and a map of 5 quadratic monomials (bands 0 and 6
-    share the constant), so no ``[B, N, 9]`` basis with a constant column is built."""
+    is: the 9 bands are a constant, the 3 coordinates and 5 quadratic monomials (bands 0 and 6
+    share the constant), so it is one ``[B, N, 9] @ [B, 9, 3]`` product whose features are
+    stacked plane by plane (``[B, 9, N]``: contiguous planes, then viewed transposed)."""
     gains = lighting_matrix(lighting).unbind(-2)  # 9 x [B, 3]
     k0, k1, k2 = SH_A[0] * SH_C[0], SH_A[1] * SH_C[1], SH_A[2] * SH_C[2]
     k6 = k2 * 0.5 / math.sqrt(3.0)  # band 6 = k6 * (3 nz^2 - 1)
-    constant = (k0 * gains[0] - k6 * gains[6]).unsqueeze(-2)  # [B, 1, 3]
-    linear = torch.stack([-k1 * gains[3], -k1 * gains[1], k1 * gains[2]], -2)  # [B, 3 (x, y, z), 3]
-    quadratic = torch.stack([k2 * gains[4], -k2 * gains[5], 3.0 * k6 * gains[6], -k2 * gains[7], 0.5 * k2 * gains[8]], -2)
-    nx, ny, nz = normals.unbind(-1)
-    monomials = torch.stack([nx * ny, ny * nz, nz * nz, nx * nz, nx * nx - ny * ny], -1)  # [B, N, 5]
-    return constant + normals @ linear + monomials @ quadratic
+    weights = torch.stack(  # [B, 9, 3]: rows match the features below
+        [k0 * gains[0] - k6 * gains[6], -k1 * gains[3], -k1 * gains[1], k1 * gains[2],
+         k2 * gains[4], -k2 * gains[5], 3.0 * k6 * gains[6], -k2 * gains[7], 0.5 * k2 * gains[8]], -2
+    )
+    nx, ny, nz = normals.transpose(-1, -2).unbind(-2)  # [B, N] each (strided views)
+    ones = torch.ones_like(nx)
+    features = torch.stack([ones, nx, ny, nz, nx * ny, ny * nz, nz * nz, nx * nz, nx * nx - ny * ny], -2)  # [B, 9, N]
+    return features.transpose(-1, -2) @ weights
 
 
 def shade(albedo: torch.Tensor, normals: torch.Tensor, lighting: torch.Tensor) -> torch.Tensor:

@@ -36,22 +36,79 @@ Background = float | Sequence[float] | torch.Tensor | None
 
 
 @dataclass
+class CoveredPixels:
+    """The per-covered-pixel results a renderer computes, from which :class:`RenderOutput`
+    builds its images: ``P`` covered pixels of a ``[B, H, W]`` batch."""
+
+    shape: tuple[int, int, int]  # (B, H, W)
+    pixel_index: torch.Tensor  # [P] ascending flat indices into [B, H, W]
+    triangle_index: torch.Tensor  # [P] long: the visible triangle
+    bary: torch.Tensor  # [3, P] perspective-correct barycentrics (differentiable)
+    depth: torch.Tensor  # [P] camera depth (differentiable)
+
+
 class RenderOutput:
     """What every renderer returns for a batch of ``B`` images of ``H x W`` pixels.
 
     A pixel is *covered* when the centre of the pixel lies inside a (visible) triangle.
+    ``rgba`` is always computed; ``depth``, ``triangle_id`` and ``bary`` are scattered into full
+    images the first time they are read (most callers only want the colour), from the
+    :class:`CoveredPixels` the renderer keeps in ``covered``.
+
+    * ``rgba`` ``[B, C + 1, H, W]`` (``[B, 4, H, W]`` for RGB vertex colours): interpolated
+      vertex colour, then alpha (1 where covered, else 0). Empty pixels hold the background.
+    * ``depth`` ``[B, 1, H, W]``: camera depth (``camera_z - z``) of the visible surface, 0
+      where empty.
+    * ``triangle_id`` ``[B, H, W]`` long: index into ``triangles`` of the visible triangle, -1
+      where empty.
+    * ``bary`` ``[B, H, W, 3]``: perspective-correct barycentrics of the pixel centre in the
+      visible triangle (weights of its vertices ``triangles[id, 0..2]``), 0 where empty; None
+      for a backend that has none.
     """
 
-    #: ``[B, C + 1, H, W]`` (``[B, 4, H, W]`` for RGB vertex colours): interpolated vertex
-    #: colour, then alpha (1 where covered, else 0). Empty pixels hold the background colour.
-    rgba: torch.Tensor
-    #: ``[B, 1, H, W]`` camera depth (``camera_z - z``) of the visible surface, 0 where empty.
-    depth: torch.Tensor
-    #: ``[B, H, W]`` long: index into ``triangles`` of the visible triangle, -1 where empty.
-    triangle_id: torch.Tensor
-    #: ``[B, H, W, 3]`` perspective-correct barycentrics of the pixel centre in the visible
-    #: triangle (weights of its vertices ``triangles[id, 0..2]``), 0 where empty.
-    bary: torch.Tensor | None = None
+    def __init__(
+        self,
+        rgba: torch.Tensor,
+        depth: torch.Tensor | None = None,
+        triangle_id: torch.Tensor | None = None,
+        bary: torch.Tensor | None = None,
+        *,
+        covered: CoveredPixels | None = None,
+    ):
+        if covered is None and (depth is None or triangle_id is None):
+            raise ValueError("RenderOutput needs depth and triangle_id images, or the covered pixels to make them")
+        self.rgba = rgba
+        self.covered = covered
+        self._images = {"depth": depth, "triangle_id": triangle_id, "bary": bary}
+
+    def _image(self, name: str) -> torch.Tensor | None:
+        if self._images[name] is None and self.covered is not None:
+            c = self.covered
+            n_pixels = c.shape[0] * c.shape[1] * c.shape[2]
+            if name == "depth":
+                image = c.depth.new_zeros(n_pixels).index_copy(0, c.pixel_index, c.depth).view(c.shape[0], 1, *c.shape[1:])
+            elif name == "triangle_id":
+                image = torch.full((n_pixels,), -1, dtype=torch.long, device=c.pixel_index.device)
+                image = image.index_copy_(0, c.pixel_index, c.triangle_index).view(c.shape)
+            else:
+                image = c.bary.new_zeros(n_pixels, 3).index_copy(0, c.pixel_index, c.bary.T).view(*c.shape, 3)
+            self._images[name] = image
+        return self._images[name]
+
+    @property
+    def depth(self) -> torch.Tensor:
+        """``[B, 1, H, W]`` camera depth of the visible surface, 0 where empty."""
+        return self._image("depth")
+
+    @property
+    def triangle_id(self) -> torch.Tensor:
+        """``[B, H, W]`` long index of the visible triangle, -1 where empty."""
+        return self._image("triangle_id")
+
+    @property
+    def bary(self) -> torch.Tensor | None:
+        """``[B, H, W, 3]`` perspective-correct barycentrics, 0 where empty (None if unknown)."""
+        return self._image("bary")
 
     @property
     def rgb(self) -> torch.Tensor:
@@ -66,7 +123,10 @@ class RenderOutput:
     @property
     def mask(self) -> torch.Tensor:
         """``[B, H, W]`` bool coverage."""
-        return self.triangle_id >= 0
+        return self.alpha[:, 0] > 0 if self.covered is not None else self.triangle_id >= 0
+
+    def __repr__(self) -> str:
+        return f"RenderOutput(rgba={tuple(self.rgba.shape)}, covered={None if self.covered is None else self.covered.pixel_index.numel()})"
 
 
 @runtime_checkable
@@ -190,19 +250,22 @@ def interpolate(attrs: torch.Tensor, triangles: torch.Tensor, out: RenderOutput)
 
     Differentiable w.r.t. ``attrs`` and, through ``out.bary``, the vertex positions of the
     render (use it for normals, a second colour set, landmark indicators, ...)."""
-    if out.bary is None:
+    if out.covered is None and out.bary is None:
         raise InputError(
             "interpolate: this RenderOutput has no barycentrics (bary is None); render with a backend that returns them"
         )
-    B, H, W = out.triangle_id.shape
+    B, H, W = out.covered.shape if out.covered is not None else out.triangle_id.shape
     if attrs.dim() != 3 or attrs.shape[0] != B:
         raise InputError(f"interpolate: attrs must be [B={B}, N, C] like the rendered vertices, got {tuple(attrs.shape)}")
     triangles = triangles.to(device=attrs.device, dtype=torch.long)
-    flat_ids = out.triangle_id.reshape(-1)
-    covered = flat_ids >= 0
-    pixel_index = torch.arange(flat_ids.shape[0], device=flat_ids.device).masked_select(covered)  # [P]
-    corner_ids = corner_vertex_ids(triangles, attrs.shape[1], pixel_index // (H * W), flat_ids.masked_select(covered))
-    bary = out.bary.reshape(-1, 3).index_select(0, pixel_index).T  # [3, P]
+    if out.covered is not None:  # the renderer's own per-pixel results: nothing to search
+        pixel_index, triangle_index, bary = out.covered.pixel_index, out.covered.triangle_index, out.covered.bary
+    else:
+        flat_ids = out.triangle_id.reshape(-1)
+        pixel_index = (flat_ids >= 0).nonzero().squeeze(1)  # [P]
+        triangle_index = flat_ids.index_select(0, pixel_index)
+        bary = out.bary.reshape(-1, 3).index_select(0, pixel_index).T  # [3, P]
+    corner_ids = corner_vertex_ids(triangles, attrs.shape[1], pixel_index // (H * W), triangle_index)
     values = interpolate_corners(attrs, corner_ids, bary)  # [C, P]
     image = values.new_zeros(values.shape[0], B * H * W).index_copy(1, pixel_index, values)
     return image.view(-1, B, H, W).transpose(0, 1).contiguous()
@@ -242,8 +305,9 @@ def assemble_output(
     """Scatter per-covered-pixel results into full images.
 
     ``pixel_index [P]`` are flat indices into ``[B, H, W]``; ``triangle_index [P]``,
-    ``bary [3, P]``, ``depth [P]`` and ``colour [C, P]`` belong to those pixels. Gradients
-    flow from the images back to ``bary``, ``depth`` and ``colour``.
+    ``bary [3, P]``, ``depth [P]`` and ``colour [C, P]`` belong to those pixels. The RGBA image
+    is made now; depth, triangle ids and barycentrics when first read. Gradients flow from the
+    images back to ``bary``, ``depth`` and ``colour``.
     """
     n_pixels = batch * height * width
     channels = colour.shape[0]
@@ -256,12 +320,9 @@ def assemble_output(
     flat[:channels].index_copy_(1, pixel_index, colour)
     flat[channels].index_fill_(0, pixel_index, 1.0)
     rgba = rgba.transpose(0, 1)  # [B, C + 1, H, W]
-    depth_image = depth.new_zeros(n_pixels).index_copy_(0, pixel_index, depth).view(batch, 1, height, width)
-    triangle_id = torch.full((n_pixels,), -1, dtype=torch.long, device=colour.device)
-    triangle_id = triangle_id.index_copy_(0, pixel_index, triangle_index).view(batch, height, width)
-    bary_image = bary.new_zeros(n_pixels, 3).index_copy_(0, pixel_index, bary.T).view(batch, height, width, 3)
     rgba = rgba if batch == 1 else rgba.contiguous()
-    return RenderOutput(rgba=rgba, depth=depth_image, triangle_id=triangle_id, bary=bary_image)
+    covered = CoveredPixels((batch, height, width), pixel_index, triangle_index, bary, depth)
+    return RenderOutput(rgba, covered=covered)
 
 
 # --------------------------------------------------------------------------------------

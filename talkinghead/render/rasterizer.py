@@ -160,6 +160,20 @@ class _Triangles:
         return _Triangles(**{f.name: getattr(self, f.name)[..., start:stop] for f in fields(self)})
 
 
+_LOW_WORDS: dict[tuple, torch.Tensor] = {}
+
+
+def _low_words(n_triangles: int, batch: int, device: torch.device) -> torch.Tensor:
+    """int32 ``[batch * n_triangles]``: ``_LOW_BITS - triangle index`` (cached: the same mesh
+    and group size come back call after call)."""
+    key = (n_triangles, batch, device)
+    if key not in _LOW_WORDS:
+        if len(_LOW_WORDS) > 8:
+            _LOW_WORDS.clear()
+        _LOW_WORDS[key] = (_LOW_BITS - torch.arange(n_triangles, device=device, dtype=torch.int32)).repeat(batch)
+    return _LOW_WORDS[key]
+
+
 def _pack_keys(inv_depth: torch.Tensor, low_word: torch.Tensor) -> torch.Tensor:
     """float32 ``inv_depth >= 0`` and broadcastable int32 ``low_word`` -> int64 keys (bits of
     ``inv_depth`` high, ``low_word`` low), same shape as ``inv_depth``."""
@@ -212,12 +226,16 @@ def rasterize(
         # temporaries stay in cache; on GPUs one launch for the whole batch is better.
         group = batch if device.type != "cpu" else max(1, _CPU_TRIANGLES_PER_GROUP // max(n_triangles, 1))
         image = height * width
+        # Contiguous [B, N] planes of u, v and 1/depth, made once for all groups.
+        u, v = pixels.detach().float().unbind(-1)
+        u, v, inv_depth = u.contiguous(), v.contiguous(), depth.detach().float().reciprocal()
         for start in range(0, batch if n_triangles else 0, group):
             stop = min(batch, start + group)
             _rasterize_into(
                 key_buffer[start * image : stop * image],
-                pixels[start:stop].detach().float(),
-                depth[start:stop].detach().float(),
+                u[start:stop],
+                v[start:stop],
+                inv_depth[start:stop],
                 triangles,
                 height,
                 width,
@@ -226,16 +244,16 @@ def rasterize(
                 tuple(bucket_sizes),
                 int(max_candidates),
             )
-        covered = key_buffer >= _COVERED
-        pixel_index = torch.arange(key_buffer.shape[0], device=device).masked_select(covered)
-        triangle_index = _LOW_BITS - (key_buffer.masked_select(covered) & 0xFFFFFFFF)
+        pixel_index = (key_buffer >= _COVERED).nonzero().squeeze(1)  # ascending (~3x faster than masked_select)
+        triangle_index = _LOW_BITS - (key_buffer.index_select(0, pixel_index) & 0xFFFFFFFF)
     return pixel_index, triangle_index
 
 
 def _rasterize_into(
     key_buffer: torch.Tensor,
-    pixels: torch.Tensor,
-    depth: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    inv_depth: torch.Tensor,
     triangles: torch.Tensor,
     height: int,
     width: int,
@@ -244,20 +262,18 @@ def _rasterize_into(
     bucket_sizes: tuple[int, ...],
     max_candidates: int,
 ) -> None:
-    batch, n_vertices = depth.shape
+    batch, n_vertices = inv_depth.shape  # u, v, inv_depth: [B, N] pixel coordinates and 1/depth
     n_triangles = triangles.shape[0]
-    device = depth.device
-
-    inv_depth = depth.reciprocal().reshape(-1)  # [B*N]
+    device = inv_depth.device
     # Corners of every triangle of every batch element, [3, B*F] (row k = corner k).
     corner_ids = triangle_columns(triangles)  # [3, F]
     if batch > 1:
         offsets = torch.arange(batch, device=device) * n_vertices
         corner_ids = (corner_ids.unsqueeze(1) + offsets[:, None]).reshape(3, -1)
     corner_ids = corner_ids.reshape(-1)
-    corner_u = pixels[..., 0].reshape(-1).index_select(0, corner_ids).view(3, -1)
-    corner_v = pixels[..., 1].reshape(-1).index_select(0, corner_ids).view(3, -1)
-    corner_q = inv_depth.index_select(0, corner_ids).view(3, -1)
+    corner_u = u.reshape(-1).index_select(0, corner_ids).view(3, -1)
+    corner_v = v.reshape(-1).index_select(0, corner_ids).view(3, -1)
+    corner_q = inv_depth.reshape(-1).index_select(0, corner_ids).view(3, -1)
 
     # Candidate pixel range: centres c + 0.5 within the corners' bounding box, in the image
     # (NaN for non-finite corners, which then compare false below).
@@ -288,7 +304,7 @@ def _rasterize_into(
         base = first_col.long() + first_row.long() * width
     if batch > 1:
         base = (base.view(batch, -1) + (torch.arange(batch, device=device) * (height * width))[:, None]).view(-1)
-    low_word = (_LOW_BITS - torch.arange(n_triangles, device=device, dtype=torch.int32)).repeat(batch)
+    low_word = _low_words(n_triangles, batch, device)
 
     # Pass A: triangles whose range is a single pixel centre.
     single = keep & (size == 1)
