@@ -46,10 +46,7 @@ def rotation_to_euler(rotation: torch.Tensor) -> torch.Tensor:
 def pose_vertices(vertices: torch.Tensor, angles: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
     """Rigidly pose ``[B, N, 3]`` model-space vertices with angles ``[B, 3]`` and translation
     ``[B, 3]`` -> world-space ``[B, N, 3]``."""
-    rotation = euler_to_rotation(angles)
-    if vertices.dim() == 3 and rotation.dim() == 3 and vertices.dtype == rotation.dtype == translation.dtype:
-        return torch.baddbmm(translation.unsqueeze(-2), vertices, rotation)  # one fused op (CPU: ~20 % faster)
-    return vertices @ rotation + translation.unsqueeze(-2)
+    return vertices @ euler_to_rotation(angles) + translation.unsqueeze(-2)
 
 
 def rotate_normals(normals: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
