@@ -26,34 +26,16 @@ Numbers are throughput on this machine (wall clock, so they drop when it is shar
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
+from _timing import calls_per_second
 from talkinghead.face.camera import Camera
 from talkinghead.face.coeffs import COEFF_DIM, SLICES
 from talkinghead.face.procedural import make_procedural_model
 from talkinghead.render import get_renderer, rasterize
 
 BFM_VERTICES = 35709
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def calls_per_second(step, device: torch.device, warmup: int, seconds: float, min_iters: int) -> float:
-    """Calls per second of ``step()`` (wall clock) after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    count, start = 0, time.perf_counter()
-    while count < min_iters or time.perf_counter() - start < seconds:
-        step()
-        count += 1
-    synchronize(device)
-    return count / (time.perf_counter() - start)
 
 
 def random_coeffs(batch: int, device: torch.device, seed: int = 0) -> torch.Tensor:
@@ -72,7 +54,7 @@ def bench_mesh(label: str, model, renderer, batch: int, device: torch.device, ar
     camera = Camera(args.size)
     coeffs = random_coeffs(batch, device)
     triangles = model.triangles
-    rate = lambda step: calls_per_second(step, device, args.warmup, args.seconds, args.min_iters)  # noqa: E731
+    rate = lambda step: calls_per_second(step, device, args.seconds, args.min_iters, args.warmup)  # noqa: E731
 
     with torch.no_grad():
         geometry = model(coeffs, camera)

@@ -18,33 +18,16 @@ Each measurement runs one warm-up iteration, then iterates until ``--seconds`` h
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import torch
 
+from _timing import calls_per_second
 from talkinghead.audio.features import frame_windows
 from talkinghead.cli import compose_config
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM
 from talkinghead.pipeline.stage1 import predict_expression_pose
 from talkinghead.train.audio2coeff import Audio2CoeffTask
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(step, device: torch.device, seconds: float, min_iters: int) -> float:
-    """Iterations per second of ``step()`` after one warm-up call."""
-    step()
-    synchronize(device)
-    start, iters = time.perf_counter(), 0
-    while iters < min_iters or time.perf_counter() - start < seconds:
-        step()
-        iters += 1
-        synchronize(device)
-    return iters / (time.perf_counter() - start)
 
 
 def preset(name: str) -> tuple[dict, dict]:
@@ -61,7 +44,7 @@ def bench_training(model_kwargs: dict, batch: int, window: int, device, seconds:
         "windows": torch.randn(batch, window, 28, 12, device=device) * 10,
         "target": torch.randn(batch, window, 70, device=device) * 0.3,
     }
-    steps_per_s = timed(lambda: task.training_step(data, 0), device, seconds, min_iters)
+    steps_per_s = calls_per_second(lambda: task.training_step(data, 0), device, seconds, min_iters)
     return steps_per_s * batch
 
 
@@ -71,14 +54,14 @@ def bench_inference(model_kwargs: dict, audio_seconds: float, device, seconds: f
     rng = np.random.default_rng(0)
     audio = (0.1 * rng.standard_normal(int(audio_seconds * 16000))).astype(np.float32)
     frames = int(audio_seconds * 25)
-    with_features = timed(lambda: predict_expression_pose(model, audio, device=device), device, seconds, min_iters)
+    with_features = calls_per_second(lambda: predict_expression_pose(model, audio, device=device), device, seconds, min_iters)
     windows = torch.from_numpy(frame_windows(audio))[None].to(device)  # [1, N, 28, 12]
 
     @torch.no_grad()
     def network_only():
         model(windows)
 
-    return with_features * frames, timed(network_only, device, seconds, min_iters) * frames
+    return with_features * frames, calls_per_second(network_only, device, seconds, min_iters) * frames
 
 
 def main() -> None:

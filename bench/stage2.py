@@ -23,34 +23,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import time
 
 import torch
 import torch.nn.functional as F
 
+from _timing import calls_per_second
 from talkinghead.models.refiner import (
     MemoryAugmentedGenerator,
     PatchDiscriminator,
     discriminator_loss,
     generator_loss,
 )
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(step, device: torch.device, seconds: float, min_iters: int) -> float:
-    """Iterations per second of ``step()`` after one warm-up call."""
-    step()
-    synchronize(device)
-    start, iters = time.perf_counter(), 0
-    while iters < min_iters or time.perf_counter() - start < seconds:
-        step()
-        iters += 1
-        synchronize(device)
-    return iters / (time.perf_counter() - start)
 
 
 def build(size: int, ngf: int, slots: int, device: torch.device, channels_last: bool):
@@ -142,11 +125,11 @@ def pipeline_rows(sizes, train_batches, infer_batch, preset, device, seconds, mi
             inputs, target, identity = make_batch(batch, size, device, False)
             data = {"inputs": inputs, "target": target, "identity": identity}
             counter = iter(range(1 << 30))
-            cells.append(f"{timed(lambda: task.training_step(data, next(counter)), device, seconds, min_iters):14.2f}")
+            cells.append(f"{calls_per_second(lambda: task.training_step(data, next(counter)), device, seconds, min_iters):14.2f}")
         generator = task.models["generator"].eval()
         refiner = Refiner(generator, make_identity_feature(spec["identity_feature"]), size, spec["render_size"])
         frames = torch.rand(50, 3, size, size, device=device)
-        fps = timed(lambda: refine_frames(refiner, frames, batch_size=infer_batch), device, seconds, min_iters) * len(frames)
+        fps = calls_per_second(lambda: refine_frames(refiner, frames, batch_size=infer_batch), device, seconds, min_iters) * len(frames)
         print(f"{size:>5} {'library':>8} " + " ".join(cells) + f" {fps:15.2f}", flush=True)
 
 
@@ -194,9 +177,9 @@ def main() -> None:
             for batch in args.train_batches:
                 inputs, target, identity = make_batch(batch, size, device, channels_last)
                 step = train_step_fn(model, discriminator, inputs, target, identity, autocast)
-                cells.append(f"{timed(step, device, args.seconds, args.min_iters):14.2f}")
+                cells.append(f"{calls_per_second(step, device, args.seconds, args.min_iters):14.2f}")
             inputs, _, _ = make_batch(args.infer_batch, size, device, channels_last)
-            fps = timed(infer_step_fn(model, inputs, autocast), device, args.seconds, args.min_iters) * args.infer_batch
+            fps = calls_per_second(infer_step_fn(model, inputs, autocast), device, args.seconds, args.min_iters) * args.infer_batch
             print(f"{size:>5} {variant:>8} " + " ".join(cells) + f" {fps:15.2f}", flush=True)
             del model, discriminator
             if device.type == "cuda":
