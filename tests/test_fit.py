@@ -231,7 +231,7 @@ def world_clip(model, seed: int, index: int, frames: int, size: int = 112, noise
 def test_photometric_stage_on_a_synthetic_world_clip(model):
     """A synthetic-world clip with a low fringe over the forehead (8 frames at 112 px, 3 px
     landmark noise): the photometric stage (100 steps at 56 px) lowers the pose error of the
-    landmark fit. (With the plain RGB distance, photo_robust_scale=0, it raised it: median angle
+    landmark fit (not the yaw of this clip: 0.22 -> 0.42 degrees, with w_landmark_photo=1 too). (With the plain RGB distance, photo_robust_scale=0, it raised it: median angle
     error 0.88 -> 1.57 degrees, pitch 4.1 -> 8.0, x/y translation 2.9 -> 8.5 px; the head pitches
     to pull the forehead out from under the hair.)"""
     crops, landmarks, coeffs = world_clip(model, WORLD_SEED, WORLD_PERSON, 8)
@@ -241,22 +241,28 @@ def test_photometric_stage_on_a_synthetic_world_clip(model):
     photo = fit_coefficients(crops, landmarks, model, config, progress=False, init_coeffs=lm_only.coeffs)
     before = coefficient_errors(lm_only.coeffs, coeffs, model)
     after = coefficient_errors(photo.coeffs, coeffs, model)
-    assert after["angle_deg_median"] < 0.8 * before["angle_deg_median"], (before, after)  # 0.88 -> 0.57 degrees
-    assert after["pitch_deg_median"] < 0.85 * before["pitch_deg_median"], (before, after)  # 4.1 -> 3.0
-    assert after["translation_xy_px_median"] < before["translation_xy_px_median"], (before, after)  # 2.9 -> 2.3 px
-    assert after["expression_vertex_mean"] < 1.1 * before["expression_vertex_mean"], (before, after)
+    assert after["angle_deg_median"] < 0.75 * before["angle_deg_median"], (before, after)  # 0.88 -> 0.54 degrees
+    assert after["pitch_deg_median"] < 0.75 * before["pitch_deg_median"], (before, after)  # 4.07 -> 2.60
+    assert after["roll_deg_median"] < 0.7 * before["roll_deg_median"], (before, after)  # 0.88 -> 0.43
+    assert after["translation_xy_px_median"] < 0.8 * before["translation_xy_px_median"], (before, after)  # 2.91 -> 1.95 px
+    assert after["expression_rmse"] < before["expression_rmse"], (before, after)  # 0.315 -> 0.300 (64 components)
+    assert after["expression_rmse_major"] < 0.85 * before["expression_rmse_major"], (before, after)  # 0.107 -> 0.074
+    assert after["expression_vertex_mean"] < 1.1 * before["expression_vertex_mean"], (before, after)  # 0.009 -> 0.008
 
 
 @pytest.mark.slow
 def test_photometric_stage_lowers_the_errors_on_synthetic_world_clips(model):
     """4 synthetic-world clips x 16 frames at 112 px, 3 px landmark noise, default photometric
     stage at 56 px (as ``python bench/fit.py --world DIR --clips 4 --world-frames 16``): the
-    median over clips of the angle errors (all axes, pitch, yaw) and of the expression errors
-    (major components, vertices) is lower with the photometric stage; the translation stays
-    within about a pixel (it is sub-pixel already from the landmarks, and the photometric stage
-    does not reliably lower it: here 0.77 -> 0.82 px)."""
-    lower = ("angle_deg_median", "pitch_deg_median", "yaw_deg_median", "expression_rmse_major",
-             "expression_vertex_mean")
+    median over clips of every angle error (all axes, pitch, yaw, roll), of the x/y translation
+    and of the expression errors (all 64 components, major ones, vertices) is lower with the
+    photometric stage. Measured medians, landmarks -> + photometric: angle 0.76 -> 0.52 degrees,
+    pitch 1.12 -> 0.69, yaw 0.62 -> 0.30, roll 0.77 -> 0.49, x/y 0.77 -> 0.67 px, expression
+    RMSE 0.339 -> 0.300, major 0.242 -> 0.158 (with w_landmark_photo=1 and w_exp_prior_photo=0.01,
+    the previous defaults, x/y rose 0.77 -> 0.81 px and the expression RMSE 0.339 -> 0.353). The
+    depth is not lowered (0.245 -> 0.243: scale trades with identity)."""
+    lower = ("angle_deg_median", "pitch_deg_median", "yaw_deg_median", "roll_deg_median", "translation_xy_px_median",
+             "expression_rmse", "expression_rmse_major", "expression_vertex_mean")
     before, after = [], []
     for index in range(4):
         crops, landmarks, coeffs = world_clip(model, 1, index, 16)
@@ -271,9 +277,11 @@ def test_photometric_stage_lowers_the_errors_on_synthetic_world_clips(model):
 
     for key in lower:
         assert median(after, key) < median(before, key), (key, median(before, key), median(after, key))
-    assert median(after, "angle_deg_median") < 0.8 * median(before, "angle_deg_median")  # 0.76 -> 0.46 degrees
-    assert median(after, "translation_xy_px_median") < 1.2  # pixels of a 224 crop
-    assert median(after, "roll_deg_median") < 1.0
+    assert median(after, "angle_deg_median") < 0.8 * median(before, "angle_deg_median")  # 0.76 -> 0.52 degrees
+    assert median(after, "yaw_deg_median") < 0.7 * median(before, "yaw_deg_median")  # 0.62 -> 0.30
+    assert median(after, "expression_rmse_major") < 0.8 * median(before, "expression_rmse_major")  # 0.242 -> 0.158
+    assert median(after, "translation_xy_px_median") < 1.0  # 0.67 pixels of a 224 crop
+    assert median(after, "roll_deg_median") < 1.0  # 0.49
 
 
 # --------------------------------------------------------------------------------------------

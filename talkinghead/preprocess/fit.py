@@ -14,7 +14,14 @@ Given the fixed crops of a clip (``[N, S, S, 3]``) and their 68 landmarks (crop 
 
   - landmark reprojection: mean over frames and points of the weighted squared distance, in
     pixels of a 224 crop (:data:`LANDMARK_WEIGHTS`: jaw contour 0.5, it slides along the
-    silhouette in real images; nose and inner lips 2; others 1);
+    silhouette in real images; nose and inner lips 2; others 1), weighted ``w_landmark`` in
+    stage 1 and ``w_landmark_photo`` (3x) in stage 2: the photometric loss is biased wherever
+    the 3DMM cannot explain the image with a pixel close to skin colour (blond hair over the
+    face, a key light's shading and highlights the SH lighting cannot match), so the landmarks
+    must hold the pose (on 8 synthetic-world clips x 16 frames, 3 instead of 1 took the median
+    x/y translation error from above the landmark fit's to below it, 0.98 -> 1.03 -> 0.89 px,
+    and pitch 1.25 -> 1.08, yaw 0.23 -> 0.20 degrees; roll 0.34 -> 0.44, still below the
+    landmark fit's 0.59; 10 was no better);
   - photometric: mean over the face pixels of each frame of a robust function of the
     Euclidean RGB distance ``d`` (colours in [0, 1]) between the render (``render_size``,
     through the renderer) and the fixed crop area-downsampled to that size:
@@ -27,7 +34,12 @@ Given the fixed crops of a clip (``[N, S, S, 3]``) and their 68 landmarks (crop 
     eroded by one pixel; both images get a 3x3 blur first (the render is point-sampled, the
     target area-averaged);
   - priors: squared norms of identity, texture, expression (per frame) and lighting
-    (per frame, around the ambient start value);
+    (per frame, around the ambient start value); the expression's is ``w_exp_prior`` in stage 1
+    and ``w_exp_prior_photo`` (100x) in stage 2: 57 of the 64 expression components move no
+    vertex by more than about a pixel per unit, stage 1 fits them to the landmark noise, and
+    the images do not constrain them either, so stage 2 pulls them back toward 0 (on the 8
+    clips: full 64-component expression RMSE 0.340 -> 0.324, lower on 8 clips of 8, where
+    the weak prior left it at 0.367, lower on 1; the 7 major components 0.195 -> 0.150);
   - temporal smoothness: mean squared first difference over frames of the pose (angles x
     :data:`ANGLE_TO_PX`, translation x :data:`TRANSLATION_TO_PX`: about pixels of a 224 crop)
     and of the expression.
@@ -113,9 +125,11 @@ class FittingConfig:
     shape_angle_lr_ratio: float = 0.5
     render_size: int = 112
     w_landmark: float = 1.0
+    w_landmark_photo: float = 3.0
     w_photo: float = 3000.0
     w_id_prior: float = 1.0e-3
     w_exp_prior: float = 1.0e-2
+    w_exp_prior_photo: float = 1.0
     w_tex_prior: float = 1.0e-3
     w_light_prior: float = 1.0e-3
     w_smooth_pose: float = 1.0
@@ -443,7 +457,7 @@ def fit_coefficients(
         priors = (
             config.w_id_prior * params.identity.square().sum()
             + config.w_tex_prior * params.texture.square().sum()
-            + config.w_exp_prior * params.expression.square().sum(-1).mean()
+            + (config.w_exp_prior_photo if photometric else config.w_exp_prior) * params.expression.square().sum(-1).mean()
             + config.w_light_prior * params.lighting.square().sum(-1).mean()
         )
         clip_terms = priors + config.w_smooth_pose * smooth_pose + config.w_smooth_exp * smooth_exp
@@ -454,7 +468,7 @@ def fit_coefficients(
             coeffs = params.coeffs(frames)
             lm_term = landmark_loss(model.landmarks_2d(coeffs, camera), targets.landmarks[frames], targets.weights,
                                     targets.px_scale)  # [n]
-            loss = config.w_landmark * lm_term.sum() / n
+            loss = (config.w_landmark_photo if photometric else config.w_landmark) * lm_term.sum() / n
             if photometric:
                 photo_term = _photometric_terms(model, render, coeffs, render_camera, targets.images[frames], skin,
                                                 robust_scale)
