@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -14,15 +15,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def calls_per_second(step, device: torch.device, seconds: float, min_iters: int, warmup: int = 1) -> float:
+def calls_per_second(step, device: torch.device, seconds: float, min_iters: int, warmup: int = 1, blocks: int = 1) -> float:
     """Calls per second of ``step()`` (wall clock, synchronised after each call) after
-    ``warmup`` calls, iterating until ``seconds`` have passed and at least ``min_iters`` calls."""
+    ``warmup`` calls, iterating until ``seconds`` have passed and at least ``min_iters`` calls.
+
+    With ``blocks > 1`` the time is split into that many blocks and the median block's rate is
+    returned: on a shared or noisy machine one slow stretch then does not set the figure."""
     for _ in range(warmup):
         step()
     synchronize(device)
-    start, iters = time.perf_counter(), 0
-    while iters < min_iters or time.perf_counter() - start < seconds:
-        step()
-        iters += 1
-        synchronize(device)
-    return iters / (time.perf_counter() - start)
+    rates = []
+    for _ in range(max(1, blocks)):
+        start, iters = time.perf_counter(), 0
+        while iters < min_iters or time.perf_counter() - start < seconds / max(1, blocks):
+            step()
+            iters += 1
+            synchronize(device)
+        rates.append(iters / (time.perf_counter() - start))
+    return statistics.median(rates)

@@ -18,8 +18,10 @@ Meshes: (a) the procedural face model at about BFM size (~35k vertices / ~70k tr
     python bench/render.py --renderer pytorch3d   # another backend (where it imports)
 
 Each figure comes after ``--warmup`` calls, iterating until ``--seconds`` have passed (at least
-``--min-iters`` calls); torch's thread count is left at its default unless ``--threads`` is
-given (on a heavily shared machine ``--threads 1`` avoids threads waiting on each other).
+``--min-iters`` calls per block), split into ``--blocks`` blocks whose median rate is reported
+(a slow stretch of a shared VM then does not set the figure); torch's thread count is left at
+its default unless ``--threads`` is given (on a heavily shared machine ``--threads 1`` avoids
+threads waiting on each other).
 Numbers are throughput on this machine (wall clock, so they drop when it is shared), not tests.
 """
 
@@ -54,7 +56,7 @@ def bench_mesh(label: str, model, renderer, batch: int, device: torch.device, ar
     camera = Camera(args.size)
     coeffs = random_coeffs(batch, device)
     triangles = model.triangles
-    rate = lambda step: calls_per_second(step, device, args.seconds, args.min_iters, args.warmup)  # noqa: E731
+    rate = lambda step: calls_per_second(step, device, args.seconds, args.min_iters, args.warmup, args.blocks)  # noqa: E731
 
     with torch.no_grad():
         geometry = model(coeffs, camera)
@@ -129,8 +131,9 @@ def main() -> None:
     parser.add_argument("--device", nargs="+", default=None, help="cpu and/or cuda (default: cpu, plus cuda when available)")
     parser.add_argument("--renderer", default="torch", help="torch | pytorch3d | auto")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per figure")
-    parser.add_argument("--min-iters", type=int, default=5)
+    parser.add_argument("--min-iters", type=int, default=2, help="at least this many calls per block")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=5, help="split --seconds into blocks and report the median block")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     args = parser.parse_args()
     if args.threads:
