@@ -24,10 +24,11 @@ def calls_per_second(step, device: torch.device, seconds: float, min_iters: int,
     for _ in range(warmup):
         step()
     synchronize(device)
+    blocks = max(1, blocks)
     rates = []
-    for _ in range(max(1, blocks)):
+    for _ in range(blocks):
         start, iters = time.perf_counter(), 0
-        while iters < min_iters or time.perf_counter() - start < seconds / max(1, blocks):
+        while iters < min_iters or time.perf_counter() - start < seconds / blocks:
             step()
             iters += 1
             synchronize(device)

@@ -231,7 +231,8 @@ def world_clip(model, seed: int, index: int, frames: int, size: int = 112, noise
 def test_photometric_stage_on_a_synthetic_world_clip(model):
     """A synthetic-world clip with a low fringe over the forehead (8 frames at 112 px, 3 px
     landmark noise): the photometric stage (100 steps at 56 px) lowers the pose error of the
-    landmark fit (not the yaw of this clip: 0.22 -> 0.42 degrees, with w_landmark_photo=1 too). (With the plain RGB distance, photo_robust_scale=0, it raised it: median angle
+    landmark fit (not the yaw of this clip: 0.22 -> 0.42 degrees, with w_landmark_photo=1 too).
+    (With the plain RGB distance, photo_robust_scale=0, it raised it: median angle
     error 0.88 -> 1.57 degrees, pitch 4.1 -> 8.0, x/y translation 2.9 -> 8.5 px; the head pitches
     to pull the forehead out from under the hair.)"""
     crops, landmarks, coeffs = world_clip(model, WORLD_SEED, WORLD_PERSON, 8)

@@ -123,7 +123,7 @@ class RenderOutput:
     @property
     def mask(self) -> torch.Tensor:
         """``[B, H, W]`` bool coverage."""
-        return self.alpha[:, 0] > 0 if self.covered is not None else self.triangle_id >= 0
+        return self.alpha[:, 0] > 0
 
     def __repr__(self) -> str:
         return f"RenderOutput(rgba={tuple(self.rgba.shape)}, covered={None if self.covered is None else self.covered.pixel_index.numel()})"

@@ -45,6 +45,7 @@ OpenGL and pytorch3d: its normal ``(v1 - v0) x (v2 - v0)`` points towards the ca
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, fields
 
@@ -160,18 +161,11 @@ class _Triangles:
         return _Triangles(**{f.name: getattr(self, f.name)[..., start:stop] for f in fields(self)})
 
 
-_LOW_WORDS: dict[tuple, torch.Tensor] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def _low_words(n_triangles: int, batch: int, device: torch.device) -> torch.Tensor:
     """int32 ``[batch * n_triangles]``: ``_LOW_BITS - triangle index`` (cached: the same mesh
-    and group size come back call after call)."""
-    key = (n_triangles, batch, device)
-    if key not in _LOW_WORDS:
-        if len(_LOW_WORDS) > 8:
-            _LOW_WORDS.clear()
-        _LOW_WORDS[key] = (_LOW_BITS - torch.arange(n_triangles, device=device, dtype=torch.int32)).repeat(batch)
-    return _LOW_WORDS[key]
+    and group size come back call after call; read only)."""
+    return (_LOW_BITS - torch.arange(n_triangles, device=device, dtype=torch.int32)).repeat(batch)
 
 
 def _pack_keys(inv_depth: torch.Tensor, low_word: torch.Tensor) -> torch.Tensor:
