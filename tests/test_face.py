@@ -171,13 +171,15 @@ def test_irradiance_polynomial_equals_the_nine_band_product():
 
 
 def test_shape_is_one_product_over_identity_and_expression_bases(face):
-    """``shape`` = mean + id_basis @ identity + exp_basis @ expression; the bases are views of the
-    one stored matrix, and the landmark path gives the same vertices."""
+    """``shape`` = mean + id_basis @ identity + exp_basis @ expression, computed as one product
+    with the coordinate-major stored matrix (the result is a view of [3, N, B] planes), and the
+    landmark path gives the same vertices."""
     g = torch.Generator().manual_seed(4)
     identity, expression = torch.randn(2, 80, generator=g), torch.randn(2, 64, generator=g)
     expected = face.mean_shape + (face.id_basis @ identity.T + face.exp_basis @ expression.T).T.reshape(2, -1, 3)
     assert torch.allclose(face.shape(identity, expression), expected, atol=1e-5)
-    assert face.id_basis.data_ptr() == face.shape_basis.data_ptr()
+    assert face.shape_basis_planar.shape == (3 * face.num_vertices, 144)
+    assert face.shape(identity, expression).permute(2, 1, 0).is_contiguous()  # planar: x, y, z planes of [N, B]
     assert torch.allclose(face.landmark_vertices(identity, expression), expected[:, face.landmark_indices], atol=1e-5)
 
 
@@ -197,7 +199,7 @@ def test_vertex_normals_match_an_index_add_reference_and_have_gradients(face):
         reference = reference.index_add(1, tri[:, k], face_normals)
     reference = torch.nn.functional.normalize(reference, dim=-1)
     normals = face.vertex_normals(vertices)
-    assert normals.shape == vertices.shape and normals.is_contiguous()
+    assert normals.shape == vertices.shape and normals.permute(2, 1, 0).is_contiguous()  # planar view
     assert torch.allclose(normals, reference, atol=1e-9)
     (normals[..., 2].sum() + normals[0, :, 0].sum()).backward()
     assert vertices.grad is not None and torch.isfinite(vertices.grad).all() and vertices.grad.abs().sum() > 0

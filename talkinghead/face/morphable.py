@@ -11,9 +11,12 @@ Model 2009 of :mod:`talkinghead.face.bfm`, or the procedural face of
 4. colour = albedo x SH irradiance of the rotated vertex normals          (shading.py)
 5. landmarks = camera projection of the 68 landmark vertices (iBUG order)
 
-Buffers follow Deng et al.'s layout: bases are ``[N*3, K]`` with vertex-major rows
-(x0, y0, z0, x1, ...) and are already multiplied by their standard deviations, so a
-coefficient of 1 is one standard deviation. Triangles are counter-clockwise seen from the
+Bases come in (and are saved) in Deng et al.'s layout: ``[N*3, K]`` with vertex-major rows
+(x0, y0, z0, x1, ...), already multiplied by their standard deviations, so a coefficient of 1
+is one standard deviation. Internally they are stored coordinate-major and every per-vertex
+quantity is computed as ``[3, N, B]`` planes (coordinate, vertex, batch); the ``[B, N, 3]``
+tensors the model returns are views of those planes (``permute(2, 1, 0)``), which the
+renderer reads without a copy. Call ``.contiguous()`` before ``.view`` on them. Triangles are counter-clockwise seen from the
 camera for front-facing triangles, so face normals point toward the viewer (+z).
 
 Saved as one ``.safetensors`` file (buffers + metadata: format, version, name, ...).
@@ -31,9 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from talkinghead.errors import InputError
-from talkinghead.face.camera import Camera, pose_vertices
+from talkinghead.face.camera import Camera, pose_planes, pose_vertices
 from talkinghead.face.coeffs import EXP_DIM, ID_DIM, TEX_DIM, split_coeffs
-from talkinghead.face.shading import shade
+from talkinghead.face.shading import irradiance_planes
 
 #: Value of the ``format`` metadata key of a saved model file.
 FILE_FORMAT = "talkinghead-face-model"
@@ -74,6 +77,17 @@ class FaceGeometry:
     albedo: torch.Tensor  # [B, N, 3] unshaded albedo in [0, 1]
     landmarks: torch.Tensor  # [B, 68, 2] pixel coordinates (u right, v down)
     depth: torch.Tensor  # [B, 68] camera depth of the landmark vertices
+
+
+def _coordinate_major(basis: torch.Tensor) -> torch.Tensor:
+    """``[N*3, K]`` basis with vertex-major rows (x0, y0, z0, x1, ...) -> ``[3N, K]`` with
+    coordinate-major rows (x0, x1, ..., y0, ..., z0, ...)."""
+    return basis.view(-1, 3, basis.shape[-1]).transpose(0, 1).reshape(-1, basis.shape[-1]).contiguous()
+
+
+def _vertex_major(basis: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_coordinate_major`."""
+    return basis.view(3, -1, basis.shape[-1]).transpose(0, 1).reshape(-1, basis.shape[-1]).contiguous()
 
 
 def _as_tensor(value: Any, dtype: torch.dtype) -> torch.Tensor:
@@ -146,10 +160,17 @@ class MorphableModel(torch.nn.Module):
             idx = buffers[key]
             if int(idx.min()) < 0 or int(idx.max()) >= n:
                 raise ValueError(f"face model buffer {key!r} indexes outside the {n} vertices")
-        # Identity and expression bases live in one [N*3, 80 + 64] matrix, so that the shape is
-        # one matrix product (the bases are read once per call: that product is memory-bound);
-        # ``id_basis`` and ``exp_basis`` are views of its columns.
-        self.register_buffer("shape_basis", torch.cat([buffers.pop("id_basis"), buffers.pop("exp_basis")], 1))
+        # Computation runs in a planar layout: per-vertex tensors are [3, N, B] (coordinate,
+        # vertex, batch). The bases are stored with coordinate-major rows (x of every vertex,
+        # then y, then z), so ``basis @ coeffs.T`` is already [3N, B]; gathering a triangle's
+        # corners then copies B contiguous values per corner, and per-batch pose and lighting
+        # are multiply-adds along the batch axis. The [B, N, 3] tensors the methods return
+        # are views of these planes. Identity and expression bases live in one [3N, 80 + 64]
+        # matrix, so that the shape is one product. ``id_basis``/``exp_basis``/``tex_basis``
+        # give the usual vertex-major [N*3, K] matrices (copies) and are what ``save`` writes.
+        id_basis, exp_basis, tex_basis = buffers.pop("id_basis"), buffers.pop("exp_basis"), buffers.pop("tex_basis")
+        self.register_buffer("shape_basis_planar", _coordinate_major(torch.cat([id_basis, exp_basis], 1)))
+        self.register_buffer("tex_basis_planar", _coordinate_major(tex_basis))
         for key, value in buffers.items():
             self.register_buffer(key, value)
         self.register_buffer(
@@ -158,13 +179,15 @@ class MorphableModel(torch.nn.Module):
         self.name = str(name)
         self.metadata: dict[str, Any] = dict(metadata or {})
 
-        # Precomputed, not saved: the landmark rows of the bases (cheap landmark path) and the
-        # flat triangle-corner -> vertex index used to accumulate face normals.
+        # Precomputed, not saved: the means in the planar layout, the landmark rows of the shape
+        # basis (cheap landmark path) and the triangle corners used to accumulate face normals.
         lm = buffers["landmark_indices"]
         rows = (lm[:, None] * 3 + torch.arange(3)).reshape(-1)  # [68*3]
+        self.register_buffer("_mean_shape_planar", mean_shape.T.reshape(-1, 1).contiguous(), persistent=False)  # [3N, 1]
+        self.register_buffer("_mean_albedo_planar", buffers["mean_albedo"].T.reshape(-1, 1).contiguous(), persistent=False)
         self.register_buffer("_lm_mean_shape", mean_shape[lm], persistent=False)  # [68, 3]
-        self.register_buffer("_lm_shape_basis", self.shape_basis[rows], persistent=False)  # [204, 144]
-        self.register_buffer("_corner_columns", tri.T.contiguous(), persistent=False)  # [3, F]: row k = corner k
+        self.register_buffer("_lm_shape_basis", torch.cat([id_basis, exp_basis], 1)[rows], persistent=False)  # [204, 144]
+        self.register_buffer("_corner_ids", tri.T.reshape(-1).contiguous(), persistent=False)  # [3F]: corner-major
 
     # ----------------------------------------------------------------------------- sizes
     @property
@@ -177,39 +200,54 @@ class MorphableModel(torch.nn.Module):
 
     @property
     def id_basis(self) -> torch.Tensor:
-        """``[N*3, 80]`` identity basis (a view of :attr:`shape_basis`)."""
-        return self.shape_basis[:, :ID_DIM]
+        """``[N*3, 80]`` identity basis, vertex-major rows (a copy of the planar storage)."""
+        return _vertex_major(self.shape_basis_planar[:, :ID_DIM])
 
     @property
     def exp_basis(self) -> torch.Tensor:
-        """``[N*3, 64]`` expression basis (a view of :attr:`shape_basis`)."""
-        return self.shape_basis[:, ID_DIM:]
+        """``[N*3, 64]`` expression basis, vertex-major rows (a copy of the planar storage)."""
+        return _vertex_major(self.shape_basis_planar[:, ID_DIM:])
+
+    @property
+    def tex_basis(self) -> torch.Tensor:
+        """``[N*3, 80]`` albedo basis, vertex-major rows (a copy of the planar storage)."""
+        return _vertex_major(self.tex_basis_planar)
 
     # ------------------------------------------------------------------------ components
-    def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
-        """Model-space vertices ``[B, N, 3]`` from identity ``[B, 80]`` and expression ``[B, 64]``."""
-        person = self._one_person_term("identity", identity, self.id_basis, self.mean_shape.reshape(-1))
+    def shape_planes(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """Model-space vertices ``[3, N, B]`` (planar) from identity ``[B, 80]`` and expression ``[B, 64]``."""
+        basis = self.shape_basis_planar
+        person = self._one_person_term("identity", identity, basis[:, :ID_DIM], self._mean_shape_planar[:, 0])
         if person is not None:  # one person's neutral face (cached): only the expression product per frame
-            return F.linear(expression.to(person.dtype), self.exp_basis, person).unflatten(-1, (-1, 3))
-        shape_coeffs = torch.cat([identity, expression.to(identity.dtype)], -1)  # [B, 144]
-        # basis @ coeffs.T, not F.linear: the same product, 17 -> 11 ms for 8 rows of the 35k-vertex
-        # basis in a CPU microbenchmark
-        offsets = (self.shape_basis @ shape_coeffs.T).T  # [B, N*3]
-        return (offsets + self.mean_shape.reshape(-1)).unflatten(-1, (-1, 3))
+            planes = torch.addmm(person[:, None], basis[:, ID_DIM:], expression.to(person.dtype).T)
+        else:
+            shape_coeffs = torch.cat([identity, expression.to(identity.dtype)], -1)  # [B, 144]
+            planes = torch.addmm(self._mean_shape_planar, basis, shape_coeffs.T)  # [3N, B]
+        return planes.view(3, self.num_vertices, -1)
+
+    def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
+        """Model-space vertices ``[B, N, 3]`` (a view of :meth:`shape_planes`)."""
+        return self.shape_planes(identity, expression).permute(2, 1, 0)
+
+    def albedo_planes(self, texture: torch.Tensor) -> torch.Tensor:
+        """Albedo ``[3, N, B]`` (planar) in [0, 1] from texture coefficients ``[B, 80]``."""
+        person = self._one_person_term("texture", texture, self.tex_basis_planar, self._mean_albedo_planar[:, 0])
+        if person is not None:  # one person's albedo (cached), the same for every frame
+            return person.clamp(0.0, 1.0).view(3, -1, 1).expand(-1, -1, texture.shape[0])
+        planes = torch.addmm(self._mean_albedo_planar, self.tex_basis_planar, texture.T)  # [3N, B]
+        return planes.clamp(0.0, 1.0).view(3, self.num_vertices, -1)
 
     def albedo(self, texture: torch.Tensor) -> torch.Tensor:
-        """Albedo ``[B, N, 3]`` in [0, 1] from texture coefficients ``[B, 80]``."""
-        person = self._one_person_term("texture", texture, self.tex_basis, self.mean_albedo.reshape(-1))
-        if person is not None:  # one person's albedo (cached), the same for every frame
-            return person.clamp(0.0, 1.0).view(1, -1, 3).expand(texture.shape[0], -1, -1)
-        return (self.mean_albedo + F.linear(texture, self.tex_basis).unflatten(-1, (-1, 3))).clamp(0.0, 1.0)
+        """Albedo ``[B, N, 3]`` in [0, 1] (a view of :meth:`albedo_planes`)."""
+        return self.albedo_planes(texture).permute(2, 1, 0)
 
     def _one_person_term(self, name: str, coeffs: torch.Tensor, basis: torch.Tensor, offset: torch.Tensor):
-        """``offset + basis @ coeffs[0]`` (``[N*3]``) when every row of ``coeffs [B, K]`` is the
+        """``offset + basis @ coeffs[0]`` (``[3N]``) when every row of ``coeffs [B, K]`` is the
         same and no gradient is needed, else ``None``. Rendering a person frame after frame
         repeats that person's identity and texture; the product is cached for the last
-        coefficient vector, so each frame reads only the expression basis (the basis products are
-        memory-bound). Exact: the same sums, grouped differently (float rounding aside)."""
+        coefficient vector, so each frame reads only the expression basis (the basis products
+        dominate the face model's time). Exact: the same sums, grouped differently (float
+        rounding aside)."""
         if coeffs.dim() != 2 or (torch.is_grad_enabled() and coeffs.requires_grad):
             return None
         first = coeffs[:1]
@@ -243,27 +281,30 @@ class MorphableModel(torch.nn.Module):
                 ).coalesce().to_sparse_csr()
         return cache[device, dtype]
 
-    def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
-        """Unit vertex normals ``[B, N, 3]``: area-weighted sum of the adjacent face normals.
+    def vertex_normals_planes(self, planes: torch.Tensor) -> torch.Tensor:
+        """Unit vertex normals ``[3, N, B]`` of planar vertices ``[3, N, B]``: area-weighted sum of
+        the adjacent face normals.
 
-        Computed in a planar layout (``[3 coordinates, vertices, B]``), so every elementwise op of
-        the cross product runs on contiguous ``[F, B]`` planes (strided ``[..., 3]`` views were
-        about half of the face model's time on CPU). The sum over adjacent faces is one sparse
-        ``[N, F] @ [F, 3*B]`` product (about 4x faster than ``index_add_`` on CPU, and
-        differentiable)."""
-        b, n, _ = vertices.shape
-        xyz = vertices.permute(2, 1, 0).contiguous()  # [3, N, B]
-        p0, p1, p2 = (xyz.index_select(1, corner) for corner in self._corner_columns)  # [3, F, B] each
-        e, f = p1 - p0, p2 - p0
-        face_normals = torch.stack(  # [F, 3, B], |.| = 2 x area
-            [e[1] * f[2] - e[2] * f[1], e[2] * f[0] - e[0] * f[2], e[0] * f[1] - e[1] * f[0]], 1
-        )
-        incidence = self._vertex_face_incidence(vertices.device, vertices.dtype)
-        summed = (incidence @ face_normals.view(-1, 3 * b)).view(n, 3, b)
-        sx, sy, sz = summed.unbind(1)  # [N, B] each
-        # x / max(|x|, 1e-12) like F.normalize (whose reduction over the middle axis is slow here).
+        Each coordinate plane ``[N, B]`` gives its triangle corners by one row gather; the sum
+        over adjacent faces is a sparse ``[N, F] @ [F, B]`` product per coordinate (about 4x
+        faster than ``index_add_`` on CPU, and differentiable)."""
+        n_triangles = self.num_triangles
+        x, y, z = (plane.index_select(0, self._corner_ids).view(3, n_triangles, -1) for plane in planes.unbind(0))
+        ex, ey, ez = x[1] - x[0], y[1] - y[0], z[1] - z[0]  # [F, B] edge p1 - p0
+        fx, fy, fz = x[2] - x[0], y[2] - y[0], z[2] - z[0]  # edge p2 - p0
+        incidence = self._vertex_face_incidence(planes.device, planes.dtype)
+        # Face normals (|.| = 2 x area), summed over each vertex's faces: [N, B] per coordinate.
+        sx = incidence @ (ey * fz - ez * fy)
+        sy = incidence @ (ez * fx - ex * fz)
+        sz = incidence @ (ex * fy - ey * fx)
+        # x / max(|x|, 1e-12), as F.normalize
         inv_norm = (sx * sx + sy * sy + sz * sz).clamp_min(1e-24).rsqrt()  # [N, B]
-        return (summed * inv_norm.unsqueeze(1)).permute(2, 0, 1).contiguous()
+        return torch.stack([sx * inv_norm, sy * inv_norm, sz * inv_norm])
+
+    def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Unit vertex normals ``[B, N, 3]`` of vertices ``[B, N, 3]`` (any memory layout; a view
+        of :meth:`vertex_normals_planes`)."""
+        return self.vertex_normals_planes(vertices.permute(2, 1, 0).contiguous()).permute(2, 1, 0)
 
     # --------------------------------------------------------------------------- forward
     def forward(self, coeffs: torch.Tensor, camera: Camera | None = None) -> FaceGeometry:
@@ -271,11 +312,11 @@ class MorphableModel(torch.nn.Module):
         (default: the 224 crop camera of method.md)."""
         camera = camera or Camera()
         c = split_coeffs(coeffs)
-        model_vertices = self.shape(c.identity, c.expression)
-        vertices = pose_vertices(model_vertices, c.angles, c.translation)  # [B, N, 3]
-        normals = self.vertex_normals(vertices)
-        albedo = self.albedo(c.texture)
-        colours = shade(albedo, normals, c.lighting)
+        vertices = pose_planes(self.shape_planes(c.identity, c.expression), c.angles, c.translation)  # [3, N, B]
+        normals = self.vertex_normals_planes(vertices)
+        albedo = self.albedo_planes(c.texture)
+        colours = albedo * irradiance_planes(normals, c.lighting)
+        vertices, normals, colours, albedo = (x.permute(2, 1, 0) for x in (vertices, normals, colours, albedo))
         landmarks, depth = camera.project(vertices[:, self.landmark_indices])
         return FaceGeometry(vertices, normals, colours, albedo, landmarks, depth)
 

@@ -64,24 +64,48 @@ def lighting_matrix(lighting: torch.Tensor) -> torch.Tensor:
     return (gamma + dc).transpose(-1, -2)  # [B, 9, 3]
 
 
-def irradiance(normals: torch.Tensor, lighting: torch.Tensor) -> torch.Tensor:
-    """Per-vertex RGB irradiance: normals ``[B, N, 3]``, lighting ``[B, 27]`` -> ``[B, N, 3]``.
-
-    Equal to ``sh_basis(normals) @ lighting_matrix(lighting)``, evaluated as the polynomial it
-    is: the 9 bands are a constant, the 3 coordinates and 5 quadratic monomials (bands 0 and 6
-    share the constant), so it is one ``[B, N, 9] @ [B, 9, 3]`` product whose features are
-    stacked plane by plane (``[B, 9, N]``: contiguous planes, then viewed transposed)."""
+def _polynomial_weights(lighting: torch.Tensor) -> torch.Tensor:
+    """``[B, 27]`` lighting -> ``[B, 9, 3]`` weights of the irradiance polynomial's terms
+    ``(1, nx, ny, nz, nx ny, ny nz, nz^2, nx nz, nx^2 - ny^2)`` per colour channel: the 9 SH
+    bands are a constant, the 3 coordinates and 5 quadratic monomials (bands 0 and 6 share the
+    constant, as band 6 = k6 (3 nz^2 - 1))."""
     gains = lighting_matrix(lighting).unbind(-2)  # 9 x [B, 3]
     k0, k1, k2 = SH_A[0] * SH_C[0], SH_A[1] * SH_C[1], SH_A[2] * SH_C[2]
-    k6 = k2 * 0.5 / math.sqrt(3.0)  # band 6 = k6 * (3 nz^2 - 1)
-    weights = torch.stack(  # [B, 9, 3]: rows match the features below
+    k6 = k2 * 0.5 / math.sqrt(3.0)
+    return torch.stack(
         [k0 * gains[0] - k6 * gains[6], -k1 * gains[3], -k1 * gains[1], k1 * gains[2],
          k2 * gains[4], -k2 * gains[5], 3.0 * k6 * gains[6], -k2 * gains[7], 0.5 * k2 * gains[8]], -2
     )
-    nx, ny, nz = normals.transpose(-1, -2).unbind(-2)  # [B, N] each (strided views)
-    ones = torch.ones_like(nx)
-    features = torch.stack([ones, nx, ny, nz, nx * ny, ny * nz, nz * nz, nx * nz, nx * nx - ny * ny], -2)  # [B, 9, N]
-    return features.transpose(-1, -2) @ weights
+
+
+def irradiance_planes(normals: torch.Tensor, lighting: torch.Tensor) -> torch.Tensor:
+    """Per-vertex RGB irradiance in the face model's planar layout: unit normals
+    ``[3, N, B]`` (coordinate, vertex, batch), lighting ``[B, 27]`` -> ``[3, N, B]``.
+
+    Equal to ``sh_basis(n) @ lighting_matrix(lighting)`` per vertex, evaluated as the
+    polynomial it is (:func:`_polynomial_weights`): 8 monomial planes, then per channel a chain
+    of multiply-adds by per-batch weights (faster on CPU than a batched ``[N, 9] @ [9, 3]``
+    product, whose inner dimensions are tiny)."""
+    weights = _polynomial_weights(lighting).to(normals.dtype)  # [B, 9, 3]
+    nx, ny, nz = normals.unbind(0)  # [N, B] each
+    terms = (nx, ny, nz, nx * ny, ny * nz, nz * nz, nx * nz, nx * nx - ny * ny)
+    channels = []
+    for c in range(3):
+        w = weights[..., c]  # [B, 9]
+        acc = torch.addcmul(w[:, 0], terms[0], w[:, 1])
+        for k, term in enumerate(terms[1:], start=2):
+            acc.addcmul_(term, w[:, k])  # in place on a fresh tensor: autograd-safe
+        channels.append(acc)
+    return torch.stack(channels)
+
+
+def irradiance(normals: torch.Tensor, lighting: torch.Tensor) -> torch.Tensor:
+    """Per-vertex RGB irradiance: normals ``[B, N, 3]``, lighting ``[B, 27]`` -> ``[B, N, 3]``
+    (also unbatched: ``[N, 3]`` and ``[27]``). See :func:`irradiance_planes`; the result is
+    a view of its planes."""
+    if normals.dim() == 2:
+        return irradiance(normals[None], lighting.reshape(1, -1))[0]
+    return irradiance_planes(normals.permute(2, 1, 0), lighting).permute(2, 1, 0)
 
 
 def shade(albedo: torch.Tensor, normals: torch.Tensor, lighting: torch.Tensor) -> torch.Tensor:

@@ -225,22 +225,29 @@ def triangle_columns(triangles: torch.Tensor) -> torch.Tensor:
     return columns
 
 
+def vertex_planes(attrs: torch.Tensor) -> torch.Tensor:
+    """Per-vertex values ``attrs [B, N, C]`` as ``[C, N*B]`` planes, vertex-major with the batch
+    innermost (vertex n of batch element b at flat index ``n * B + b``): the face model's own
+    layout, so its outputs come through without a copy (other layouts are copied once)."""
+    return attrs.permute(2, 1, 0).reshape(attrs.shape[-1], -1)
+
+
 def corner_vertex_ids(
-    triangles: torch.Tensor, n_vertices: int, batch_index: torch.Tensor, triangle_index: torch.Tensor
+    triangles: torch.Tensor, batch: int, batch_index: torch.Tensor, triangle_index: torch.Tensor
 ) -> torch.Tensor:
-    """Flat ``[B*N]`` vertex indices ``[3, P]`` of the corners of ``P`` (batch element,
-    triangle) pairs, for ``triangles [F, 3]`` shared by a batch of ``n_vertices``-vertex meshes."""
+    """Flat vertex indices ``[3, P]`` into :func:`vertex_planes` (``n * batch + b``) of the
+    corners of ``P`` (batch element, triangle) pairs, for ``triangles [F, 3]`` shared by a
+    batch of ``batch`` meshes."""
     corners = torch.stack([row.index_select(0, triangle_index) for row in triangle_columns(triangles)])  # [3, P]
-    return corners.add_((batch_index * n_vertices).unsqueeze(0))
+    return corners.mul_(batch).add_(batch_index.unsqueeze(0))
 
 
 def interpolate_corners(attrs: torch.Tensor, corner_ids: torch.Tensor, bary: torch.Tensor) -> torch.Tensor:
     """Vertex attributes ``attrs [B, N, C]`` interpolated at ``P`` pixels with corner ids
     ``[3, P]`` (:func:`corner_vertex_ids`) and barycentrics ``bary [3, P]`` -> ``[C, P]``.
     Differentiable w.r.t. ``attrs`` and ``bary``."""
-    channels = attrs.shape[-1]
-    by_channel = torch.stack(attrs.reshape(-1, channels).unbind(1))  # [C, B*N] (a fast transpose)
-    corner_values = by_channel.index_select(1, corner_ids.reshape(-1)).view(channels, 3, -1)  # [C, 3, P]
+    planes = vertex_planes(attrs)  # [C, N*B]
+    corner_values = planes.index_select(1, corner_ids.reshape(-1)).view(planes.shape[0], 3, -1)  # [C, 3, P]
     return (corner_values * bary.to(corner_values.dtype)).sum(1)
 
 
@@ -265,7 +272,7 @@ def interpolate(attrs: torch.Tensor, triangles: torch.Tensor, out: RenderOutput)
         pixel_index = (flat_ids >= 0).nonzero().squeeze(1)  # [P]
         triangle_index = flat_ids.index_select(0, pixel_index)
         bary = out.bary.reshape(-1, 3).index_select(0, pixel_index).T  # [3, P]
-    corner_ids = corner_vertex_ids(triangles, attrs.shape[1], pixel_index // (H * W), triangle_index)
+    corner_ids = corner_vertex_ids(triangles, B, pixel_index // (H * W), triangle_index)
     values = interpolate_corners(attrs, corner_ids, bary)  # [C, P]
     image = values.new_zeros(values.shape[0], B * H * W).index_copy(1, pixel_index, values)
     return image.view(-1, B, H, W).transpose(0, 1).contiguous()

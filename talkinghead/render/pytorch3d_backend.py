@@ -115,7 +115,7 @@ class PyTorch3DRenderer:
         triangles = check_render_inputs(vertices, triangles, colours)
         camera = resolve_camera(camera, image_size)
         size = camera.image_size
-        batch, n_vertices = vertices.shape[:2]
+        batch = vertices.shape[0]
         n_triangles = triangles.shape[0]
         if n_triangles == 0:  # pytorch3d does not take empty meshes
             empty = torch.zeros(0, dtype=torch.long, device=vertices.device)
@@ -134,7 +134,7 @@ class PyTorch3DRenderer:
             cull_backfaces=self.cull_backfaces,
         )
         rasterizer = MeshRasterizer(cameras=pytorch3d_camera(camera, batch, vertices.device), raster_settings=settings)
-        meshes = Meshes(verts=vertices.float(), faces=triangles.unsqueeze(0).repeat(batch, 1, 1))
+        meshes = Meshes(verts=vertices.float().contiguous(), faces=triangles.unsqueeze(0).repeat(batch, 1, 1))
         fragments = rasterizer(meshes)
 
         face = fragments.pix_to_face[..., 0].reshape(-1)  # [B*H*W], packed index, -1 empty
@@ -144,6 +144,6 @@ class PyTorch3DRenderer:
         triangle_index = face.masked_select(covered) - batch_index * n_triangles  # unpack per mesh
         bary = fragments.bary_coords[..., 0, :].reshape(-1, 3).index_select(0, pixel_index).T  # [3, P]
         depth = fragments.zbuf[..., 0].reshape(-1).index_select(0, pixel_index)  # view Z = our depth
-        corner_ids = corner_vertex_ids(triangles, n_vertices, batch_index, triangle_index)
+        corner_ids = corner_vertex_ids(triangles, batch, batch_index, triangle_index)
         colour = interpolate_corners(colours, corner_ids, bary)
         return assemble_output(batch, size, size, pixel_index, triangle_index, bary, depth, colour, background)
