@@ -64,7 +64,6 @@ from talkinghead.render.base import (
     interpolate_corners,
     resolve_camera,
     triangle_columns,
-    vertex_planes,
 )
 
 #: Window sizes (pixels per side) of the pass-B buckets, increasing. Triangles whose pixel
@@ -413,14 +412,14 @@ def perspective_barycentrics(
     """Perspective-correct barycentrics and depth of ``P`` pixel centres.
 
     ``pixels [B, N, 2]`` and ``depth [B, N]`` are the projected vertices (differentiable);
-    ``corner_ids [3, P]`` index the vertex planes (``n * B + b``, :func:`corner_vertex_ids`)
+    ``corner_ids [3, P]`` index the vertex planes (``n * B + b``, :func:`vertex_planes`)
     of each pixel's triangle; ``centre_u``, ``centre_v`` are ``[P]``.
 
     Returns ``(bary [3, P], depth [P])``: screen-space barycentrics ``l_i`` reweighted by
     ``1 / z_i`` (``b_i = (l_i / z_i) / sum_j l_j / z_j``) and depth ``1 / sum_j l_j / z_j``.
     """
     flat = corner_ids.reshape(-1)
-    planes = vertex_planes(torch.cat([pixels, depth.unsqueeze(-1)], -1))  # [3, N*B]: u, v, depth
+    planes = torch.stack([pixels[..., 0].T, pixels[..., 1].T, depth.T]).view(3, -1)  # [3, N*B]: u, v, depth
     corners = planes.index_select(1, flat).view(3, 3, -1)  # [u/v/z, corner, P]
     au, av = corners[0] - centre_u, corners[1] - centre_v  # [3, P] corner - centre
     weight = torch.stack([_cross_rows(au, av, k) for k in range(3)])  # = 2 area * l_k
