@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from talkinghead.errors import InputError
 from talkinghead.face.camera import Camera, pose_planes, pose_vertices
 from talkinghead.face.coeffs import EXP_DIM, ID_DIM, TEX_DIM, split_coeffs
+from talkinghead.face.planar import gather_rows
 from talkinghead.face.shading import irradiance_planes
 
 #: Value of the ``format`` metadata key of a saved model file.
@@ -332,7 +333,7 @@ class MorphableModel(torch.nn.Module):
         over adjacent faces is a sparse ``[N, F] @ [F, B]`` product per coordinate (about 4x
         faster than ``index_add_`` on CPU, and differentiable)."""
         n_triangles = self.num_triangles
-        x, y, z = (plane.index_select(0, self._corner_ids).view(3, n_triangles, -1) for plane in planes.unbind(0))
+        x, y, z = (gather_rows(plane, self._corner_ids).view(3, n_triangles, -1) for plane in planes.unbind(0))
         ex, ey, ez = x[1] - x[0], y[1] - y[0], z[1] - z[0]  # [F, B] edge p1 - p0
         fx, fy, fz = x[2] - x[0], y[2] - y[0], z[2] - z[0]  # edge p2 - p0
         incidence = self._vertex_face_incidence(planes.device, planes.dtype)

@@ -55,6 +55,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from talkinghead.face.camera import Camera
+from talkinghead.face.planar import gather_rows
 from talkinghead.render.base import (
     Background,
     RenderOutput,
@@ -264,7 +265,7 @@ def _rasterize_into(
     # innermost): one row gather of B values per corner.
     # (index_select along dim 0 of each [N, B] plane: along dim 1 of [3, N, B] it is ~20x slower)
     corner_ids = triangle_columns(triangles).reshape(-1)
-    corner_u, corner_v, corner_q = (plane.index_select(0, corner_ids).view(3, -1) for plane in planes.unbind(0))
+    corner_u, corner_v, corner_q = (gather_rows(plane, corner_ids).view(3, -1) for plane in planes.unbind(0))
 
     # Candidate pixel range: centres c + 0.5 within the corners' bounding box, in the image
     # (NaN for non-finite corners, which then compare false below).
