@@ -338,11 +338,11 @@ class MorphableModel(torch.nn.Module):
         fx, fy, fz = x[2] - x[0], y[2] - y[0], z[2] - z[0]  # edge p2 - p0
         incidence = self._vertex_face_incidence(planes.device, planes.dtype)
         # Face normals (|.| = 2 x area), summed over each vertex's faces: [N, B] per coordinate.
-        sx = incidence @ (ey * fz - ez * fy)
-        sy = incidence @ (ez * fx - ex * fz)
-        sz = incidence @ (ex * fy - ey * fx)
+        sx = incidence @ torch.addcmul(ey * fz, ez, fy, value=-1)
+        sy = incidence @ torch.addcmul(ez * fx, ex, fz, value=-1)
+        sz = incidence @ torch.addcmul(ex * fy, ey, fx, value=-1)
         # x / max(|x|, 1e-12), as F.normalize
-        inv_norm = (sx * sx + sy * sy + sz * sz).clamp_min(1e-24).rsqrt()  # [N, B]
+        inv_norm = (sx * sx).addcmul_(sy, sy).addcmul_(sz, sz).clamp_min(1e-24).rsqrt()  # [N, B]
         return torch.stack([sx * inv_norm, sy * inv_norm, sz * inv_norm])
 
     def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
