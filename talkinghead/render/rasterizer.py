@@ -228,6 +228,11 @@ def rasterize(
         # [3, N, B] planes of u, v and 1/depth (batch innermost), made once for all groups.
         u, v = pixels.detach().float().unbind(-1)
         planes = torch.stack([u.T, v.T, depth.detach().float().reciprocal().T])
+        # A vertex not strictly in front of the near plane (0 < 1/depth < 1/znear fails, or NaN)
+        # gets u = NaN: every triangle using it then has a NaN pixel range and is dropped. (A
+        # per-vertex test, cheaper than testing the three corners of every triangle.)
+        q = planes[2]
+        planes[0].masked_fill_(~((q > 0) & (q < 1.0 / znear)), float("nan"))
         for start in range(0, batch if n_triangles else 0, group):
             stop = min(batch, start + group)
             _rasterize_into(
@@ -236,7 +241,6 @@ def rasterize(
                 triangles,
                 height,
                 width,
-                znear,
                 cull_backfaces,
                 tuple(bucket_sizes),
                 int(max_candidates),
@@ -252,12 +256,12 @@ def _rasterize_into(
     triangles: torch.Tensor,
     height: int,
     width: int,
-    znear: float,
     cull_backfaces: bool,
     bucket_sizes: tuple[int, ...],
     max_candidates: int,
 ) -> None:
-    # planes: [3, N, B] pixel u, v and 1/depth of the vertices (batch innermost).
+    # planes: [3, N, B] pixel u, v (NaN for vertices behind the near plane) and 1/depth of the
+    # vertices (batch innermost).
     batch = planes.shape[-1]
     n_triangles = triangles.shape[0]
     device = planes.device
@@ -279,21 +283,18 @@ def _rasterize_into(
     edges = [_cross_rows(au, av, k) for k in range(3)]  # 3 x [B*F]
     area = edges[0] + edges[1] + edges[2]  # doubled signed area; < 0: front face (v points down)
 
-    # Kept: covers a candidate centre, not degenerate, all corners in front of the near plane
-    # (0 < 1/depth < 1/znear).
+    # Kept: covers a candidate centre (False for NaN ranges: corners behind the near plane, see
+    # rasterize), not degenerate.
     keep = (torch.minimum(cols, rows) > 0) & (area != 0)
-    keep &= (corner_q.amin(0) > 0) & (corner_q.amax(0) < 1.0 / znear)
     if cull_backfaces:
         keep &= area < 0
     size = torch.maximum(cols, rows)
 
     # Flat index of the first candidate (any valid index for dropped triangles: their keys are no-ops).
-    first_col = col0.clamp(max=width - 1).nan_to_num_(0.0)
-    first_row = row0.clamp(max=height - 1).nan_to_num_(0.0)
     if height * width <= 1 << 24:  # exact in float32
-        base = torch.add(first_col, first_row, alpha=width).long()
+        base = torch.add(col0, row0, alpha=width).nan_to_num_(0.0).clamp_(max=height * width - 1).long()
     else:
-        base = first_col.long() + first_row.long() * width
+        base = (col0.nan_to_num(0.0).long() + row0.nan_to_num(0.0).long() * width).clamp_(max=height * width - 1)
     if batch > 1:
         base = (base.view(-1, batch) + torch.arange(batch, device=device) * (height * width)).view(-1)
     low_word = _low_words(n_triangles, batch, device)
