@@ -107,11 +107,19 @@ class Camera:
 
     def project(self, vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """World-space ``[..., 3]`` -> (pixel ``[..., 2]`` as (u, v), depth ``[...]``)."""
-        depth = self.depth(vertices)
+        u, v, depth = self.project_coords(*vertices.unbind(-1))
+        return torch.stack([u, v], -1), depth
+
+    def project_coords(
+        self, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`project` on separate coordinate tensors of one shape (e.g. the ``[N, B]``
+        planes of the face model's planar layout) -> ``(u, v, depth)`` of that shape."""
+        depth = self.camera_z - z
         safe = depth.clamp_min(1e-6)
-        u = self.focal_px * vertices[..., 0] / safe + self.principal_px
-        v_up = self.focal_px * vertices[..., 1] / safe + self.principal_px
-        return torch.stack([u, self.image_size - v_up], -1), depth
+        u = self.focal_px * x / safe + self.principal_px
+        v_up = self.focal_px * y / safe + self.principal_px
+        return u, self.image_size - v_up, depth
 
     def unproject(self, pixels: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`project`: pixel ``[..., 2]`` and depth ``[...]`` -> world ``[..., 3]``."""

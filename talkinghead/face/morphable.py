@@ -282,7 +282,7 @@ class MorphableModel(torch.nn.Module):
             if cache.get(name, (None,))[0] != key:
                 cache[name] = (key, torch.ops.mkldnn._reorder_linear_weight(basis.contiguous()))
             out = torch.ops.mkldnn._linear_pointwise(coeffs.contiguous(), cache[name][1], offset.contiguous(), "none", [], "")
-            return out.T.contiguous()  # [B, 3N] -> [3N, B]
+            return torch.stack(out.unbind(0), 1)  # [B, 3N] -> [3N, B] (faster than out.T.contiguous() on CPU)
         return torch.addmm(offset[:, None], basis, coeffs.T)
 
     def _one_person_term(self, name: str, coeffs: torch.Tensor, basis: torch.Tensor, offset: torch.Tensor):

@@ -216,8 +216,25 @@ def rasterize(
         ``(pixel_index [P], triangle_index [P])``: ascending flat indices into ``[B, H, W]``
         of the covered pixels and the index of the visible triangle at each.
     """
+    u, v = pixels.unbind(-1)
+    return _rasterize_planes(u.T, v.T, depth.T, triangles, height, width, znear, cull_backfaces, bucket_sizes, max_candidates)
+
+
+def _rasterize_planes(
+    u: torch.Tensor,
+    v: torch.Tensor,
+    depth: torch.Tensor,
+    triangles: torch.Tensor,
+    height: int,
+    width: int,
+    znear: float,
+    cull_backfaces: bool,
+    bucket_sizes: tuple[int, ...],
+    max_candidates: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rasterize` of vertices given as ``[N, B]`` planes ``u``, ``v``, ``depth``."""
     with torch.no_grad():
-        batch = depth.shape[0]
+        batch = depth.shape[1]
         device = depth.device
         key_buffer = torch.zeros(batch * height * width, dtype=torch.long, device=device)
         n_triangles = triangles.shape[0]
@@ -226,8 +243,7 @@ def rasterize(
         group = batch if device.type != "cpu" else max(1, _CPU_TRIANGLES_PER_GROUP // max(n_triangles, 1))
         image = height * width
         # [3, N, B] planes of u, v and 1/depth (batch innermost), made once for all groups.
-        u, v = pixels.detach().float().unbind(-1)
-        planes = torch.stack([u.T, v.T, depth.detach().float().reciprocal().T])
+        planes = torch.stack([u.float(), v.float(), depth.float().reciprocal()])
         # A vertex not strictly in front of the near plane (0 < 1/depth < 1/znear fails, or NaN)
         # gets u = NaN: every triangle using it then has a NaN pixel range and is dropped. (A
         # per-vertex test, cheaper than testing the three corners of every triangle.)
@@ -420,9 +436,15 @@ def perspective_barycentrics(
     Returns ``(bary [3, P], depth [P])``: screen-space barycentrics ``l_i`` reweighted by
     ``1 / z_i`` (``b_i = (l_i / z_i) / sum_j l_j / z_j``) and depth ``1 / sum_j l_j / z_j``.
     """
-    flat = corner_ids.reshape(-1)
     planes = torch.stack([pixels[..., 0].T, pixels[..., 1].T, depth.T]).view(3, -1)  # [3, N*B]: u, v, depth
-    corners = planes.index_select(1, flat).view(3, 3, -1)  # [u/v/z, corner, P]
+    return _perspective_barycentrics(planes, corner_ids, centre_u, centre_v)
+
+
+def _perspective_barycentrics(
+    planes: torch.Tensor, corner_ids: torch.Tensor, centre_u: torch.Tensor, centre_v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`perspective_barycentrics` of vertices given as ``[3, N*B]`` planes (u, v, depth)."""
+    corners = planes.index_select(1, corner_ids.reshape(-1)).view(3, 3, -1)  # [u/v/z, corner, P]
     au, av = corners[0] - centre_u, corners[1] - centre_v  # [3, P] corner - centre
     weight = torch.stack([_cross_rows(au, av, k) for k in range(3)])  # = 2 area * l_k
     over_z = weight / corners[2]  # proportional to l_k / z_k
@@ -466,23 +488,17 @@ class TorchRenderer:
         camera = resolve_camera(camera, image_size)
         size = camera.image_size
         batch = vertices.shape[0]
-        pixels, depth = camera.project(vertices)  # [B, N, 2], [B, N]
-        pixel_index, triangle_index = rasterize(
-            pixels,
-            depth,
-            triangles,
-            size,
-            size,
-            znear=camera.znear,
-            cull_backfaces=self.cull_backfaces,
-            bucket_sizes=self.bucket_sizes,
-            max_candidates=self.max_candidates,
+        # Projected [N, B] planes (free views of the face model's planar outputs; see vertex_planes).
+        u, v, depth = camera.project_coords(*vertices.permute(2, 1, 0))
+        pixel_index, triangle_index = _rasterize_planes(
+            u, v, depth, triangles, size, size, camera.znear, self.cull_backfaces, self.bucket_sizes, self.max_candidates
         )
         batch_index = pixel_index // (size * size)
         in_image = pixel_index - batch_index * (size * size)
         row = in_image // size
         col = in_image - row * size
         corner_ids = corner_vertex_ids(triangles, batch, batch_index, triangle_index)
-        bary, pixel_depth = perspective_barycentrics(pixels, depth, corner_ids, col + 0.5, row + 0.5)
+        uvz = torch.stack([u, v, depth]).view(3, -1)  # [3, N*B], differentiable
+        bary, pixel_depth = _perspective_barycentrics(uvz, corner_ids, col + 0.5, row + 0.5)
         colour = interpolate_corners(colours, corner_ids, bary)  # [C, P]
         return assemble_output(batch, size, size, pixel_index, triangle_index, bary, pixel_depth, colour, background)
