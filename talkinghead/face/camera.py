@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from talkinghead.face.planar import widened
+
 FOCAL = 1015.0
 CROP_SIZE = 224
 PRINCIPAL = 112.0
@@ -54,15 +56,16 @@ def pose_planes(planes: torch.Tensor, angles: torch.Tensor, translation: torch.T
     vertex, batch) model-space vertices -> world-space ``[3, N, B]``, as
     ``out_i = t_i + sum_j v_j R[j, i]`` with per-batch ``R`` and ``t`` (multiply-adds along
     the batch axis: on CPU faster than a batched product with a 3 x 3 inner dimension)."""
-    rotation = euler_to_rotation(angles).to(planes.dtype)  # [B, 3, 3]
-    translation = translation.to(planes.dtype)
-    x, y, z = planes.unbind(0)  # [N, B] each
+    planes = planes.contiguous()
+    (x, r), (y, _), (z, _) = (widened(plane) for plane in planes.unbind(0))  # [N / r, r * B] each
+    rotation = euler_to_rotation(angles).to(planes.dtype).permute(1, 2, 0).repeat(1, 1, r)  # [3, 3, r * B]: R[j, i] tiled
+    translation = translation.to(planes.dtype).T.repeat(1, r)  # [3, r * B]
     return torch.stack(
         [
-            torch.addcmul(translation[:, i], x, rotation[:, 0, i]).addcmul_(y, rotation[:, 1, i]).addcmul_(z, rotation[:, 2, i])
+            torch.addcmul(translation[i], x, rotation[0, i]).addcmul_(y, rotation[1, i]).addcmul_(z, rotation[2, i])
             for i in range(3)
         ]
-    )
+    ).view(planes.shape)
 
 
 def rotate_normals(normals: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import math
 import torch
 
 from talkinghead.face.coeffs import SH_DC_INIT, SH_DIM
+from talkinghead.face.planar import widened
 
 #: Lambertian kernel factors for SH bands 0, 1, 2.
 SH_A = (math.pi, 2.0 * math.pi / math.sqrt(3.0), 2.0 * math.pi / math.sqrt(8.0))
@@ -86,17 +87,17 @@ def irradiance_planes(normals: torch.Tensor, lighting: torch.Tensor) -> torch.Te
     polynomial it is (:func:`_polynomial_weights`): 8 monomial planes, then per channel a chain
     of multiply-adds by per-batch weights (faster on CPU than a batched ``[N, 9] @ [9, 3]``
     product, whose inner dimensions are tiny)."""
-    weights = _polynomial_weights(lighting).to(normals.dtype)  # [B, 9, 3]
-    nx, ny, nz = normals.unbind(0)  # [N, B] each
+    normals = normals.contiguous()
+    (nx, r), (ny, _), (nz, _) = (widened(plane) for plane in normals.unbind(0))  # [N / r, r * B] each
+    weights = _polynomial_weights(lighting).to(normals.dtype).permute(2, 1, 0).repeat(1, 1, r)  # [3, 9, r * B]
     terms = (nx, ny, nz, nx * ny, ny * nz, nz * nz, nx * nz, nx * nx - ny * ny)
     channels = []
-    for c in range(3):
-        w = weights[..., c]  # [B, 9]
-        acc = torch.addcmul(w[:, 0], terms[0], w[:, 1])
+    for w in weights:  # [9, r * B] per colour channel
+        acc = torch.addcmul(w[0], terms[0], w[1])
         for k, term in enumerate(terms[1:], start=2):
-            acc.addcmul_(term, w[:, k])  # in place on a fresh tensor: autograd-safe
+            acc.addcmul_(term, w[k])  # in place on a fresh tensor: autograd-safe
         channels.append(acc)
-    return torch.stack(channels)
+    return torch.stack(channels).view(normals.shape)
 
 
 def irradiance(normals: torch.Tensor, lighting: torch.Tensor) -> torch.Tensor:
