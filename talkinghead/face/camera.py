@@ -56,8 +56,8 @@ def pose_planes(planes: torch.Tensor, angles: torch.Tensor, translation: torch.T
     vertex, batch) model-space vertices -> world-space ``[3, N, B]``, as
     ``out_i = t_i + sum_j v_j R[j, i]`` with per-batch ``R`` and ``t`` (multiply-adds along
     the batch axis: on CPU faster than a batched product with a 3 x 3 inner dimension)."""
-    planes = planes.contiguous()
-    (x, r), (y, _), (z, _) = (widened(plane) for plane in planes.unbind(0))  # [N / r, r * B] each
+    rows, r = widened(planes.contiguous())
+    x, y, z = rows  # [N / r, r * B] each
     rotation = euler_to_rotation(angles).to(planes.dtype).permute(1, 2, 0).repeat(1, 1, r)  # [3, 3, r * B]: R[j, i] tiled
     translation = translation.to(planes.dtype).T.repeat(1, r)  # [3, r * B]
     return torch.stack(

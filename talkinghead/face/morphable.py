@@ -192,9 +192,9 @@ class MorphableModel(torch.nn.Module):
         # are views of these planes. Identity and expression bases live in one [3N, 80 + 64]
         # matrix, so that the shape is one product. ``id_basis``/``exp_basis``/``tex_basis``
         # give the usual vertex-major [N*3, K] matrices (copies) and are what ``save`` writes.
-        id_basis, exp_basis, tex_basis = buffers.pop("id_basis"), buffers.pop("exp_basis"), buffers.pop("tex_basis")
-        self.register_buffer("shape_basis_planar", _coordinate_major(torch.cat([id_basis, exp_basis], 1)))
-        self.register_buffer("tex_basis_planar", _coordinate_major(tex_basis))
+        shape_basis = torch.cat([buffers.pop("id_basis"), buffers.pop("exp_basis")], 1)  # [N*3, 144] vertex-major
+        self.register_buffer("shape_basis_planar", _coordinate_major(shape_basis))
+        self.register_buffer("tex_basis_planar", _coordinate_major(buffers.pop("tex_basis")))
         for key, value in buffers.items():
             self.register_buffer(key, value)
         self.register_buffer(
@@ -207,10 +207,10 @@ class MorphableModel(torch.nn.Module):
         # basis (cheap landmark path) and the triangle corners used to accumulate face normals.
         lm = buffers["landmark_indices"]
         rows = (lm[:, None] * 3 + torch.arange(3)).reshape(-1)  # [68*3]
-        self.register_buffer("_mean_shape_planar", mean_shape.T.reshape(-1, 1).contiguous(), persistent=False)  # [3N, 1]
-        self.register_buffer("_mean_albedo_planar", buffers["mean_albedo"].T.reshape(-1, 1).contiguous(), persistent=False)
+        self.register_buffer("_mean_shape_planar", mean_shape.T.reshape(-1).contiguous(), persistent=False)  # [3N]
+        self.register_buffer("_mean_albedo_planar", buffers["mean_albedo"].T.reshape(-1).contiguous(), persistent=False)
         self.register_buffer("_lm_mean_shape", mean_shape[lm], persistent=False)  # [68, 3]
-        self.register_buffer("_lm_shape_basis", torch.cat([id_basis, exp_basis], 1)[rows], persistent=False)  # [204, 144]
+        self.register_buffer("_lm_shape_basis", shape_basis[rows], persistent=False)  # [204, 144]
         self.register_buffer("_corner_ids", tri.T.reshape(-1).contiguous(), persistent=False)  # [3F]: corner-major
 
     # ----------------------------------------------------------------------------- sizes
@@ -241,12 +241,12 @@ class MorphableModel(torch.nn.Module):
     def shape_planes(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """Model-space vertices ``[3, N, B]`` (planar) from identity ``[B, 80]`` and expression ``[B, 64]``."""
         basis = self.shape_basis_planar
-        person = self._one_person_term("identity", identity, basis[:, :ID_DIM], self._mean_shape_planar[:, 0])
+        person = self._one_person_term("identity", identity, basis[:, :ID_DIM], self._mean_shape_planar)
         if person is not None:  # one person's neutral face (cached): only the expression product per frame
             planes = self._basis_product("expression", basis[:, ID_DIM:], person, expression.to(person.dtype))
         else:
             shape_coeffs = torch.cat([identity, expression.to(identity.dtype)], -1)  # [B, 144]
-            planes = self._basis_product("shape", basis, self._mean_shape_planar[:, 0], shape_coeffs)  # [3N, B]
+            planes = self._basis_product("shape", basis, self._mean_shape_planar, shape_coeffs)  # [3N, B]
         return planes.view(3, self.num_vertices, -1)
 
     def shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
@@ -255,10 +255,10 @@ class MorphableModel(torch.nn.Module):
 
     def albedo_planes(self, texture: torch.Tensor) -> torch.Tensor:
         """Albedo ``[3, N, B]`` (planar) in [0, 1] from texture coefficients ``[B, 80]``."""
-        person = self._one_person_term("texture", texture, self.tex_basis_planar, self._mean_albedo_planar[:, 0])
+        person = self._one_person_term("texture", texture, self.tex_basis_planar, self._mean_albedo_planar)
         if person is not None:  # one person's albedo (cached), the same for every frame
             return person.clamp(0.0, 1.0).view(3, -1, 1).expand(-1, -1, texture.shape[0])
-        planes = self._basis_product("texture", self.tex_basis_planar, self._mean_albedo_planar[:, 0], texture)  # [3N, B]
+        planes = self._basis_product("texture", self.tex_basis_planar, self._mean_albedo_planar, texture)  # [3N, B]
         return planes.clamp(0.0, 1.0).view(3, self.num_vertices, -1)
 
     def albedo(self, texture: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,21 @@ def gather_rows(plane: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return plane.index_select(0, index)
 
 
-def widened(plane: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """An ``[N, B]`` plane viewed as ``[N / r, r * B]`` rows (a view, contiguous planes only),
-    and ``r``: the smallest power of two that makes a row at least 16 values long and divides
-    ``N`` (1 if none does). Ops that broadcast per-batch values ``[B]`` along the vertices
-    (pose, lighting) then run over rows of ``r * B`` with the values tiled ``r`` times
-    (``values.repeat(r)``): on CPU an 8-value inner loop is about 3x slower than a 16-value one."""
-    n, batch = plane.shape
+def widened(planes: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Contiguous ``[C, N, B]`` planes viewed as ``[C, N / r, r * B]`` rows, and ``r``: the
+    smallest power of two that makes a row at least 16 values long and divides ``N`` (1 if none
+    does). Ops that broadcast per-batch values ``[B]`` along the vertices (pose, lighting) then
+    run over rows of ``r * B`` with the values tiled ``r`` times (``values.repeat(r)``): on CPU
+    an 8-value inner loop is about 3x slower than a 16-value one."""
+    channels, n, batch = planes.shape
     r = 1
     while r * batch < 16 and n % (2 * r) == 0:
         r *= 2
-    return plane.view(n // r, r * batch), r
+    return planes.view(channels, n // r, r * batch), r
+
+
+def vertex_planes(attrs: torch.Tensor) -> torch.Tensor:
+    """Per-vertex values ``attrs [B, N, C]`` as ``[C, N*B]`` planes, vertex-major with the batch
+    innermost (vertex n of batch element b at flat index ``n * B + b``): the face model's own
+    layout, so its outputs come through without a copy (other layouts are copied once)."""
+    return attrs.permute(2, 1, 0).reshape(attrs.shape[-1], -1)

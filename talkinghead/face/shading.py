@@ -87,8 +87,8 @@ def irradiance_planes(normals: torch.Tensor, lighting: torch.Tensor) -> torch.Te
     polynomial it is (:func:`_polynomial_weights`): 8 monomial planes, then per channel a chain
     of multiply-adds by per-batch weights (faster on CPU than a batched ``[N, 9] @ [9, 3]``
     product, whose inner dimensions are tiny)."""
-    normals = normals.contiguous()
-    (nx, r), (ny, _), (nz, _) = (widened(plane) for plane in normals.unbind(0))  # [N / r, r * B] each
+    rows, r = widened(normals.contiguous())
+    nx, ny, nz = rows  # [N / r, r * B] each
     weights = _polynomial_weights(lighting).to(normals.dtype).permute(2, 1, 0).repeat(1, 1, r)  # [3, 9, r * B]
     terms = (nx, ny, nz, nx * ny, ny * nz, nz * nz, nx * nz, nx * nx - ny * ny)
     channels = []

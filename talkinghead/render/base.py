@@ -29,6 +29,7 @@ import torch
 
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.face.camera import Camera
+from talkinghead.face.planar import vertex_planes
 
 #: What ``background=`` accepts: a grey level, one value per colour channel, or a tensor
 #: broadcastable to ``[B, C, H, W]`` (e.g. a background image batch).
@@ -223,13 +224,6 @@ def triangle_columns(triangles: torch.Tensor) -> torch.Tensor:
     columns = torch.stack(triangles.unbind(1))
     _COLUMNS_CACHE.update(key=(triangles, triangles._version), value=columns)
     return columns
-
-
-def vertex_planes(attrs: torch.Tensor) -> torch.Tensor:
-    """Per-vertex values ``attrs [B, N, C]`` as ``[C, N*B]`` planes, vertex-major with the batch
-    innermost (vertex n of batch element b at flat index ``n * B + b``): the face model's own
-    layout, so its outputs come through without a copy (other layouts are copied once)."""
-    return attrs.permute(2, 1, 0).reshape(attrs.shape[-1], -1)
 
 
 def corner_vertex_ids(

@@ -238,8 +238,8 @@ def _rasterize_planes(
         device = depth.device
         key_buffer = torch.zeros(batch * height * width, dtype=torch.long, device=device)
         n_triangles = triangles.shape[0]
-        # On CPU, rasterize a few batch elements at a time so that the per-triangle
-        # temporaries stay in cache; on GPUs one launch for the whole batch is better.
+        # On CPU, very large batches go in groups of about _CPU_TRIANGLES_PER_GROUP triangles
+        # (bounds the temporaries); on GPUs one launch for the whole batch.
         group = batch if device.type != "cpu" else max(1, _CPU_TRIANGLES_PER_GROUP // max(n_triangles, 1))
         image = height * width
         # [3, N, B] planes of u, v and 1/depth (batch innermost), made once for all groups.
