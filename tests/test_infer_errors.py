@@ -152,7 +152,11 @@ def test_good_run_after_bad_inputs_writes_synchronised_mp4(world, capsys):
     input_seconds = len(load_audio(world["audio"])) / 16000
     assert abs(info.num_frames / 25 - input_seconds) <= 0.040
     assert abs(len(load_audio(outs / "talk.mp4")) / 16000 - input_seconds) <= 0.040
-    assert (info.width, info.height) == (32, 32)  # the refiner's image size (debug=tiny)
+    assert (info.width, info.height) == (224, 224)  # mouth synthesis (matched pose): the clip's full crop size
+    code, err = _run([f"person={world['person']}", f"audio={world['audio']}", f"weights={world['weights']}",
+                      f"out={outs / 'refined.mp4'}", "synthesis=refiner"], capsys)
+    assert code == 0, err
+    assert probe_media(outs / "refined.mp4").width == 32  # the refiner's image size (debug=tiny)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +188,7 @@ def test_chunked_streaming_equals_one_pass(world, person_models, tmp_path, monke
     results = {}
     for chunk in (3, 250):
         written.clear()
-        result = generate_video(person_models, world["audio"], tmp_path / f"c{chunk}.mp4", InferenceOptions(chunk_frames=chunk))
+        result = generate_video(person_models, world["audio"], tmp_path / f"c{chunk}.mp4", InferenceOptions(chunk_frames=chunk, synthesis="refiner"))
         results[chunk] = np.concatenate(written)
         assert len(results[chunk]) == result.num_frames == 25
     difference = np.abs(results[3].astype(int) - results[250].astype(int))
@@ -209,7 +213,7 @@ def test_failure_mid_stream_leaves_no_file(world, person_models, tmp_path, monke
 
     monkeypatch.setattr(stage2.RefinerStream, "push", failing_push)
     with pytest.raises(RuntimeError, match="simulated"):
-        generate_video(person_models, world["audio"], tmp_path / "crash.mp4", InferenceOptions(chunk_frames=5))
+        generate_video(person_models, world["audio"], tmp_path / "crash.mp4", InferenceOptions(chunk_frames=5, synthesis="refiner"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -299,7 +303,8 @@ def test_paste_back_into_the_source_video_frames(world, tmp_path):
                         np.asarray(tiny.fixed), np.asarray(tiny.aligned), frame_to_crop, np.asarray(tiny.aligned_transforms),
                         _speech_like(NUM_FRAMES / 25), source_video=source)
     models = load_person(person, world["weights"], device="cpu")
-    result = generate_video(models, world["audio"], tmp_path / "pasted.mp4", InferenceOptions(paste_back=True))
+    result = generate_video(models, world["audio"], tmp_path / "pasted.mp4", InferenceOptions(paste_back=True,
+                                                                                               synthesis="refiner"))
     frames = read_video(result.path)
     assert frames.shape == (result.num_frames, height, width, 3)
     outside = np.ones((height, width), bool)

@@ -39,7 +39,17 @@ from talkinghead.face.coeffs import COEFF_DIM
 FORMAT_VERSION = 1
 TRAIN_FRAMES = (0, 300)  # fine-tuning frames (method.md section 2)
 TEST_FRAMES = (300, 400)  # held-out frames
-MIN_FRAMES = 300
+MIN_FRAMES = 150  # the shortest clip (6 s): 113 fine-tuning frames (97 windows of 16) and 37 held out
+
+
+def default_split(num_frames: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Fine-tuning and held-out frame ranges of a clip of ``num_frames`` frames: the method's
+    0-299 / 300-399 for 400 frames or more; a shorter clip holds out (about) its last quarter (an 8 s
+    clip of 200 frames: 0-149 / 150-199)."""
+    if num_frames >= TEST_FRAMES[1]:
+        return TRAIN_FRAMES, TEST_FRAMES
+    cut = max(1, min(num_frames - 1, int(round(0.75 * num_frames))))
+    return (0, cut), (cut, num_frames)
 CORPUS_FILE = "corpus.json"
 
 _REQUIRED = ("meta.json", "coeffs.npy", "landmarks.npy", "fixed.npy", "aligned.npy", "transforms.npz")

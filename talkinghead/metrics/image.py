@@ -65,3 +65,31 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return ssim_map.flatten(1).mean(dim=1)
+
+
+def sharpness(images: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """Detail of images ``[B, 3, H, W]`` in [0, 1]: the variance of the Laplacian of the grey
+    image (ITU-R 601 luma, 0-255 scale) in the central half (``size/2`` square) after an
+    area resize to ``size`` px, per image ``[B]``. Compare generated and real frames by the ratio
+    of their sharpness: a blur lowers it, a resize to fewer pixels and back lowers it too."""
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        raise InputError(f"sharpness expects RGB images [B, 3, H, W], got {getattr(images, 'shape', type(images))}")
+    x = _float(images)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="area" if x.shape[-1] > size else "bilinear",
+                          align_corners=None if x.shape[-1] > size else False)
+    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1) * 255.0  # [B, 1, S, S]
+    quarter = size // 4
+    grey = grey[..., quarter - 1 : size - quarter + 1, quarter - 1 : size - quarter + 1]  # centre + a 1-px ring
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=grey.dtype, device=grey.device)
+    laplacian = F.conv2d(grey, kernel.view(1, 1, 3, 3))  # valid: exactly the central size/2 square
+    return laplacian.flatten(1).var(dim=1, unbiased=False)
+
+
+def masked_psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR per image ``[B]`` over the pixels where ``mask [B, 1, H, W]`` (weights in [0, 1])
+    is positive, weighted by it (e.g. the face region)."""
+    _check_pair(a, b)
+    weight = mask.to(_float(a).dtype).expand_as(a)
+    mse = ((_float(a) - _float(b)).square() * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1e-12)
+    return 10.0 * torch.log10(data_range**2 / mse)

@@ -89,6 +89,58 @@ def evaluate_stage2(refiner, clip, face_model, renderer, frames: slice | None = 
     return _plain(result)
 
 
+def evaluate_mouth(clip, face_model, renderer, frames: slice | None = None, options=None, batch_size: int = 16,
+                   return_frames: bool = False) -> dict:
+    """The mouth synthesis (:mod:`talkinghead.pipeline.mouth`) on held-out frames with their true
+    coefficients (a perfect Stage 1): every held-out frame is its own reference frame, its lower
+    face is made from the donors (the fine-tuning frames only) and composited at the source's
+    resolution. Against the real crops at that resolution:
+
+    ``psnr_region``   PSNR inside the synthesised region (weighted by its soft mask);
+    ``ssim_face``     SSIM over the box the region covers in any evaluated frame;
+    ``sharpness_ratio``  median over frames of :func:`~talkinghead.metrics.image.sharpness` of the
+                      output over that of the real 224 crop (``fixed.npy``), the Laplacian variance
+                      of the central 112 x 112 at 224 px (1 = as detailed as the video);
+    ``size``          the output crop side in pixels; ``frames``.
+    With ``return_frames`` also ``output``, ``real`` ``[n, 3, S, S]`` and ``region`` ``[n, 1, S, S]``.
+    """
+    from talkinghead.metrics.image import masked_psnr, sharpness, ssim
+    from talkinghead.pipeline.frames import SourceFrames
+    from talkinghead.pipeline.mouth import MouthCompositor
+    from talkinghead.pipeline.render import to_unit
+
+    frames = held_out_frames(clip, frames)
+    source = SourceFrames(clip, max(frames.stop, clip.train_slice.stop))
+    donors = np.arange(clip.train_slice.start, clip.train_slice.stop)
+    compositor = MouthCompositor(face_model, renderer, np.asarray(clip.coeffs[donors]), source.crops(donors), options)
+    index = np.arange(frames.start, frames.stop)
+    coeffs = np.asarray(clip.coeffs[index])  # [n, 257]
+    from talkinghead.face.coeffs import SLICES
+
+    donor_index = compositor.select_donors(coeffs[:, SLICES["expression"]], coeffs[:, SLICES["angles"]])
+    outputs, regions, reals = [], [], []
+    for start in range(0, len(index), batch_size):
+        part = slice(start, start + batch_size)
+        real = to_unit(source.crops(index[part]))  # [b, 3, S, S]
+        output, region = compositor.compose(coeffs[part], coeffs[part], real, donor_index[part])
+        outputs.append(output.cpu()), regions.append(region.cpu()), reals.append(real.cpu())
+    output, region, real = torch.cat(outputs), torch.cat(regions), torch.cat(reals)
+    covered = region.amax(dim=(0, 1)) > 0.05  # [S, S]
+    rows, cols = covered.any(dim=1).nonzero().flatten(), covered.any(dim=0).nonzero().flatten()
+    box = (slice(None), slice(None), slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+    real224 = to_unit(np.array(clip.fixed[frames]))
+    result = {
+        "psnr_region": float(masked_psnr(output, real, region).mean()),
+        "ssim_face": float(ssim(output[box], real[box]).mean()),
+        "sharpness_ratio": float((sharpness(output) / sharpness(real224).clamp_min(1e-6)).median()),
+        "size": int(output.shape[-1]),
+        "frames": len(index),
+    }
+    if return_frames:
+        result.update(output=output, real=real, region=region)
+    return result
+
+
 def evaluate_pose_modes(model, clip, ref_frames: slice | None = None, frames: slice | None = None,
                         modes: Sequence[str] = POSE_MODES, amplitude: float = 1.0, smoothing: int = 7,
                         device="cpu") -> dict[str, float]:

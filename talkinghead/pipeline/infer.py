@@ -46,6 +46,8 @@ import torch.nn.functional as F
 
 from talkinghead.errors import ConfigError, InputError, TalkingHeadError, TrainingError
 from talkinghead.face.coeffs import SLICES, split_coeffs
+from talkinghead.pipeline.frames import SourceFrames
+from talkinghead.pipeline.mouth import MouthCompositor, MouthOptions, mouth_options
 from talkinghead.pipeline.pose import PoseControls, resolve_pose
 
 FPS = 25
@@ -54,6 +56,7 @@ SAMPLE_RATE = 16000
 CARRY_FRAMES = 2
 #: Identity feature sources for Stage 2 at inference (config key ``identity``).
 IDENTITY_MODES = ("memory", "clip", "zero")
+SYNTHESIS_MODES = ("auto", "mouth", "refiner")
 MANIFEST_COLUMNS = ("person", "audio", "out")
 
 
@@ -105,6 +108,11 @@ class InferenceOptions:
     precision: Stage-2 arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the
         hardware runs it natively; :func:`talkinghead.pipeline.stage2.resolve_precision`).
     progress: show a progress bar over frames.
+    synthesis: how the face is made: ``mouth`` (the person's real reference frame with the lower
+        face warped from their own frames, :mod:`talkinghead.pipeline.mouth`: sharp, at the
+        source's resolution; needs ``pose.mode=matched``), ``refiner`` (the paper's Stage-2 GAN
+        on the blended 3DMM render) or ``auto`` (``mouth`` in matched mode, else ``refiner``).
+    mouth: :class:`~talkinghead.pipeline.mouth.MouthOptions` of the ``mouth`` synthesis.
     """
 
     pose: PoseControls = field(default_factory=PoseControls)
@@ -116,6 +124,8 @@ class InferenceOptions:
     out_size: int | None = None
     precision: str = "fp32"
     progress: bool = False
+    synthesis: str = "auto"
+    mouth: MouthOptions = field(default_factory=MouthOptions)
 
     def __post_init__(self) -> None:
         for key, least in (("chunk_frames", CARRY_FRAMES + 1), ("batch_size", 1), ("render_batch", 1)):
@@ -127,6 +137,11 @@ class InferenceOptions:
         if self.out_size is not None and (isinstance(self.out_size, bool) or not isinstance(self.out_size, (int, np.integer))
                                           or self.out_size < 16):
             raise ConfigError(f"out_size={self.out_size!r} must be null or a side length >= 16 pixels")
+        if self.synthesis not in SYNTHESIS_MODES:
+            raise ConfigError(f"synthesis={self.synthesis!r}; use one of {', '.join(SYNTHESIS_MODES)}")
+        if self.synthesis == "mouth" and self.pose.mode != "matched":
+            raise ConfigError(f"synthesis=mouth needs pose.mode=matched (got {self.pose.mode!r}): only a matched reference "
+                              "frame has the right head pose; use synthesis=refiner or auto for other pose modes")
         from talkinghead.pipeline.stage2 import PRECISIONS
 
         if self.precision not in PRECISIONS:
@@ -151,7 +166,14 @@ class InferenceOptions:
             out_size=cfg_get(cfg, "out_size", None),
             precision=str(cfg_get(cfg, "precision", "fp32")),
             progress=bool(cfg_get(cfg, "progress", False)),
+            synthesis=str(cfg_get(cfg, "synthesis", "auto")),
+            mouth=mouth_options(cfg_get(cfg, "mouth", None)),
         )
+
+    @property
+    def uses_mouth(self) -> bool:
+        """Whether frames are made by the mouth compositor (else by the Stage-2 refiner)."""
+        return self.synthesis == "mouth" or (self.synthesis == "auto" and self.pose.mode == "matched")
 
 
 @dataclass
@@ -213,7 +235,8 @@ class PersonModels:
     ref_frames: slice
     ref_pose: np.ndarray  # [M, 6] angles + translation of the reference frames
     expression_reference: np.ndarray  # [64] mean expression of the reference frames (Stage 1 adds it)
-    full_frames: Any = field(default=None, repr=False)  # FullFrames, decoded on first paste-back
+    full_frames: Any = field(default=None, repr=False)  # SourceFrames, decoded on first use
+    compositor: Any = field(default=None, repr=False)  # MouthCompositor over the reference frames, made on first use
 
     @property
     def name(self) -> str:
@@ -370,57 +393,139 @@ def _to_uint8(frames: torch.Tensor, size: int | None = None) -> np.ndarray:
     return frames.clamp(0, 1).mul(255).add_(0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-class FullFrames:
-    """The full original frames of a clip's reference frames, for paste-back.
-
-    With ``source.mp4`` the first ``stop`` frames are decoded once into a disk-backed memory map
-    (a temporary file: bounded RAM for any resolution). A synthetic clip has no larger frame:
-    the full frame *is* the fixed crop (``transforms.fixed`` = identity).
-    """
-
-    def __init__(self, clip, stop: int):
-        from talkinghead.video import invert_affine, iter_video, probe_media
-
-        self.crop_to_frame = invert_affine(clip.fixed_transform)  # [2, 3] fixed-crop px -> frame px
-        self._tmp = None
-        video = clip.source_video
-        if video is None:
-            if clip.meta.source != "synthetic":
-                raise InputError(f"{clip.root}: no source.mp4 for paste_back=true; re-run preprocessing "
-                                 "with the video, or set paste_back=false")
-            self._frames = clip.fixed
-            return
-        info = probe_media(video)
-        self._tmp = tempfile.TemporaryDirectory(prefix="talkinghead_frames_")
-        shape = (stop, int(info.height), int(info.width), 3)
-        frames = np.lib.format.open_memmap(Path(self._tmp.name) / "frames.npy", mode="w+", dtype=np.uint8, shape=shape)
-        count = 0
-        for count, frame in enumerate(iter_video(video, fps=FPS, max_frames=stop), start=1):
-            frames[count - 1] = frame
-        if count < stop:
-            raise InputError(f"{video} has {count} frames, fewer than the clip's {stop} reference frames; re-run preprocessing")
-        self._frames = frames
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return np.asarray(self._frames[index])
+def source_frames(person: PersonModels) -> SourceFrames:
+    """The person's reference frames at full size and their full-resolution fixed crops
+    (decoded once, on first use)."""
+    if person.full_frames is None:
+        person.full_frames = SourceFrames(person.clip, person.ref_frames.stop)
+    return person.full_frames
 
 
 def paste_frames(person: PersonModels, refined: torch.Tensor, alpha: torch.Tensor, ref_index: np.ndarray) -> np.ndarray:
     """Paste refined crops ``[n, 3, S, S]`` into the full frames of ``ref_index`` using the face
     mask ``alpha [n, 1, S, S]`` (Poisson blending): uint8 ``[n, H, W, 3]``."""
-    from talkinghead.video import paste_back
+    from talkinghead.video import invert_affine, paste_back
 
-    if person.full_frames is None:
-        person.full_frames = FullFrames(person.clip, person.ref_frames.stop)
-    full = person.full_frames
+    full = source_frames(person)
     crop_size = person.clip.meta.crop_size
+    crop_to_frame = invert_affine(full.frame_to_crop)  # the clip's own crop size
     crops = _to_uint8(refined, crop_size)  # [n, 224, 224, 3]
     masks = F.interpolate(alpha, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
     masks = (masks[:, 0] > 0.5).cpu().numpy()  # [n, 224, 224]
     return np.stack([  # cv2.seamlessClone works on one image at a time
-        paste_back(full[int(index)], crop, full.crop_to_frame, mask=mask)
+        paste_back(full[int(index)], crop, crop_to_frame, mask=mask)
         for crop, mask, index in zip(crops, masks, ref_index)
     ])
+
+
+# ----------------------------------------------------------------------------- mouth synthesis
+def mouth_compositor(person: PersonModels, options: MouthOptions) -> MouthCompositor:
+    """The person's :class:`MouthCompositor` (donors: the reference frames), made once."""
+    if person.compositor is None or person.compositor.options != options:
+        source = source_frames(person)
+        frames = np.arange(person.ref_frames.start, person.ref_frames.stop)
+        person.compositor = MouthCompositor(person.face_model, person.renderer, np.asarray(person.clip.coeffs[frames]),
+                                            source.crops(frames), options)
+    return person.compositor
+
+
+def compose_mouth(person: PersonModels, compositor: MouthCompositor, expression: np.ndarray, ref_index: np.ndarray,
+                  donors: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames ``[n, 3, S, S]`` and regions ``[n, 1, S, S]`` (full-resolution fixed crops, in
+    [0, 1]): the reference frames ``ref_index [n]`` saying ``expression [n, 64]``. The head
+    pose is the reference frame's own (a compositor cannot move the head: ``pose.amplitude``
+    does not apply)."""
+    ref_coeffs = np.asarray(person.clip.coeffs[np.asarray(ref_index)])  # [n, 257]
+    parts = split_coeffs(ref_coeffs)
+    coeffs = frame_coeffs(person, expression, np.concatenate([parts.angles, parts.translation], 1))
+    ref_images = torch.as_tensor(source_frames(person).crops(ref_index)).permute(0, 3, 1, 2).float().div_(255.0)
+    return compositor.compose(coeffs, ref_coeffs, ref_images, donors)
+
+
+def paste_regions(person: PersonModels, frames: torch.Tensor, regions: torch.Tensor, ref_index: np.ndarray) -> np.ndarray:
+    """Blend composed crops ``[n, 3, S, S]`` into their reference frames' full frames with their
+    soft regions ``[n, 1, S, S]`` as alpha: uint8 ``[n, H, W, 3]``. Outside the region the crop
+    is the reference frame itself, so there is no seam to hide."""
+    from talkinghead.video import paste_back
+
+    source = source_frames(person)
+    crops = _to_uint8(frames)
+    alphas = regions[:, 0].cpu().numpy()
+    return np.stack([paste_back(source[int(index)], crop, source.crop_to_frame, mask=alpha, seamless=False, feather=0)
+                     for crop, alpha, index in zip(crops, alphas, ref_index)])
+
+
+def write_mouth_video(person: PersonModels, writer, expression: np.ndarray, ref_index: np.ndarray,
+                      options: InferenceOptions, timer: "StageTimer", bar) -> int:
+    """The ``mouth`` synthesis, chunk by chunk into ``writer``; returns the frames written."""
+    with timer("render"):
+        compositor = mouth_compositor(person, options.mouth)
+        ref_angles = split_coeffs(np.asarray(person.clip.coeffs[np.asarray(ref_index)])).angles
+        donors = compositor.select_donors(expression, ref_angles)  # [N] rows of the reference frames
+    written = 0
+    for start in range(0, len(expression), options.chunk_frames):
+        chunk = slice(start, min(start + options.chunk_frames, len(expression)))
+        with timer("render"):
+            frames, regions = compose_mouth(person, compositor, expression[chunk], ref_index[chunk], donors[chunk])
+        if options.paste_back:
+            with timer("paste_back"):
+                images = paste_regions(person, frames, regions, ref_index[chunk])
+        else:
+            with timer("encode"):
+                images = _to_uint8(frames, options.out_size)
+        with timer("encode"):
+            writer.write(images)
+        written += len(images)
+        bar.update(len(images))
+    return written
+
+
+def write_refined_video(person: PersonModels, writer, expression: np.ndarray, pose: np.ndarray, ref_index: np.ndarray,
+                        options: InferenceOptions, timer: "StageTimer", bar) -> int:
+    """The ``refiner`` synthesis (the paper's Stage 2 on the blended 3DMM renders), chunk by
+    chunk into ``writer``; returns the frames written. Frames 0 and 1 copy frame 2."""
+    from talkinghead.pipeline.stage2 import RefinerStream
+
+    identity = person.clip_identity() if options.identity == "clip" else None
+    stream = RefinerStream(person.refiner, identity, use_memory=options.identity == "memory",
+                           batch_size=options.batch_size, precision=options.precision)
+    pending = _PendingFrames()
+    out_size = options.out_size or person.image_size
+    written = 0
+
+    def write(refined: torch.Tensor) -> None:
+        """Encode frames Stage 2 has returned (in order)."""
+        nonlocal written
+        if len(refined) == 0:
+            return
+        if written == 0 and len(refined) > CARRY_FRAMES:  # method.md section 8
+            refined = refined.clone()
+            refined[:CARRY_FRAMES] = refined[CARRY_FRAMES]
+        alpha, refs = pending.take(len(refined))
+        if options.paste_back:
+            with timer("paste_back"):
+                frames = paste_frames(person, refined, alpha, refs)
+        else:
+            with timer("encode"):
+                frames = _to_uint8(refined, out_size)
+        with timer("encode"):
+            writer.write(frames)
+        written += len(refined)
+
+    for start in range(0, len(expression), options.chunk_frames):
+        chunk = slice(start, min(start + options.chunk_frames, len(expression)))
+        with timer("render"):
+            coeffs = frame_coeffs(person, expression[chunk], pose[chunk])
+            blended, alpha = render_inputs(person, coeffs, ref_index[chunk], options.render_batch)
+        pending.append(alpha if options.paste_back else None, ref_index[chunk])
+        with timer("stage2"):
+            refined = stream.push(blended)
+        write(refined)
+        bar.update(chunk.stop - chunk.start)
+    with timer("stage2"):
+        refined = stream.flush()
+    write(refined)
+    return written
 
 
 def generate_video(
@@ -441,7 +546,6 @@ def generate_video(
     from tqdm.auto import tqdm
 
     from talkinghead.pipeline.stage1 import predict_expression_pose
-    from talkinghead.pipeline.stage2 import RefinerStream
     from talkinghead.video import VideoWriter, check_output_path
 
     options = options or InferenceOptions()
@@ -458,49 +562,14 @@ def generate_video(
         pose, ref_index = resolve_motion(person, pred_pose, options.pose)
     num_frames = len(expression)
 
-    identity = person.clip_identity() if options.identity == "clip" else None
-    stream = RefinerStream(person.refiner, identity, use_memory=options.identity == "memory",
-                           batch_size=options.batch_size, precision=options.precision)
-    pending = _PendingFrames()
-    out_size = options.out_size or person.image_size
-    written = 0
-
-    def write(writer: VideoWriter, refined: torch.Tensor) -> None:
-        """Encode frames Stage 2 has returned (in order); frames 0 and 1 copy frame 2."""
-        nonlocal written
-        if len(refined) == 0:
-            return
-        if written == 0 and len(refined) > CARRY_FRAMES:  # method.md section 8
-            refined = refined.clone()
-            refined[:CARRY_FRAMES] = refined[CARRY_FRAMES]
-        alpha, refs = pending.take(len(refined))
-        if options.paste_back:
-            with timer("paste_back"):
-                frames = paste_frames(person, refined, alpha, refs)
-        else:
-            with timer("encode"):
-                frames = _to_uint8(refined, out_size)
-        with timer("encode"):
-            writer.write(frames)
-        written += len(refined)
-
     bar = tqdm(total=num_frames, desc=f"infer {person.name}", unit="frame", disable=None if options.progress else True,
                dynamic_ncols=True)
     try:
         with VideoWriter(out, fps=FPS, audio=audio_path, sample_rate=SAMPLE_RATE) as writer:
-            for start in range(0, num_frames, options.chunk_frames):
-                chunk = slice(start, min(start + options.chunk_frames, num_frames))
-                with timer("render"):
-                    coeffs = frame_coeffs(person, expression[chunk], pose[chunk])
-                    blended, alpha = render_inputs(person, coeffs, ref_index[chunk], options.render_batch)
-                pending.append(alpha if options.paste_back else None, ref_index[chunk])
-                with timer("stage2"):
-                    refined = stream.push(blended)
-                write(writer, refined)
-                bar.update(chunk.stop - chunk.start)
-            with timer("stage2"):
-                refined = stream.flush()
-            write(writer, refined)
+            if options.uses_mouth:
+                written = write_mouth_video(person, writer, expression, ref_index, options, timer, bar)
+            else:
+                written = write_refined_video(person, writer, expression, pose, ref_index, options, timer, bar)
             with timer("encode"):
                 writer.close()
     finally:

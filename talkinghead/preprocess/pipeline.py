@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from talkinghead.data.clip import MIN_FRAMES
 from talkinghead.errors import ConfigError, InputError, require_file
 from talkinghead.preprocess.align import alignment_transforms, apply_transform, fixed_transform, warp_crop
 from talkinghead.preprocess.fit import FittingConfig, config_dict, fit_coefficients
@@ -44,7 +45,7 @@ CROP_SIZE = 224
 DEFAULT_FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
 
 
-def check_video(video: str | os.PathLike, min_frames: int = 300):
+def check_video(video: str | os.PathLike, min_frames: int = MIN_FRAMES):
     """Check that ``video`` is a readable video long enough for ``min_frames`` frames at 25 fps
     (estimated from its duration); returns its :class:`~talkinghead.video.io.MediaInfo`."""
     from talkinghead.video.io import probe_media
@@ -117,7 +118,7 @@ def preprocess_video(
     face_model_cfg: Mapping[str, Any] | None = None,
     fitting_cfg: FittingConfig | Mapping[str, Any] | None = None,
     max_frames: int = 400,
-    min_frames: int = 300,
+    min_frames: int = MIN_FRAMES,
     device: str = "auto",
     progress: bool = True,
     *,
@@ -137,7 +138,7 @@ def preprocess_video(
     cleaning/smoothing options (:class:`TrackOptions`). Bad input raises a one-line
     :class:`InputError` and leaves ``out`` untouched.
     """
-    from talkinghead.data.clip import ClipMeta, write_clip
+    from talkinghead.data.clip import ClipMeta, default_split, write_clip
     from talkinghead.face.factory import face_model_spec, make_face_model
     from talkinghead.video.io import iter_video, read_video_audio
 
@@ -187,7 +188,7 @@ def preprocess_video(
                                   device=device, progress=progress)
 
         # 5. writing
-        train_stop = min(300, num_frames)
+        train_frames, test_frames = default_split(num_frames)
         meta = ClipMeta(
             name=name or out.name,
             num_frames=num_frames,
@@ -195,8 +196,8 @@ def preprocess_video(
             sample_rate=SAMPLE_RATE,
             source="video",
             split="person",
-            train_frames=(0, train_stop),
-            test_frames=(train_stop, num_frames),
+            train_frames=train_frames,
+            test_frames=test_frames,
             face_model=dict(spec),
             extra={
                 "video": str(video),

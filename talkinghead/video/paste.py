@@ -59,7 +59,8 @@ def paste_back(
         seamless: Poisson blending with ``cv2.seamlessClone`` (matches colours at the mask border);
             ``False`` for a feathered alpha blend.
         feather: width in frame pixels of the soft alpha edge (``seamless=False``); default 4% of
-            the pasted crop's size.
+            the pasted crop's size; 0 uses ``mask`` as the alpha as it is (a mask that is
+            already soft, e.g. the mouth compositor's region).
 
     Returns:
         A new uint8 frame ``[H, W, 3]``; the frame unchanged where the mask does not land.
@@ -134,9 +135,10 @@ def _seamless_blend(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, cro
 
 def _feathered_blend(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, crop_mask: np.ndarray,
                      feather: float) -> np.ndarray:  # fmt: skip
-    """Alpha-blend the warped crop: alpha is the warped mask shrunk by ``feather`` px, then blurred."""
+    """Alpha-blend the warped crop: alpha is the warped mask shrunk by ``feather`` px, then
+    blurred (``feather`` 0: the warped mask itself)."""
     height, width = frame.shape[:2]
-    radius = max(int(round(feather)), 1)
+    radius = max(int(round(feather)), 1) if feather > 0 else 0
     x0, y0, x1, y1 = _footprint_box(matrix, crop.shape[:2], margin=2 * radius + 2)
     box = (max(x0, 0), max(y0, 0), min(x1, width), min(y1, height))  # work on the frame region only
     if box[0] >= box[2] or box[1] >= box[3]:
@@ -144,8 +146,10 @@ def _feathered_blend(frame: np.ndarray, crop: np.ndarray, matrix: np.ndarray, cr
     region = (slice(box[1], box[3]), slice(box[0], box[2]))
     warped = _warp_into_box(crop, matrix, box, borderMode=cv2.BORDER_REPLICATE).astype(np.float32)
     coverage = _warp_into_box(crop_mask, matrix, box)  # [h', w'], 0 outside the crop
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    alpha = cv2.GaussianBlur(cv2.erode(coverage, kernel), (0, 0), sigmaX=radius / 2.0)[..., None]  # [h', w', 1]
+    if radius:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        coverage = cv2.GaussianBlur(cv2.erode(coverage, kernel), (0, 0), sigmaX=radius / 2.0)
+    alpha = coverage[..., None]  # [h', w', 1]
     out = frame.copy()
     background = frame[region].astype(np.float32)
     out[region] = np.clip(alpha * warped + (1.0 - alpha) * background + 0.5, 0, 255).astype(np.uint8)

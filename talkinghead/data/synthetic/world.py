@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from scipy.ndimage import convolve1d
 
-from talkinghead.data.clip import TEST_FRAMES, TRAIN_FRAMES, ClipMeta, write_clip, write_corpus_index
+from talkinghead.data.clip import ClipMeta, default_split, write_clip, write_corpus_index
 from talkinghead.data.synthetic.motion import blinks, brow_raises, head_motion
 from talkinghead.data.synthetic.mouth import MOUTH_UNITS, mouth_trajectory
 from talkinghead.data.synthetic.people import Person, sample_people
@@ -113,15 +113,6 @@ def person_signals(person: Person, num_frames: int) -> PersonSignals:
 
 
 # --------------------------------------------------------------------------------- clips
-def _frame_ranges(num_frames: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Train/test frame ranges: the method's 0-299 / 300-399 for clips of 400+ frames, else
-    the first 75 % / the rest (tiny debug clips)."""
-    if num_frames >= TEST_FRAMES[1]:
-        return TRAIN_FRAMES, TEST_FRAMES
-    cut = max(1, min(num_frames - 1, int(round(0.75 * num_frames))))
-    return (0, cut), (cut, num_frames)
-
-
 def render_frames(model, person: Person, coeffs: np.ndarray, crop_size: int = 224, attributes=None,
                   on_chunk: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Real frames ``uint8 [N, S, S, 3]`` and landmarks ``[N, 68, 2]`` of ``coeffs [N, 257]``."""
@@ -161,7 +152,7 @@ def make_person(out: str | os.PathLike, person: Person, num_frames: int, face_mo
     signals = person_signals(person, num_frames)
     frames, landmarks = render_frames(model, person, signals.coeffs, crop_size, FaceAttributes.from_model(model), on_chunk)
     aligned, transforms = aligned_crops(frames, landmarks, crop_size)
-    train, test = _frame_ranges(num_frames)
+    train, test = default_split(num_frames)
     meta = ClipMeta(
         name=person.name, num_frames=num_frames, crop_size=crop_size, sample_rate=SAMPLE_RATE, source="synthetic",
         split=person.split, train_frames=train, test_frames=test, face_model=spec,
