@@ -121,7 +121,8 @@ def run_child(args) -> dict:
     started = time.perf_counter()
     person = build_person_models(Path(args.clip), args.size, args.ngf, args.slots, args.key_dim, args.top_k, args.renderer)
     setup = time.perf_counter() - started
-    options = InferenceOptions(chunk_frames=args.chunk_frames, batch_size=args.batch_size, precision=args.precision)
+    options = InferenceOptions(chunk_frames=args.chunk_frames, batch_size=args.batch_size, precision=args.precision,
+                               synthesis=args.synthesis)
     result = generate_video(person, args.audio, args.out, options)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)  # ffmpeg: H.264 encoder + AAC mux
@@ -129,6 +130,7 @@ def run_child(args) -> dict:
         "audio_seconds": result.audio_seconds,
         "frames": result.num_frames,
         "size": args.size,
+        "synthesis": args.synthesis,
         "ngf": args.ngf,
         "threads": args.threads,
         "precision": args.precision,
@@ -148,7 +150,8 @@ def launch(args, clip: Path, audio: Path, out: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", "--clip", str(clip), "--audio", str(audio), "--out", str(out),
            "--size", str(args.size), "--ngf", str(args.ngf), "--slots", str(args.slots), "--key-dim", str(args.key_dim),
            "--top-k", str(args.top_k), "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames),
-           "--batch-size", str(args.batch_size), "--renderer", args.renderer, "--precision", args.precision]
+           "--batch-size", str(args.batch_size), "--renderer", args.renderer, "--precision", args.precision,
+           "--synthesis", args.synthesis]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's package
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
@@ -178,7 +181,7 @@ def report(results: list[dict]) -> str:
     its frames/s is frames per CPU-second of one process (threads summed), the figure that does
     not depend on what else runs on the machine."""
     stages = ("audio", "stage1", "pose", "render", "stage2", "encode")
-    lines = [f"Stage-2 precision: {results[0].get('precision', 'fp32')} (resolved: {results[0].get('resolved_precision', '?')}), "
+    lines = [f"synthesis: {results[0].get('synthesis', 'refiner')}; Stage-2 precision: {results[0].get('precision', 'fp32')} (resolved: {results[0].get('resolved_precision', '?')}), "
              f"{results[0]['threads']} threads", ""]
     lines += _breakdown(results, "timings", "Wall clock (this machine, as loaded as it was):", stages)
     lines += _breakdown(results, "cpu_timings", "CPU time (this process + ffmpeg children):", (*stages, "ffmpeg"))
@@ -203,6 +206,9 @@ def main() -> None:
     parser.add_argument("--renderer", default="torch")
     parser.add_argument("--precision", default="auto", choices=("fp32", "bf16", "auto"),
                         help="Stage-2 arithmetic (auto: bf16 where the hardware runs it natively)")
+    parser.add_argument("--synthesis", default="refiner", choices=("refiner", "mouth"),
+                        help="refiner: the paper's Stage 2 (default here); mouth: infer's default in matched pose "
+                             "mode, the lower face warped from the person's frames at --size px")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
@@ -215,7 +221,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="talkinghead_bench_") as tmp:
         tmp = Path(tmp)
-        clip = make_person_clip(tmp)
+        clip = make_person_clip(tmp, size=args.size if args.synthesis == "mouth" else 224)
         results = []
         for seconds in args.seconds:
             audio = make_audio(tmp / f"speech_{seconds:g}s.wav", seconds)

@@ -339,7 +339,7 @@ def test_not_a_video(tmp_path):
 
 def test_five_second_video_says_how_many_frames(tmp_path):
     video = write_video(tmp_path / "short.mp4", _no_face_frames(125, 64))
-    message = _expect_input_error(tmp_path, video, "at least 300 frames")
+    message = _expect_input_error(tmp_path, video, "at least 150 frames")  # the shortest supported clip (6 s)
     assert "125 frames" in message and "5.0 s" in message
 
 
@@ -421,7 +421,8 @@ def test_video_to_clip_end_to_end_fast(tmp_path, rotating_video):
                  *(f"fitting.{k}={v}" for k, v in CHEAP_FIT.items())]
     path = preprocess_from_config(compose_config("preprocess", overrides))
     clip = _check_clip_and_roll(path, angles, with_audio=True)
-    assert clip.meta.train_frames == (0, 60) and clip.meta.extra["landmarks"]["detected_frames"] == 60
+    assert clip.meta.train_frames == (0, 45) and clip.meta.test_frames == (45, 60)  # a short clip: its last quarter held out
+    assert clip.meta.extra["landmarks"]["detected_frames"] == 60
     assert sorted(p.name for p in tmp_path.iterdir()) == ["person"]  # no temp leftovers
 
 

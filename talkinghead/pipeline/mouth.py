@@ -56,13 +56,14 @@ class MouthOptions:
     224-crop pixels per squared degree; ``hysteresis`` in squared 224-crop pixels.
     """
 
-    render_size: int = 224        # resolution of the warp field (upsampled to the crop)
+    render_size: int = 160        # resolution of the warp field and region (smooth: upsampled to the crop)
     pose_weight: float = 0.1      # donor cost: + pose_weight * (angle difference in degrees)^2
     hysteresis: float = 0.5       # keep the previous donor unless the best is this much cheaper
     dilate: float = 0.035         # region grown past the lower face (covers the jaw line)
     feather: float = 0.025        # Gaussian sigma of the region's soft edge
     extrapolate_sigma: float = 0.04  # smoothness of the displacement off the mesh
     colour_match: bool = True
+    batch_size: int = 8           # frames composed at once (the rasteriser is fastest on small batches on CPU)
 
 
 def mouth_options(values=None) -> MouthOptions:
@@ -243,6 +244,12 @@ class MouthCompositor:
         """
         target_coeffs = torch.as_tensor(target_coeffs, dtype=torch.float32, device=self.device)
         ref_coeffs = torch.as_tensor(np.asarray(ref_coeffs), dtype=torch.float32, device=self.device)
+        donor_index = np.asarray(donor_index)
+        step = max(1, int(self.options.batch_size))
+        if len(target_coeffs) > step:
+            parts = [self.compose(target_coeffs[i:i + step], ref_coeffs[i:i + step], ref_images[i:i + step],
+                                  donor_index[i:i + step]) for i in range(0, len(target_coeffs), step)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         ref_images = ref_images.to(self.device, torch.float32)
         size = ref_images.shape[-1]
         with torch.no_grad():

@@ -1,0 +1,303 @@
+"""The real-person benchmark: the paper's protocol on real videos, one row per video.
+
+    python bench/real.py [videos=DIR_OR_FILES] [general=DIR] [out=DIR] [foreign=WAV] [fresh=true]
+
+For each video (:func:`run_video`): preprocess it into a person clip (cached in ``OUT/<name>``),
+fine-tune both stages from the general checkpoints (``GENERAL/audio2coeff``, ``GENERAL/refiner``),
+evaluate on the clip's held-out frames (300-399, or the last quarter of a short clip) with the
+clip's own audio, render the held-out audio and one foreign speech file to mp4 (the foreign one
+also pasted back into the full frame), and write a contact sheet (real held-out frames above the
+generated ones). Every step is timed. :func:`format_tables` turns the rows into Markdown tables
+(per video and the mean) written to ``OUT/real.md`` and ``OUT/real.json``.
+
+The metrics come from :mod:`talkinghead.pipeline.evaluate` (the same functions as
+``scripts/evaluate.py``): Stage 1 of the general and the fine-tuned model against the
+mean-expression and the per-person ridge baselines (mouth LMD, lip-sync correlation and offset),
+HS of the pose modes, and Stage 2 of both syntheses on the true coefficients (the mouth
+compositor and the paper's refiner: PSNR/SSIM in the face, sharpness relative to the real
+frames).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from talkinghead.errors import InputError
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+
+
+def find_videos(videos: str | Path | Sequence[str | Path]) -> list[Path]:
+    """Video files from a folder (its videos, sorted), a file, or a list of files/folders."""
+    items = [videos] if isinstance(videos, (str, Path)) else list(videos)
+    found: list[Path] = []
+    for item in items:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise InputError(f"videos={path}: no such file or folder; give a folder of videos or video files")
+    if not found:
+        raise InputError(f"videos={videos}: no video files ({', '.join(VIDEO_SUFFIXES)}) found")
+    return found
+
+
+class Stopwatch:
+    """Wall-clock seconds per named step."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, step: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[step] = self.seconds.get(step, 0.0) + time.perf_counter() - start
+
+
+def _mouth_opening_of_clip(clip, frames: slice) -> np.ndarray:
+    from talkinghead.metrics.lipsync import mouth_opening
+
+    return mouth_opening(np.asarray(clip.landmarks[frames]))
+
+
+def sheet_frames(opening: np.ndarray, count: int = 8) -> np.ndarray:
+    """``count`` frame positions for a contact sheet, in time order: the most open and the
+    most closed mouth plus evenly spaced frames (so open and closed mouths both show)."""
+    n = len(opening)
+    if n <= count:
+        return np.arange(n)
+    picks = {int(np.argmax(opening)), int(np.argmin(opening))}
+    order = np.argsort(opening)
+    picks |= {int(order[len(order) // 4]), int(order[(3 * len(order)) // 4])}
+    for position in np.linspace(0, n - 1, count):
+        if len(picks) >= count:
+            break
+        picks.add(int(round(position)))
+    return np.array(sorted(picks)[:count])
+
+
+def contact_sheet(rows: Sequence[np.ndarray], height: int = 224) -> np.ndarray:
+    """Stack image rows (each uint8 ``[k, H, W, 3]``, the same ``k``) into one uint8 picture,
+    every image resized to ``height`` px high."""
+    import cv2
+
+    lines = []
+    for row in rows:
+        resized = [cv2.resize(np.asarray(im), (int(round(im.shape[1] * height / im.shape[0])), height),
+                              interpolation=cv2.INTER_AREA) for im in row]
+        lines.append(np.concatenate(resized, axis=1))
+    width = max(line.shape[1] for line in lines)
+    lines = [np.pad(line, ((0, 0), (0, width - line.shape[1]), (0, 0))) for line in lines]
+    return np.concatenate(lines, axis=0)
+
+
+def save_png(path: Path, image: np.ndarray) -> Path:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)):
+        raise InputError(f"could not write {path}; check that the folder is writable")
+    return path
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cpu") -> dict:
+    """All metrics of one fine-tuned person on their held-out frames (see the module docstring)."""
+    from talkinghead.metrics.image import sharpness
+    from talkinghead.pipeline.evaluate import (_plain, evaluate_mouth, evaluate_pose_modes, evaluate_stage1,
+                                               held_out_frames)
+    from talkinghead.pipeline.infer import load_person
+    from talkinghead.pipeline.render import to_unit
+    from talkinghead.pipeline.stage1 import load_audio2coeff
+    from talkinghead.pipeline.stage2 import evaluate_refiner
+
+    models = load_person(person, weights, device=device, with_audio=True)
+    clip = models.clip
+    frames = held_out_frames(clip)
+    general_stage1 = load_audio2coeff(general / "audio2coeff", device=models.device)
+    stage2 = evaluate_refiner(models.refiner, clip, models.face_model, models.renderer, frames=frames, return_frames=True)
+    real224 = to_unit(np.array(clip.fixed[frames]))
+    stage2["size"] = int(models.refiner.image_size)
+    stage2["sharpness_ratio"] = float((sharpness(stage2.pop("refined")) / sharpness(real224).clamp_min(1e-6)).median())
+    for key in ("input", "real"):
+        stage2.pop(key)
+    return {
+        "frames": [frames.start, frames.stop],
+        "train_frames": [clip.train_slice.start, clip.train_slice.stop],
+        "stage1_general": evaluate_stage1(general_stage1, clip, models.face_model, frames),
+        "stage1": evaluate_stage1(models.stage1, clip, models.face_model, frames),
+        "mouth": _plain(evaluate_mouth(clip, models.face_model, models.renderer, frames)),
+        "refiner": _plain(stage2),
+        "pose": evaluate_pose_modes(models.stage1, clip, models.ref_frames, frames, device=models.device),
+    }
+
+
+def run_video(video: Path, out: Path, general: Path, cfg, foreign: Path | None = None, fresh: bool = True,
+              device: str = "cpu") -> dict:
+    """The whole protocol for one video; returns its row (metrics, timings, written files)."""
+    from talkinghead.audio import save_wav
+    from talkinghead.data.clip import read_clip
+    from talkinghead.pipeline.finetune import ensure_clip, finetune_person
+    from talkinghead.pipeline.frames import SourceFrames
+    from talkinghead.pipeline.infer import InferenceOptions, generate_video, load_person
+    from talkinghead.video import read_video
+
+    name = video.stem
+    person = out / name
+    weights = person / "finetuned"
+    watch = Stopwatch()
+    cached = (person / "meta.json").is_file()
+    with watch("preprocess"):
+        ensure_clip(person, video, cfg)
+    if fresh and weights.exists():
+        shutil.rmtree(weights)
+    for stage in ("audio2coeff", "refiner"):
+        with watch(f"finetune_{stage}"):
+            finetune_person(person, cfg, stages=(stage,), general=general, out=weights, progress=False)
+    with watch("evaluate"):
+        metrics = evaluate_video(person, general, weights, device=device)
+
+    clip = read_clip(person)
+    frames = slice(*metrics["frames"])
+    models = load_person(person, weights, device=device)
+    files: dict[str, str] = {}
+    renders: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="talkinghead_bench_") as tmp:
+        heldout_wav = save_wav(Path(tmp) / f"{name}_heldout.wav", clip.audio_for_frames(frames))
+        jobs = [("heldout", heldout_wav, InferenceOptions())]
+        if foreign is not None:
+            jobs += [("foreign", foreign, InferenceOptions()), ("foreign_pasted", foreign, InferenceOptions(paste_back=True))]
+        for label, audio, options in jobs:
+            path = out / f"{name}_{label}.mp4"
+            with watch(f"render_{label}"):
+                result = generate_video(models, audio, path, options)
+            renders[label] = {"frames": result.num_frames, "fps": result.frames_per_second,
+                              "timings": {k: round(v, 3) for k, v in result.timings.items()}}
+            files[label] = str(path)
+
+    # Contact sheet: the real held-out frames above the frames generated from their audio.
+    generated = read_video(files["heldout"])  # [n, S, S, 3]
+    positions = sheet_frames(_mouth_opening_of_clip(clip, frames))
+    source = SourceFrames(clip, frames.stop)
+    real = source.crops(np.arange(frames.start, frames.stop)[positions])
+    rows = [real, generated[positions]]
+    if foreign is not None:
+        pasted = read_video(files["foreign_pasted"])
+        rows.append(pasted[np.linspace(0, len(pasted) - 1, min(4, len(pasted))).astype(int)])
+    files["contact_sheet"] = str(save_png(out / f"{name}_sheet.png", contact_sheet(rows)))
+    return {"video": str(video), "name": name, "cached_preprocess": cached, **metrics, "renders": renders,
+            "seconds": {k: round(v, 2) for k, v in watch.seconds.items()}, "files": files}
+
+
+# ----------------------------------------------------------------------------- tables
+def _get(row: Mapping[str, Any], path: str) -> Any:
+    value: Any = row
+    for key in path.split("."):
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "-"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    return f"{float(value):.{digits}f}"
+
+
+STAGE1_COLUMNS = [  # (header, path in a row)
+    ("LMD mean expr.", "stage1.lmd_mean_expression"),
+    ("LMD ridge", "stage1.ridge_lmd"),
+    ("LMD general", "stage1_general.lmd"),
+    ("LMD fine-tuned", "stage1.lmd"),
+    ("corr ridge", "stage1.ridge_lipsync_corr"),
+    ("corr general", "stage1_general.lipsync_corr"),
+    ("corr fine-tuned", "stage1.lipsync_corr"),
+    ("offset general", "stage1_general.lipsync_offset"),
+    ("offset fine-tuned", "stage1.lipsync_offset"),
+    ("HS still", "pose.still"),
+    ("HS predicted", "pose.predicted"),
+    ("HS matched", "pose.matched"),
+]
+STAGE2_COLUMNS = [
+    ("mouth size px", "mouth.size"),
+    ("mouth PSNR region", "mouth.psnr_region"),
+    ("mouth SSIM face", "mouth.ssim_face"),
+    ("mouth sharpness", "mouth.sharpness_ratio"),
+    ("refiner size px", "refiner.size"),
+    ("refiner PSNR face", "refiner.psnr_face"),
+    ("refiner SSIM face", "refiner.ssim_face"),
+    ("refiner sharpness", "refiner.sharpness_ratio"),
+    ("input PSNR face", "refiner.psnr_input_face"),
+]
+TIME_COLUMNS = [
+    ("preprocess s", "seconds.preprocess"),
+    ("fine-tune Stage 1 s", "seconds.finetune_audio2coeff"),
+    ("fine-tune Stage 2 s", "seconds.finetune_refiner"),
+    ("evaluate s", "seconds.evaluate"),
+    ("render held-out s", "seconds.render_heldout"),
+    ("render fps", "renders.heldout.fps"),
+    ("render foreign s", "seconds.render_foreign"),
+    ("paste-back s", "seconds.render_foreign_pasted"),
+]
+
+
+def _table(rows: Sequence[Mapping[str, Any]], columns, title: str) -> str:
+    header = "| video | " + " | ".join(h for h, _ in columns) + " |"
+    lines = [f"#### {title}", "", header, "|" + " --- |" * (len(columns) + 1)]
+    for row in rows:
+        lines.append(f"| {row['name']} | " + " | ".join(_cell(_get(row, p)) if p else "-" for _, p in columns) + " |")
+    if len(rows) > 1:
+        means = []
+        for _, path in columns:
+            values = [_get(r, path) for r in rows] if path else []
+            values = [float(v) for v in values if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)]
+            means.append(_cell(float(np.mean(values))) if values else "-")
+        lines.append("| **mean** | " + " | ".join(means) + " |")
+    return "\n".join(lines)
+
+
+def format_tables(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: Stage 1, Stage 2 and timing tables, one row per video plus the mean."""
+    if not rows:
+        raise InputError("no benchmark rows to format")
+    return "\n\n".join([
+        _table(rows, STAGE1_COLUMNS, "Stage 1 on the held-out frames (own audio): mouth LMD px at 224, lip-sync correlation, HS (ours)"),
+        _table(rows, STAGE2_COLUMNS, "Stage 2 on the held-out frames (true coefficients): mouth synthesis vs the paper's refiner"),
+        _table(rows, TIME_COLUMNS, "Wall clock per step (this machine)"),
+    ]) + "\n"
+
+
+def write_report(rows: Sequence[Mapping[str, Any]], out: Path) -> tuple[Path, Path]:
+    """``OUT/real.json`` (every figure) and ``OUT/real.md`` (the tables), written atomically."""
+    from talkinghead.pipeline.evaluate import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = write_json(out / "real.json", list(rows))
+    md_path = out / "real.md"
+    tmp = md_path.with_suffix(".md.tmp")
+    tmp.write_text(format_tables(rows))
+    tmp.replace(md_path)
+    return json_path, md_path
