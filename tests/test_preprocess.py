@@ -461,3 +461,29 @@ def test_ground_truth_clip_through_the_pipeline(tmp_path):
     assert abs(np.degrees(roll_offset + crop_rotation)) < 1.0, (np.degrees(roll_offset), np.degrees(crop_rotation))
     err = np.degrees(np.abs(clip.coeffs[:, 224:227] - truth[:, 224:227] - [0, 0, -crop_rotation]))  # [N, 3]
     assert np.median(err) < 2.0, np.median(err, 0)  # over frames and axes
+
+
+# --------------------------------------------------------------------------------------------
+# Real media (../shared/real; CI has them, a fresh clone does not: the fixture skips there)
+# --------------------------------------------------------------------------------------------
+@needs_mediapipe
+def test_real_video_through_the_cli(tmp_path, real_media):
+    """A real talking-head video through ``scripts/preprocess.py`` (30 frames, debug=tiny fit):
+    a valid clip with the real audio, a face found in every frame and a tight fit."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "katie"
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, str(repo / "scripts" / "preprocess.py"),
+                          f"video={real_media / 'WDA_KatieHill_000.mp4'}", f"out={out}", "max_frames=30",
+                          "min_frames=20", "debug=tiny"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr
+    clip = read_clip(out)
+    assert clip.num_frames == 30 and clip.meta.has_audio and len(clip.audio) == 30 * 16000 // 25
+    assert clip.meta.extra["landmarks"]["detected_frames"] == 30
+    assert clip.meta.extra["fit"]["landmark_error_px_mean"] < 8.0  # 5.5 px with the debug=tiny fit
+    assert run.stdout.strip().splitlines()[-1].startswith(f"wrote {out}")
