@@ -40,13 +40,7 @@ FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
 WORLD_SEED, WORLD_PERSON = 2, 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensor ops are much slower with 2 threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from talkinghead.audio import load_audio, save_wav
 from talkinghead.cli import compose_config, run_cli
@@ -29,6 +28,8 @@ from talkinghead.pipeline.infer import (
 )
 from talkinghead.video import probe_media
 
+from _clips import write_stand_in_clip
+
 NUM_FRAMES = 24
 ONE_STEP = [
     "debug=tiny", "trainer.log_every=0", "trainer.image_every=0", "trainer.val_every=0", "trainer.ckpt_every=0",
@@ -37,14 +38,7 @@ ONE_STEP = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's models on one thread: on a shared, oversubscribed CPU, intra-op thread
-    barriers cost far more than they save (about 7x the wall time here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
@@ -67,10 +61,8 @@ def world(tmp_path_factory):
     coeffs[:, 80:144] = rng.normal(0, 0.3, (NUM_FRAMES, 64))
     coeffs[:, 224:227] = rng.normal(0, 0.05, (NUM_FRAMES, 3))
     frames = rng.integers(0, 255, (NUM_FRAMES, 224, 224, 3), dtype=np.uint8)
-    eye = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
     meta = ClipMeta(name="tiny", num_frames=NUM_FRAMES, source="synthetic", train_frames=(0, 18), test_frames=(18, 24))
-    person = write_clip(root / "tiny", meta, coeffs, np.zeros((NUM_FRAMES, 68, 2), np.float32), frames, frames, eye,
-                        np.tile(eye, (NUM_FRAMES, 1, 1)), _speech_like(NUM_FRAMES / 25))
+    person = write_stand_in_clip(root / "tiny", meta, coeffs, frames, _speech_like(NUM_FRAMES / 25))
     cfg = compose_config("train", ONE_STEP)
     weights = root / "models"
     train_audio2coeff([person], weights / "audio2coeff", cfg, mode="general")

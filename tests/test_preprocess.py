@@ -43,13 +43,7 @@ FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
 CHEAP_FIT = {"landmark_steps": 60, "photometric_steps": 2, "render_size": 32}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensor ops are much slower with 2 threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------------------------

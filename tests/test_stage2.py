@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from talkinghead.cli import compose_config
-from talkinghead.data.clip import ClipMeta, read_clip, write_clip, write_corpus_index
+from talkinghead.data.clip import ClipMeta, read_clip
 from talkinghead.data.stage2_dataset import RefinerDataset
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError, TrainingError
 from talkinghead.face.camera import Camera
@@ -44,6 +44,7 @@ from talkinghead.pipeline.stage2 import (
 )
 from talkinghead.render import get_renderer
 from talkinghead.train.refiner import RefinerTask, model_spec_from_config, train_refiner
+from _clips import write_stand_in_clip, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 64  # stand-in clips' crop size
@@ -75,32 +76,16 @@ def make_clip(root: Path, name: str, num_frames: int, seed: int, split: str) -> 
     landmarks = face_model.landmarks_2d(coeffs, Camera().with_size(CROP)).numpy()  # [N, 68, 2]
     meta = ClipMeta(name=name, num_frames=num_frames, crop_size=CROP, source="synthetic", split=split,
                     has_audio=False, face_model=dict(FACE_SPEC))
-    eye = np.eye(2, 3, dtype=np.float32)
-    return write_clip(root / name, meta, coeffs.numpy(), landmarks, frames, frames, eye,
-                      np.repeat(eye[None], num_frames, 0))
+    return write_stand_in_clip(root / name, meta, coeffs.numpy(), frames, landmarks=landmarks)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, two threads per process are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """2 training persons (24 frames) + 1 held-out person (40 frames)."""
-    root = tmp_path_factory.mktemp("corpus")
-    persons = []
-    for i in range(2):
-        make_clip(root, f"train_{i}", 24, seed=i, split="train")
-        persons.append({"name": f"train_{i}", "split": "train"})
-    make_clip(root, "heldout_0", 40, seed=10, split="heldout")
-    persons.append({"name": "heldout_0", "split": "heldout"})
-    write_corpus_index(root, persons, {"source": "test"})
-    return root
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"), make_clip, 2, 24, 40)
 
 
 @pytest.fixture(scope="module")
