@@ -282,7 +282,9 @@ def test_smoothing_removes_jitter_and_keeps_motion():
     assert np.std(smoothed - motion) < 0.75 * np.std(noisy - motion)
     quadratic = np.broadcast_to(0.01 * t**2 - t, (100, 68, 2)).astype(np.float32)
     np.testing.assert_allclose(smooth_landmarks(quadratic, 5, 2), quadratic, atol=1e-3)  # exact for order 2
-    assert smooth_landmarks(noisy, 0) is not None and np.array_equal(smooth_landmarks(noisy, 1), noisy)
+    for off in (0, 1, 2):  # windows of at most 2 frames (0 -> 1 after rounding up to odd) are off
+        assert np.array_equal(smooth_landmarks(noisy, off), noisy)
+    assert np.array_equal(smooth_landmarks(noisy[:4], 5, 2), noisy[:4])  # shorter than the window: unchanged
 
 
 # --------------------------------------------------------------------------------------------

@@ -420,6 +420,15 @@ def test_two_processes_match_one_process(corpus, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     one_loss = json.loads((tmp_path / "one" / "done.json").read_text())["metrics"]["total"]
     two_loss = json.loads((tmp_path / "two" / "done.json").read_text())["metrics"]["total"]
-    print(f"validation loss: 1 process {one_loss:.6f}, 2 processes {two_loss:.6f}")
-    # Same global batch and data order; BatchNorm statistics are per process (half batches).
-    assert two_loss == pytest.approx(one_loss, rel=0.1)
+    one = safetensors.torch.load_file(str(tmp_path / "one" / "weights.safetensors"))
+    two = safetensors.torch.load_file(str(tmp_path / "two" / "weights.safetensors"))
+    assert one.keys() == two.keys()
+    weight_gap = sum(float((one[k].double() - two[k].double()).norm() ** 2) for k in one) ** 0.5
+    weight_gap /= sum(float(one[k].double().norm() ** 2) for k in one) ** 0.5
+    print(f"validation loss: 1 process {one_loss:.6f}, 2 processes {two_loss:.6f}; weight gap {weight_gap:.5f}")
+    # Same global batch and data order; BatchNorm statistics are per process (half batches), so
+    # the runs are close, not equal. Measured (CPU, deterministic): weight gap 0.0062 and loss
+    # gap 1.3 %; with the gradient all-reduce removed (no DDP wrapper: each rank steps on its own
+    # half batch) 0.0132 and 2.1 %. The bounds sit between.
+    assert weight_gap < 0.009
+    assert two_loss == pytest.approx(one_loss, rel=0.017)

@@ -481,9 +481,11 @@ def smooth_landmarks(landmarks: np.ndarray, window: int = 5, polyorder: int = 2)
     from scipy.signal import savgol_filter
 
     window = int(window)
+    if window <= 2:
+        return np.asarray(landmarks, dtype=np.float32)
     if window % 2 == 0:
         window += 1
-    if window <= 2 or len(landmarks) < window or polyorder >= window:
+    if len(landmarks) < window or polyorder >= window:
         return np.asarray(landmarks, dtype=np.float32)
     return savgol_filter(landmarks, window, int(polyorder), axis=0, mode="interp").astype(np.float32)
 
