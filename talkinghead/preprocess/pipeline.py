@@ -68,6 +68,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"out={out} exists and is a file; choose a directory path for the clip")
     if out.exists() and not overwrite:
         raise InputError(f"out={out} already exists; pass overwrite=true or choose another out=")
+    blocker = next((p for p in out.parents if p.exists()), None)  # the deepest existing ancestor
+    if blocker is not None and not blocker.is_dir():  # out=notes.txt/person
+        raise InputError(f"out={out}: {blocker} is a file, not a folder; choose another out=")
 
 
 def _fit_audio(audio: np.ndarray | None, num_frames: int) -> np.ndarray | None:
