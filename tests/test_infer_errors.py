@@ -74,6 +74,11 @@ def world(tmp_path_factory):
     (bad / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really a wav file" * 4)
     save_wav(bad / "silent.wav", np.zeros(16000, np.float32))
     save_wav(bad / "empty.wav", np.zeros(0, np.float32))
+    import soundfile
+
+    broken = _speech_like(1.01, seed=2)
+    broken[100:105] = np.nan  # a float WAV can hold them (save_wav would not write such audio)
+    soundfile.write(bad / "nan.wav", broken, 16000, subtype="FLOAT")
     return {"root": root, "person": person, "weights": weights, "audio": audio, "bad": bad}
 
 
@@ -104,6 +109,7 @@ def _bad_cases(world) -> dict[str, tuple[list[str], str]]:
         "silent audio": ([*good[:2], f"audio={bad / 'silent.wav'}", f"out={out / 'd.mp4'}"], "silent"),
         "empty audio": ([*good[:2], f"audio={bad / 'empty.wav'}", f"out={out / 'e.mp4'}"], "no samples"),
         "missing audio": ([*good[:2], f"audio={bad / 'nothing.wav'}", f"out={out / 'f.mp4'}"], "not found"),
+        "nan audio": ([*good[:2], f"audio={bad / 'nan.wav'}", f"out={out / 'k.mp4'}"], "5 NaN or infinite samples"),
         "missing out folder": ([*good, f"out={out / 'no_such_dir' / 'g.mp4'}"], "does not exist"),
         "out under a file": ([*good, f"out={world['audio'] / 'g.mp4'}"], "is a file, not a folder"),
         "unwritable out": ([*good, f"out={out / 'g.mp4'}"], "not writable"),  # mkstemp refuses (below)
@@ -114,6 +120,7 @@ def _bad_cases(world) -> dict[str, tuple[list[str], str]]:
 
 
 BAD_CASES = ["missing person", "no fine-tuned weights", "corrupt audio", "silent audio", "empty audio", "missing audio",
+             "nan audio",
              "missing out folder", "out under a file", "unwritable out", "out is not a video", "unknown config key",
              "bad pose mode"]
 

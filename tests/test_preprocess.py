@@ -478,6 +478,9 @@ def test_real_video_through_the_cli(tmp_path, real_media):
                           "min_frames=20", "debug=tiny"], cwd=repo, env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr
+    # Nothing on stderr: MediaPipe/TensorFlow Lite's native log ("INFO: Created TensorFlow Lite
+    # XNNPACK delegate", "W0000 ... inference_feedback_manager") is silenced unless verbose=true.
+    assert run.stderr == "", run.stderr
     clip = read_clip(out)
     assert clip.num_frames == 30 and clip.meta.has_audio and len(clip.audio) == 30 * 16000 // 25
     assert clip.meta.extra["landmarks"]["detected_frames"] == 30

@@ -269,6 +269,8 @@ def preprocess_from_config(cfg) -> Path:
         if clip is None:
             raise ConfigError("detector=ground_truth needs ground_truth_clip=DIR (the clip with the true coefficients)")
         detector["clip"] = clip
+    if detector.get("name") == "mediapipe" and bool(cfg_get(cfg, "verbose", False)):
+        detector["native_log"] = True  # verbose=true: MediaPipe's own C++ log reaches stderr too
     path = preprocess_video(
         cfg.video,
         cfg.out,
