@@ -287,3 +287,13 @@ def test_silent_audio(tmp_path):
     with pytest.raises(TalkingHeadError, match="peak -80.0 dBFS"):
         check_not_silent(np.full(100, 1e-4, np.float32), "quiet.wav")
     check_not_silent(_speechlike(0.2), "speech.wav")  # no error
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_audio_has_its_own_message(bad):
+    audio = _speechlike(0.2)
+    audio[10] = bad
+    with pytest.raises(InputError) as err:
+        check_not_silent(audio, "broken.wav")
+    message = _one_line(err)
+    assert "broken.wav has 1 NaN or infinite samples of" in message and "silent" not in message

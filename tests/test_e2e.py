@@ -16,36 +16,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from talkinghead.cli import compose_config
-from talkinghead.data.clip import ClipMeta, read_clip, write_clip
+from talkinghead.data.clip import read_clip
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.pipeline.demo import contact_sheet, ensure_corpus, stream_durations
 from talkinghead.pipeline.finetune import finetune_person, is_done, parse_stages
 from talkinghead.pipeline.tables import PersonTables, build_tables
+from _clips import random_frame_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's models on one thread: on a shared, oversubscribed CPU, intra-op thread
-    barriers cost far more than they save (about 7x the wall time here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-def _clip(root: Path, n: int = 12, with_audio: bool = True) -> Path:
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (n, 224, 224, 3), dtype=np.uint8)
-    eye = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
-    audio = rng.uniform(-0.5, 0.5, n * 640).astype(np.float32) if with_audio else None
-    meta = ClipMeta(name=root.name, num_frames=n, source="synthetic", train_frames=(0, 9), test_frames=(9, n))
-    return write_clip(root, meta, np.zeros((n, 257), np.float32), np.zeros((n, 68, 2), np.float32), frames, frames,
-                      eye, np.tile(eye, (n, 1, 1)), audio)
+_clip = random_frame_clip  # tests/_clips.py
 
 
 def _finetune_cfg(*extra: str):

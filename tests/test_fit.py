@@ -40,13 +40,7 @@ FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
 WORLD_SEED, WORLD_PERSON = 2, 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensor ops are much slower with 2 threads on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +140,13 @@ def test_config_and_input_errors(model):
         fit_coefficients(None, lm, model, {"photometric_steps": 2}, progress=False)
     with pytest.raises(InputError, match="like the landmarks"):
         fit_coefficients(np.zeros((3, 64, 64, 3), np.uint8), lm, model, {"photometric_steps": 2}, progress=False)
-    with pytest.raises(ConfigError, match="CUDA"):
-        if torch.cuda.is_available():
-            raise ConfigError("CUDA is available here; nothing to test")
+
+def test_cuda_requested_without_cuda_is_a_config_error(model, monkeypatch):
+    """The same check on any machine: CUDA is made unavailable (a CUDA machine would otherwise
+    have nothing to refuse)."""
+    lm = np.zeros((3, 68, 2), np.float32) + 112
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="device=cuda but CUDA is not available"):
         fit_coefficients(None, lm, model, {"photometric_steps": 0}, device="cuda", progress=False)
 
 
@@ -311,6 +309,7 @@ def test_astronaut_photograph_fit(model, tmp_path):
 # --------------------------------------------------------------------------------------------
 # GPU
 # --------------------------------------------------------------------------------------------
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fit_matches_cpu(model, truth):
     frames, _, landmarks = truth

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from talkinghead.audio import load_audio, save_wav
 from talkinghead.cli import compose_config, run_cli
@@ -29,6 +28,8 @@ from talkinghead.pipeline.infer import (
 )
 from talkinghead.video import probe_media
 
+from _clips import write_stand_in_clip
+
 NUM_FRAMES = 24
 ONE_STEP = [
     "debug=tiny", "trainer.log_every=0", "trainer.image_every=0", "trainer.val_every=0", "trainer.ckpt_every=0",
@@ -37,14 +38,7 @@ ONE_STEP = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's models on one thread: on a shared, oversubscribed CPU, intra-op thread
-    barriers cost far more than they save (about 7x the wall time here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
@@ -67,10 +61,8 @@ def world(tmp_path_factory):
     coeffs[:, 80:144] = rng.normal(0, 0.3, (NUM_FRAMES, 64))
     coeffs[:, 224:227] = rng.normal(0, 0.05, (NUM_FRAMES, 3))
     frames = rng.integers(0, 255, (NUM_FRAMES, 224, 224, 3), dtype=np.uint8)
-    eye = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
     meta = ClipMeta(name="tiny", num_frames=NUM_FRAMES, source="synthetic", train_frames=(0, 18), test_frames=(18, 24))
-    person = write_clip(root / "tiny", meta, coeffs, np.zeros((NUM_FRAMES, 68, 2), np.float32), frames, frames, eye,
-                        np.tile(eye, (NUM_FRAMES, 1, 1)), _speech_like(NUM_FRAMES / 25))
+    person = write_stand_in_clip(root / "tiny", meta, coeffs, frames, _speech_like(NUM_FRAMES / 25))
     cfg = compose_config("train", ONE_STEP)
     weights = root / "models"
     train_audio2coeff([person], weights / "audio2coeff", cfg, mode="general")
@@ -82,6 +74,11 @@ def world(tmp_path_factory):
     (bad / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEnot really a wav file" * 4)
     save_wav(bad / "silent.wav", np.zeros(16000, np.float32))
     save_wav(bad / "empty.wav", np.zeros(0, np.float32))
+    import soundfile
+
+    broken = _speech_like(1.01, seed=2)
+    broken[100:105] = np.nan  # a float WAV can hold them (save_wav would not write such audio)
+    soundfile.write(bad / "nan.wav", broken, 16000, subtype="FLOAT")
     return {"root": root, "person": person, "weights": weights, "audio": audio, "bad": bad}
 
 
@@ -112,7 +109,10 @@ def _bad_cases(world) -> dict[str, tuple[list[str], str]]:
         "silent audio": ([*good[:2], f"audio={bad / 'silent.wav'}", f"out={out / 'd.mp4'}"], "silent"),
         "empty audio": ([*good[:2], f"audio={bad / 'empty.wav'}", f"out={out / 'e.mp4'}"], "no samples"),
         "missing audio": ([*good[:2], f"audio={bad / 'nothing.wav'}", f"out={out / 'f.mp4'}"], "not found"),
-        "unwritable out": ([*good, f"out={out / 'no_such_dir' / 'g.mp4'}"], "does not exist"),
+        "nan audio": ([*good[:2], f"audio={bad / 'nan.wav'}", f"out={out / 'k.mp4'}"], "5 NaN or infinite samples"),
+        "missing out folder": ([*good, f"out={out / 'no_such_dir' / 'g.mp4'}"], "does not exist"),
+        "out under a file": ([*good, f"out={world['audio'] / 'g.mp4'}"], "is a file, not a folder"),
+        "unwritable out": ([*good, f"out={out / 'g.mp4'}"], "not writable"),  # mkstemp refuses (below)
         "out is not a video": ([*good, f"out={out / 'h.txt'}"], ".mp4"),
         "unknown config key": ([*good, f"out={out / 'i.mp4'}", "bogus_key=1"], "bogus_key"),
         "bad pose mode": ([*good, f"out={out / 'j.mp4'}", "pose.mode=wobble"], "pose.mode"),
@@ -120,12 +120,22 @@ def _bad_cases(world) -> dict[str, tuple[list[str], str]]:
 
 
 BAD_CASES = ["missing person", "no fine-tuned weights", "corrupt audio", "silent audio", "empty audio", "missing audio",
-             "unwritable out", "out is not a video", "unknown config key", "bad pose mode"]
+             "nan audio",
+             "missing out folder", "out under a file", "unwritable out", "out is not a video", "unknown config key",
+             "bad pose mode"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_exits_nonzero_with_one_line_and_no_mp4(world, capsys, case):
+def test_bad_input_exits_nonzero_with_one_line_and_no_mp4(world, capsys, case, monkeypatch):
     argv, expected = _bad_cases(world)[case]
+    if case == "unwritable out":
+        # A read-only folder, simulated: chmod does not stop root (CI runs as root).
+        import tempfile
+
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
     outs = world["root"] / "outs"
     outs.mkdir(exist_ok=True)
     code, err = _run(argv, capsys)
@@ -287,30 +297,87 @@ def test_options_from_config_read_infer_yaml():
     assert (options.pose.mode, options.chunk_frames, options.identity, options.out_size) == ("still", 50, "clip", 128)
 
 
-def test_paste_back_into_the_source_video_frames(world, tmp_path):
-    """A clip cut from a larger video: the face goes back into the reference frames of
-    source.mp4 at the place transforms.fixed says, and only there."""
-    from talkinghead.video import read_video, write_video
+def _framed_person(world, tmp_path, source_frames: np.ndarray, fps: float = 25):
+    """The tiny person as if cut from a larger video: ``source.mp4`` holds ``source_frames``
+    (uint8 [M, 240, 320, 3] at ``fps``) and the fixed crop is its 160 x 160 square at (80, 40)."""
+    from talkinghead.video import write_video
 
-    n, height, width = NUM_FRAMES, 240, 320
-    full = np.zeros((n, height, width, 3), np.uint8)
-    full[..., 1] = 120  # plain green full frames
+    n = NUM_FRAMES
+    tmp_path.mkdir(parents=True, exist_ok=True)
     frame_to_crop = np.array([[224 / 160, 0, -80 * 224 / 160], [0, 224 / 160, -40 * 224 / 160]], np.float32)
-    source = write_video(tmp_path / "source.mp4", full)
+    source = write_video(tmp_path / "source.mp4", source_frames, fps=fps)
     tiny = read_clip(world["person"])
     meta = ClipMeta(name="framed", num_frames=n, source="video", train_frames=(0, 18), test_frames=(18, 24))
-    person = write_clip(tmp_path / "framed", meta, np.asarray(tiny.coeffs), np.asarray(tiny.landmarks),
-                        np.asarray(tiny.fixed), np.asarray(tiny.aligned), frame_to_crop, np.asarray(tiny.aligned_transforms),
-                        _speech_like(NUM_FRAMES / 25), source_video=source)
-    models = load_person(person, world["weights"], device="cpu")
-    result = generate_video(models, world["audio"], tmp_path / "pasted.mp4", InferenceOptions(paste_back=True,
-                                                                                               synthesis="refiner"))
+    return write_clip(tmp_path / "framed", meta, np.asarray(tiny.coeffs), np.asarray(tiny.landmarks),
+                      np.asarray(tiny.fixed), np.asarray(tiny.aligned), frame_to_crop, np.asarray(tiny.aligned_transforms),
+                      _speech_like(NUM_FRAMES / 25), source_video=source)
+
+
+def _distinct_frames(n: int, height: int = 240, width: int = 320) -> np.ndarray:
+    """Frame k: a flat colour 9 levels per frame apart from every other frame's (far above codec
+    noise) plus a horizontal ramp, so pasting into the wrong frame cannot pass."""
+    k = np.arange(n, dtype=np.int64)[:, None, None]
+    ramp = np.linspace(0, 40, width)[None, None, :]
+    frames = np.zeros((n, height, width, 3), np.uint8)
+    frames[..., 0] = np.clip(20 + 9 * k + ramp, 0, 255)
+    frames[..., 1] = np.clip(220 - 9 * k, 0, 255)
+    frames[..., 2] = 90
+    return frames
+
+
+OUTSIDE = np.ones((240, 320), bool)
+OUTSIDE[40 - 4:40 + 160 + 4, 80 - 4:80 + 160 + 4] = False  # the crop's footprint (+ a margin)
+
+
+def _assert_pasted_into_own_frames(frames: np.ndarray, full: np.ndarray, ref_index: np.ndarray) -> None:
+    """Outside the face each output frame is its own reference frame (codec noise only), and
+    never a neighbouring one."""
+    assert len(frames) == len(ref_index)
+    assert len(set(ref_index.tolist())) >= 3, ref_index  # the check needs several reference frames
+    for t, index in enumerate(ref_index):
+        own = np.abs(frames[t, OUTSIDE].astype(int) - full[index, OUTSIDE].astype(int)).mean()
+        assert own <= 3.5, (t, index, own)  # H.264 noise: 2.5 measured; a neighbour is 6.8 away
+        for other in {max(index - 1, 0), min(index + 1, len(full) - 1)} - {index}:
+            assert np.abs(frames[t, OUTSIDE].astype(int) - full[other, OUTSIDE].astype(int)).mean() > 5.5
+
+
+@pytest.mark.parametrize("synthesis", ["refiner", "mouth"])
+def test_paste_back_into_the_source_video_frames(world, tmp_path, synthesis):
+    """A clip cut from a larger video: each output frame's face goes back into its own
+    reference frame of source.mp4 (``ref_index``), at the place transforms.fixed says, and only there."""
+    from talkinghead.video import read_video
+
+    full = _distinct_frames(NUM_FRAMES)
+    models = load_person(_framed_person(world, tmp_path, full), world["weights"], device="cpu")
+    result = generate_video(models, world["audio"], tmp_path / "pasted.mp4",
+                            InferenceOptions(paste_back=True, synthesis=synthesis))
     frames = read_video(result.path)
-    assert frames.shape == (result.num_frames, height, width, 3)
-    outside = np.ones((height, width), bool)
-    outside[40 - 4:40 + 160 + 4, 80 - 4:80 + 160 + 4] = False  # the crop's footprint (+ a margin)
-    assert np.abs(frames[:, outside].astype(int) - full[0, outside].astype(int)).max() <= 12  # codec noise only
+    assert frames.shape == (result.num_frames, 240, 320, 3)
+    _assert_pasted_into_own_frames(frames, full, result.ref_index)
+    if synthesis == "mouth":
+        return  # the mouth region comes from other (flat) frames: no Poisson structure to look for
     # Inside, the face (Poisson-blended: its gradients, the frame's colour at the border) adds
-    # structure to the flat frame.
+    # structure; outside, each row is the smooth ramp.
     inside = frames[:, 100:140, 140:180].astype(float)
-    assert inside.std(axis=(1, 2)).mean() > 4 * frames[:, outside].astype(float).std(axis=1).mean() + 2
+    background = frames[:, 100:140, 10:50].astype(float)  # same size, left of the crop
+    assert inside.std(axis=(1, 2)).mean() > 4 * background.std(axis=(1, 2)).mean() + 2
+
+
+def test_paste_back_with_a_source_of_another_frame_rate_and_length(world, tmp_path):
+    """source.mp4 at 50 fps (each 25-fps frame twice) with frames beyond the clip's: it is read
+    at 25 fps, so output frames still land in their own reference frames; a source shorter
+    than the reference frames is one error line and no video."""
+    from talkinghead.video import read_video
+
+    full = _distinct_frames(NUM_FRAMES + 4)  # 4 frames past the clip's end
+    person = _framed_person(world, tmp_path / "fifty", np.repeat(full, 2, axis=0), fps=50)
+    result = generate_video(load_person(person, world["weights"], device="cpu"), world["audio"],
+                            tmp_path / "fifty.mp4", InferenceOptions(paste_back=True, synthesis="refiner"))
+    _assert_pasted_into_own_frames(read_video(result.path), full, result.ref_index)
+
+    short = _framed_person(world, tmp_path / "short", full[:10])
+    with pytest.raises(InputError, match=r"has 10 frames, fewer than the clip's 18 reference frames"):
+        generate_video(load_person(short, world["weights"], device="cpu"), world["audio"], tmp_path / "short.mp4",
+                       InferenceOptions(paste_back=True))
+    assert not (tmp_path / "short.mp4").exists()
+

@@ -436,6 +436,7 @@ def dense_scene(batch: int = 2, size: int = 96):
     return vertices, tris, colours, size
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_and_cuda_agree():
     vertices, tris, colours, size = dense_scene()
@@ -447,6 +448,7 @@ def test_cpu_and_cuda_agree():
     assert torch.allclose(cpu.rgba.permute(0, 2, 3, 1)[same], gpu.rgba.cpu().permute(0, 2, 3, 1)[same], atol=1e-4)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not pytorch3d_available(), reason="pytorch3d is not installed")
 def test_parity_with_pytorch3d():
     from talkinghead.render.pytorch3d_backend import PyTorch3DRenderer

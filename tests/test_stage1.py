@@ -24,7 +24,7 @@ import torch
 
 from talkinghead.audio.features import frame_windows, num_video_frames
 from talkinghead.cli import compose_config, run_cli
-from talkinghead.data.clip import ClipMeta, read_clip, write_clip, write_corpus_index
+from talkinghead.data.clip import ClipMeta, read_clip
 from talkinghead.data.stage1_dataset import Stage1WindowDataset, reference_expression
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.face.coeffs import COEFF_DIM, SLICES
@@ -33,6 +33,7 @@ from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff, fit_loudn
 from talkinghead.pipeline.stage1 import load_audio2coeff, predict_expression_pose
 from talkinghead.train.audio2coeff import Audio2CoeffTask, NormalizedExpressionPoseLSTM, train_audio2coeff
 from talkinghead.train.stages import train_from_config
+from _clips import write_stand_in_clip, write_tiny_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "scripts" / "train.py"
@@ -60,33 +61,16 @@ def make_clip(root: Path, name: str, num_frames: int, seed: int, split: str = "p
     size = 8
     meta = ClipMeta(name=name, num_frames=num_frames, crop_size=size, source="synthetic", split=split)
     frames = np.zeros((num_frames, size, size, 3), np.uint8)
-    eye = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
-    return write_clip(root / name, meta, coeffs, np.zeros((num_frames, 68, 2), np.float32), frames, frames,
-                      eye, np.repeat(eye[None], num_frames, 0), audio)
+    return write_stand_in_clip(root / name, meta, coeffs, frames, audio)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """3 training persons (48 frames) + 1 held-out person (340 frames)."""
-    root = tmp_path_factory.mktemp("corpus")
-    persons = []
-    for i in range(3):
-        make_clip(root, f"train_{i}", 48, seed=i, split="train")
-        persons.append({"name": f"train_{i}", "split": "train"})
-    make_clip(root, "heldout_0", 340, seed=10, split="heldout")
-    persons.append({"name": "heldout_0", "split": "heldout"})
-    write_corpus_index(root, persons, {"source": "test"})
-    return root
+    return write_tiny_corpus(tmp_path_factory.mktemp("corpus"), make_clip, 3, 48, 340)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread, like the subprocess runs: on a shared CPU, thread contention in
-    tiny ops costs far more than the second thread gains."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_cfg(*overrides: str):
@@ -436,6 +420,15 @@ def test_two_processes_match_one_process(corpus, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     one_loss = json.loads((tmp_path / "one" / "done.json").read_text())["metrics"]["total"]
     two_loss = json.loads((tmp_path / "two" / "done.json").read_text())["metrics"]["total"]
-    print(f"validation loss: 1 process {one_loss:.6f}, 2 processes {two_loss:.6f}")
-    # Same global batch and data order; BatchNorm statistics are per process (half batches).
-    assert two_loss == pytest.approx(one_loss, rel=0.1)
+    one = safetensors.torch.load_file(str(tmp_path / "one" / "weights.safetensors"))
+    two = safetensors.torch.load_file(str(tmp_path / "two" / "weights.safetensors"))
+    assert one.keys() == two.keys()
+    weight_gap = sum(float((one[k].double() - two[k].double()).norm() ** 2) for k in one) ** 0.5
+    weight_gap /= sum(float(one[k].double().norm() ** 2) for k in one) ** 0.5
+    print(f"validation loss: 1 process {one_loss:.6f}, 2 processes {two_loss:.6f}; weight gap {weight_gap:.5f}")
+    # Same global batch and data order; BatchNorm statistics are per process (half batches), so
+    # the runs are close, not equal. Measured (CPU, deterministic): weight gap 0.0062 and loss
+    # gap 1.3 %; with the gradient all-reduce removed (no DDP wrapper: each rank steps on its own
+    # half batch) 0.0132 and 2.1 %. The bounds sit between.
+    assert weight_gap < 0.009
+    assert two_loss == pytest.approx(one_loss, rel=0.017)

@@ -173,25 +173,15 @@ def test_output_directory_missing(tmp_path):
         VideoWriter(tmp_path / "out.avi")
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to read-only dirs")
-def test_output_directory_read_only(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    locked.chmod(0o555)
-    try:
-        with pytest.raises(InputError, match="not writable"):
-            write_video(locked / "out.mp4", _pattern(3))
-    finally:
-        locked.chmod(0o755)
-
-
 def test_unwritable_directory_is_reported_before_work(tmp_path, monkeypatch):
     import tempfile
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # simulate a read-only dir (works as root)
+    # A read-only folder, simulated: chmod does not stop root (CI runs as root), so a chmod-based
+    # test would always skip there.
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(InputError) as err:
         VideoWriter(tmp_path / "out.mp4")
     assert "not writable" in _message(err) and str(tmp_path) in str(err.value)

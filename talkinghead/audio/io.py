@@ -173,6 +173,10 @@ def check_not_silent(audio: np.ndarray, path: str | os.PathLike = "audio", thres
     Kept separate from :func:`load_audio` so callers decide whether silence is an error (it is for
     driving a talking head; it is not for a background track).
     """
+    bad = int(np.size(audio) - np.count_nonzero(np.isfinite(audio)))
+    if bad:  # NaN samples would otherwise read as "silent (peak -inf dBFS)"
+        raise InputError(f"{path} has {bad} NaN or infinite samples of {np.size(audio)}; re-export it as "
+                         "ordinary PCM audio (e.g. ffmpeg -i IN -c:a pcm_s16le OUT.wav)")
     level = peak_dbfs(audio)
     if level < threshold_db:
         shown = "-inf" if np.isinf(level) else f"{level:.1f}"

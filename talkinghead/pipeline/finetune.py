@@ -73,7 +73,7 @@ class FinetuneResult:
 #: Keys of the fine-tuning config handed to preprocessing (the rest of ``configs/preprocess.yaml``
 #: keeps its defaults).
 PREPROCESS_KEYS = ("detector", "fitting", "face_model", "renderer", "device", "progress", "seed", "max_frames",
-                   "min_frames", "ground_truth_clip")
+                   "min_frames", "ground_truth_clip", "verbose")
 
 
 def ensure_clip(person: Path, video: str | os.PathLike | None, cfg) -> Path:

@@ -66,7 +66,7 @@ class SourceFrames:
             for count, frame in enumerate(iter_video(video, fps=FPS, max_frames=stop), start=1):
                 frames[count - 1] = frame
             if count < stop:
-                raise InputError(f"{video} has {count} frames, fewer than the clip's {stop} frames; re-run preprocessing")
+                raise InputError(f"{video} has {count} frames, fewer than the clip's {stop} reference frames; re-run preprocessing")
             self._frames = frames
             self.crop_size = base if max_size is None else high_res_size(self.frame_to_crop, base, max_size)
         self.crop_transform = scaled_transform(self.frame_to_crop, self.crop_size / base)  # frame -> crop at crop_size

@@ -28,6 +28,8 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
@@ -118,6 +120,28 @@ class LandmarkDetector(Protocol):
 # --------------------------------------------------------------------------------------------
 # MediaPipe
 # --------------------------------------------------------------------------------------------
+@contextmanager
+def native_stderr_silenced(enabled: bool = True):
+    """Point file descriptor 2 at /dev/null for the duration: MediaPipe and TensorFlow Lite log
+    from C++ straight to the process's stderr ("INFO: Created TensorFlow Lite XNNPACK delegate",
+    "W0000 ... inference_feedback_manager.cc"), past Python's ``sys.stderr``, so only a redirect
+    of the descriptor keeps them off the user's terminal. ``enabled=False`` (``verbose=true``)
+    leaves stderr alone."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class MediaPipeDetector:
     """MediaPipe Face Mesh mapped to 68 iBUG points (offline: models ship in the wheel).
 
@@ -125,6 +149,8 @@ class MediaPipeDetector:
         static_image_mode: False for video (tracks between frames), True for unrelated images.
         max_num_faces: 2 so that a second face is found and reported, not silently ignored.
         min_detection_confidence, min_tracking_confidence: MediaPipe's thresholds.
+        native_log: let MediaPipe's C++ log lines reach stderr (``verbose=true``); by default the
+            graph is built and run with file descriptor 2 silenced (:func:`native_stderr_silenced`).
     """
 
     name = "mediapipe"
@@ -135,7 +161,9 @@ class MediaPipeDetector:
         max_num_faces: int = 2,
         min_detection_confidence: float = 0.5,
         min_tracking_confidence: float = 0.5,
+        native_log: bool = False,
     ):
+        self._quiet = not native_log
         try:
             import mediapipe
 
@@ -145,18 +173,24 @@ class MediaPipeDetector:
                 f"detector=mediapipe needs the mediapipe package ({err}); pip install mediapipe==0.10.21 "
                 "or use detector=face_alignment"
             ) from None
-        self._mesh = face_mesh.FaceMesh(
-            static_image_mode=bool(static_image_mode),
-            max_num_faces=int(max_num_faces),
-            refine_landmarks=False,
-            min_detection_confidence=float(min_detection_confidence),
-            min_tracking_confidence=float(min_tracking_confidence),
-        )
+        with native_stderr_silenced(self._quiet):
+            self._mesh = face_mesh.FaceMesh(
+                static_image_mode=bool(static_image_mode),
+                max_num_faces=int(max_num_faces),
+                refine_landmarks=False,
+                min_detection_confidence=float(min_detection_confidence),
+                min_tracking_confidence=float(min_tracking_confidence),
+            )
+            # The graph opens its calculators (and they log) asynchronously after the constructor
+            # returns; one blank frame waits for that inside the silenced window. No face is found
+            # in it, so the tracking state of the first real frame is as if fresh.
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
 
     def detect(self, frame: np.ndarray, index: int = 0) -> list[FaceDetection]:
         frame = np.ascontiguousarray(frame, dtype=np.uint8)
         height, width = frame.shape[:2]
-        result = self._mesh.process(frame)
+        with native_stderr_silenced(self._quiet):  # the graph logs on its first frames (and may later)
+            result = self._mesh.process(frame)
         faces = []
         for face in result.multi_face_landmarks or ():
             mesh = np.array([(p.x, p.y) for p in face.landmark], dtype=np.float32) * (width, height)  # [468, 2]
@@ -165,7 +199,8 @@ class MediaPipeDetector:
         return faces
 
     def close(self) -> None:
-        self._mesh.close()
+        with native_stderr_silenced(self._quiet):
+            self._mesh.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,9 +516,11 @@ def smooth_landmarks(landmarks: np.ndarray, window: int = 5, polyorder: int = 2)
     from scipy.signal import savgol_filter
 
     window = int(window)
+    if window <= 2:
+        return np.asarray(landmarks, dtype=np.float32)
     if window % 2 == 0:
         window += 1
-    if window <= 2 or len(landmarks) < window or polyorder >= window:
+    if len(landmarks) < window or polyorder >= window:
         return np.asarray(landmarks, dtype=np.float32)
     return savgol_filter(landmarks, window, int(polyorder), axis=0, mode="interp").astype(np.float32)
 

@@ -69,6 +69,9 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise InputError(f"out={out} exists and is a file; choose a directory path for the clip")
     if out.exists() and not overwrite:
         raise InputError(f"out={out} already exists; pass overwrite=true or choose another out=")
+    blocker = next((p for p in out.parents if p.exists()), None)  # the deepest existing ancestor
+    if blocker is not None and not blocker.is_dir():  # out=notes.txt/person
+        raise InputError(f"out={out}: {blocker} is a file, not a folder; choose another out=")
 
 
 def _fit_audio(audio: np.ndarray | None, num_frames: int) -> np.ndarray | None:
@@ -267,6 +270,8 @@ def preprocess_from_config(cfg) -> Path:
         if clip is None:
             raise ConfigError("detector=ground_truth needs ground_truth_clip=DIR (the clip with the true coefficients)")
         detector["clip"] = clip
+    if detector.get("name") == "mediapipe" and bool(cfg_get(cfg, "verbose", False)):
+        detector["native_log"] = True  # verbose=true: MediaPipe's own C++ log reaches stderr too
     path = preprocess_video(
         cfg.video,
         cfg.out,

@@ -205,6 +205,9 @@ def check_output_path(path: str | os.PathLike, extensions: Iterable[str] = VIDEO
         raise InputError(f"output {path} must end in one of {', '.join(sorted(extensions))}; change the file name")
     directory = path.parent
     if not directory.is_dir():
+        blocker = next((p for p in directory.parents if p.exists()), None) if not directory.exists() else directory
+        if blocker is not None and not blocker.is_dir():  # out=notes.txt/video.mp4
+            raise InputError(f"output directory {directory}: {blocker} is a file, not a folder; choose another output path")
         raise InputError(f"output directory {directory} does not exist; create it first (mkdir -p {directory})")
     try:
         fd, probe = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".probe", dir=directory)

@@ -224,7 +224,8 @@ def _check_sizes(persons: int, heldout: int, frames: int) -> None:
     if int(persons) < 1:
         raise ConfigError(f"persons={persons}: need at least 1 person (e.g. persons=20)")
     if not 0 <= int(heldout) < int(persons):
-        raise ConfigError(f"heldout={heldout}: must be >= 0 and smaller than persons={persons} (e.g. heldout=4)")
+        raise ConfigError(f"heldout={heldout}: must be >= 0 and smaller than persons={persons} "
+                          f"(e.g. heldout={min(4, max(int(persons) - 1, 0))})")
     if int(frames) < 8:
         raise ConfigError(f"frames={frames}: need at least 8 frames per person (400 for the method's 300/100 split)")
 
@@ -270,12 +271,15 @@ def main(cfg: Any) -> Path:
     from talkinghead.cli import cfg_get, to_plain
 
     face_model = cfg_get(cfg, "face_model", None)
+    heldout = cfg_get(cfg, "heldout", None)
+    if heldout is None:  # the default: data.heldout (4), at most all persons but one
+        heldout = min(int(cfg_get(cfg, "data.heldout", 4)), max(int(cfg.persons) - 1, 0))
     out = make_corpus(
         out=str(cfg.out),
         persons=int(cfg.persons),
         frames=int(cfg.frames),
         seed=int(cfg.seed),
-        heldout=int(cfg_get(cfg, "heldout", 0)),
+        heldout=int(heldout),
         workers=int(cfg_get(cfg, "workers", 0)),
         preview=bool(cfg_get(cfg, "preview", False)),
         progress=bool(cfg_get(cfg, "progress", True)),
