@@ -311,6 +311,7 @@ def test_astronaut_photograph_fit(model, tmp_path):
 # --------------------------------------------------------------------------------------------
 # GPU
 # --------------------------------------------------------------------------------------------
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_fit_matches_cpu(model, truth):
     frames, _, landmarks = truth

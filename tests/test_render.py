@@ -436,6 +436,7 @@ def dense_scene(batch: int = 2, size: int = 96):
     return vertices, tris, colours, size
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_and_cuda_agree():
     vertices, tris, colours, size = dense_scene()

@@ -205,6 +205,7 @@ def test_resume_false_moves_old_checkpoints_aside(tmp_path):
     assert len(list(tmp_path.glob("checkpoints_prev_*"))) == 1
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_resume_on_cuda_matches_uninterrupted(tmp_path):
     _toy_train.run(tmp_path / "reference", steps=10, device="cuda")
