@@ -287,3 +287,24 @@ def test_silent_audio(tmp_path):
     with pytest.raises(TalkingHeadError, match="peak -80.0 dBFS"):
         check_not_silent(np.full(100, 1e-4, np.float32), "quiet.wav")
     check_not_silent(_speechlike(0.2), "speech.wav")  # no error
+
+
+def test_mel_scale_is_librosas_htk_scale_without_librosa():
+    """hz_to_mel/mel_to_hz are librosa's htk formulas to the bit (the filterbank's floored bin
+    edges depend on it), and MFCCs do not import librosa (the GPU image lacks it)."""
+    import subprocess
+    import sys
+
+    from talkinghead.audio.features import hz_to_mel, mel_to_hz
+
+    librosa = pytest.importorskip("librosa")
+    hz = np.array([0.0, 133.3, 1000.0, 4000.0, 8000.0, 22050.0])
+    assert np.array_equal(hz_to_mel(hz), librosa.hz_to_mel(hz, htk=True))
+    mel = np.linspace(0.0, hz_to_mel(8000.0), 28)
+    assert np.array_equal(mel_to_hz(mel), librosa.mel_to_hz(mel, htk=True))
+    code = ("import sys, numpy as np; sys.modules['librosa'] = None\n"  # any import of librosa now fails
+            "from talkinghead.audio import frame_windows\n"
+            "print(frame_windows(np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == "(25, 28, 12)"
