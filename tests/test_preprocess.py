@@ -461,3 +461,52 @@ def test_ground_truth_clip_through_the_pipeline(tmp_path):
     assert abs(np.degrees(roll_offset + crop_rotation)) < 1.0, (np.degrees(roll_offset), np.degrees(crop_rotation))
     err = np.degrees(np.abs(clip.coeffs[:, 224:227] - truth[:, 224:227] - [0, 0, -crop_rotation]))  # [N, 3]
     assert np.median(err) < 2.0, np.median(err, 0)  # over frames and axes
+
+
+def test_saved_landmarks_detector_reads_files(tmp_path):
+    """detector=saved: frame i gets row i of a [N, 68, 2] file; NaN rows and frames past the end
+    have no face; bad files and a missing path are one-line errors."""
+    from talkinghead.preprocess.landmarks import SavedLandmarksDetector
+
+    rng = np.random.default_rng(0)
+    landmarks = rng.uniform(20, 100, (5, 68, 2)).astype(np.float32)
+    landmarks[2] = np.nan
+    np.save(tmp_path / "lm.npy", landmarks)
+    np.savez(tmp_path / "lm.npz", landmarks=landmarks)
+    frame = np.zeros((128, 128, 3), np.uint8)
+    for path in (tmp_path / "lm.npy", tmp_path / "lm.npz"):
+        detector = make_detector({"name": "saved", "path": str(path)})
+        assert isinstance(detector, SavedLandmarksDetector)
+        faces = detector.detect(frame, 1)
+        assert len(faces) == 1 and np.array_equal(faces[0].landmarks, landmarks[1])
+        assert np.allclose(faces[0].box, [*landmarks[1].min(0), *landmarks[1].max(0)])
+        assert detector.detect(frame, 2) == [] and detector.detect(frame, 5) == []
+    with pytest.raises(ConfigError, match="detector.path"):
+        make_detector("saved")
+    np.save(tmp_path / "bad.npy", landmarks[:, :60])
+    with pytest.raises(InputError, match=r"\[N, 68, 2\]"):
+        make_detector({"name": "saved", "path": str(tmp_path / "bad.npy")})
+    np.savez(tmp_path / "other.npz", points=landmarks)
+    with pytest.raises(InputError, match="'landmarks'"):
+        make_detector({"name": "saved", "path": str(tmp_path / "other.npz")})
+    with pytest.raises(InputError, match="not found"):
+        make_detector({"name": "saved", "path": str(tmp_path / "missing.npy")})
+
+
+def test_saved_landmarks_from_a_clip_reproduce_its_preprocessing(tmp_path):
+    """Re-preprocessing a video with detector=saved path=CLIP (the clip's landmarks mapped back
+    into the frame) gives the same crops' landmarks and fixed transform as the first run."""
+    from talkinghead.data.synthetic.people import sample_people
+    from talkinghead.data.synthetic.world import make_person
+
+    truth_clip = make_person(tmp_path / "truth", sample_people(1, seed=3)[0], 30, FACE_MODEL, crop_size=128)
+    video = write_video(tmp_path / "synth.mp4", read_clip(truth_clip).fixed)
+    common = dict(face_model_cfg=FACE_MODEL, fitting_cfg={"landmark_steps": 5, "photometric_steps": 0},
+                  min_frames=25, max_frames=30, progress=False, keep_source=False)
+    first = read_clip(preprocess_video(video, tmp_path / "first", detector={"name": "ground_truth", "clip": truth_clip},
+                                       **common))
+    second = read_clip(preprocess_video(video, tmp_path / "second", detector={"name": "saved", "path": str(first.root)},
+                                        landmarks_cfg={"smooth_window": 0}, **common))  # already smoothed once
+    assert second.meta.extra["detector"] == "saved"
+    assert np.allclose(second.fixed_transform, first.fixed_transform, atol=1e-4)
+    assert np.abs(np.asarray(second.landmarks) - np.asarray(first.landmarks)).max() < 1e-2  # crop pixels
