@@ -156,6 +156,7 @@ class Check:
         self.results: dict = {"mode": "quick" if args.quick else "full", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                               "sections": {}}
         self.state: dict = {}  # shared between sections (the clip, the fit's coefficients)
+        self.partial: dict = {}
 
     def remaining(self) -> float:
         return self.deadline - time.perf_counter()
@@ -171,18 +172,21 @@ class Check:
             limit = int(max(5, min(budget * 1.5, left)))
             say(f"{name}: start (budget {budget:.0f} s, hard limit {limit} s, {left:.0f} s left overall)")
             start = time.perf_counter()
+            self.partial = {}  # figures a section has measured so far (kept if it fails later)
+            flags = _determinism_flags()
             previous = signal.signal(signal.SIGALRM, self._alarm)
             signal.alarm(limit)
             try:
                 record.update(fn(min(budget, left)) or {})
             except SectionTimeout:
-                record.update(status="error", error=f"SectionTimeout: over the hard limit of {limit} s")
+                record.update(self.partial, status="error", error=f"SectionTimeout: over the hard limit of {limit} s")
             except Exception as err:  # noqa: BLE001 - one failure must not stop the other sections
-                record.update(status="error", error=error_line(err))
+                record.update(self.partial, status="error", error=error_line(err))
                 traceback.print_exc(file=sys.stdout)
             finally:
                 signal.alarm(0)
                 signal.signal(signal.SIGALRM, previous)
+                _restore_determinism(flags)  # training switches deterministic algorithms on globally
                 with contextlib.suppress(Exception):
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
@@ -201,6 +205,16 @@ class Check:
         self.results["elapsed_s"] = round(time.perf_counter() - self.started, 2)
         (self.out / "gpu_check.json").write_text(json.dumps(self.results, indent=2, default=_jsonable))
         (self.out / "gpu_check.md").write_text(markdown(self.results))
+
+
+def _determinism_flags() -> tuple:
+    return (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+            torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+
+
+def _restore_determinism(flags: tuple) -> None:
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark, enabled, warn_only = flags
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def _jsonable(value):
@@ -387,6 +401,7 @@ def section_render(check: Check, budget: float) -> dict:
             person_rate = calls_per_second(lambda: full(person), device, sizes.render_seconds, 2, warmup=1, blocks=3) * batch
         peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
         rows.append({"batch": batch, "renders_per_s": rate, "one_person_renders_per_s": person_rate, "peak_gpu_mib": peak})
+        check.partial["figures"] = {"mesh": label, "device": device.type, "rows": rows}
         say(f"render: B={batch}: {rate:.0f} renders/s (one person {person_rate:.0f})")
         goals.append(goal(f"coeffs->RGBA {label}, 224 px, B={batch}", rate, "measured", None, "renders/s"))
     return {"figures": {"mesh": label, "device": device.type, "rows": rows}, "goals": goals}
@@ -650,7 +665,8 @@ def section_e2e(check: Check, budget: float) -> dict:
             if runs:
                 predicted = seconds * 25 / runs[-1]["frames_per_s"] * 1.2 + 5
                 if predicted > min(left, budget - (time.perf_counter() - started)) - 5:
-                    runs.append({"audio_s": seconds, "skipped": f"predicted {predicted:.0f} s > the time left"})
+                    runs.append({"audio_s": seconds, "skipped": f"predicted {predicted:.0f} s > the time left",
+                                 "predicted_s": predicted})
                     say(f"e2e: {seconds:g} s of audio skipped (predicted {predicted:.0f} s)")
                     continue
             wav = e2e_bench.make_audio(root / f"speech_{seconds:g}.wav", seconds)
@@ -664,6 +680,7 @@ def section_e2e(check: Check, budget: float) -> dict:
                    "peak_gpu_reserved_mib": torch.cuda.max_memory_reserved() / 2**20 if device.type == "cuda" else None,
                    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
             runs.append(run)
+            check.partial["figures"] = {"runs": runs}
             say(f"e2e: {seconds:g} s of audio: {run['frames_per_s']:.1f} frames/s, peak GPU {run['peak_gpu_mib']} MiB, "
                 f"stages {({k: round(v, 2) for k, v in result.timings.items()})}")
     finally:

@@ -108,3 +108,28 @@ def test_size_check_counts_what_travels(tmp_path):
     assert "limit 64 MiB" in gpu_carry.check_size(60 * gpu_carry.MIB, 3 * gpu_carry.MIB)
     with pytest.raises(gpu_carry.CarryError, match="over the limit"):
         gpu_carry.check_size(30 * gpu_carry.MIB, 35 * gpu_carry.MIB)
+
+
+def test_an_overrunning_section_is_stopped_and_keeps_its_figures(tmp_path):
+    """The hard limit (SIGALRM) stops a section that overruns; what it measured before stays in
+    the JSON, the error names the limit, and the next section still runs."""
+    import argparse
+    import time
+
+    sizes = gpu_check.quick_sizes()
+    sizes.section_budget = {"render": 2, "fit": 2}
+    args = argparse.Namespace(out=str(tmp_path), quick=True, budget=60.0, inputs=None)
+    check = gpu_check.Check(args, sizes)
+
+    def slow(budget):
+        check.partial["figures"] = {"rows": [1, 2]}
+        time.sleep(30)
+
+    started = time.perf_counter()
+    check.run("render", slow)
+    check.run("fit", lambda budget: {"figures": {"x": 1}, "goals": []})
+    assert time.perf_counter() - started < 15
+    results = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
+    assert results["render"]["status"] == "error" and "SectionTimeout" in results["render"]["error"]
+    assert results["render"]["figures"] == {"rows": [1, 2]}
+    assert results["fit"]["status"] == "ok" and results["fit"]["figures"] == {"x": 1}
