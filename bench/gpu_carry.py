@@ -2,6 +2,7 @@
 
     python bench/gpu_carry.py --clip data/real/p31        # wheels + 31.mp4's clip, then the size check
     python bench/gpu_carry.py --clip DIR --no-ffmpeg      # without imageio-ffmpeg (e2e then skips H.264)
+    python bench/gpu_carry.py --clip DIR --inputs-only    # only the clip (a machine with the project installed)
 
 The machine the check targets has Python 3.12 with torch + CUDA, numpy, scipy, opencv, pyyaml,
 tensorboard, safetensors, tqdm, pillow and pytest, no network, and takes at most 64 MiB of
@@ -179,11 +180,13 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=400, help="frames of the clip to carry (300 fit + 100 held out)")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the carried crops")
     parser.add_argument("--no-ffmpeg", action="store_true", help="leave imageio-ffmpeg out (29 MB); e2e skips H.264")
+    parser.add_argument("--inputs-only", action="store_true", help="only the clip (the project is installed there)")
     parser.add_argument("--limit-mib", type=float, default=64.0, help="tree + carry must stay under this")
     args = parser.parse_args(argv)
     try:
         wheels = list(WHEELS) + ([] if args.no_ffmpeg else [FFMPEG_WHEEL])
-        download_wheels(args.out / "whl", wheels)
+        if not args.inputs_only:
+            download_wheels(args.out / "whl", wheels)
         if args.no_ffmpeg:
             for stale in (args.out / "whl").glob("imageio_ffmpeg-*.whl"):
                 stale.unlink()
