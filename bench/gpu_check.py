@@ -309,14 +309,20 @@ def section_tests(check: Check, budget: float) -> dict:
     return {"figures": figures, "goals": goals}
 
 
-def _render_mesh(sizes: Sizes):
+def _render_mesh(check: Check):
+    """bench/render.py's BFM-size procedural mesh (built once per check)."""
     from render import BFM_VERTICES  # bench/render.py
 
     from talkinghead.face.procedural import make_procedural_model
 
-    if sizes.render_vertices is None:
-        return "procedural", make_procedural_model(seed=0, resolution=sizes.render_resolution)
-    return f"bfm-size ({BFM_VERTICES})", make_procedural_model(seed=0, target_vertices=sizes.render_vertices)
+    if "mesh" not in check.state:
+        sizes = check.sizes
+        if sizes.render_vertices is None:
+            check.state["mesh"] = "procedural", make_procedural_model(seed=0, resolution=sizes.render_resolution)
+        else:
+            check.state["mesh"] = (f"bfm-size ({BFM_VERTICES})",
+                                   make_procedural_model(seed=0, target_vertices=sizes.render_vertices))
+    return check.state["mesh"]
 
 
 def _synthetic_fit_inputs(face_model, frames: int, size: int):
@@ -331,7 +337,8 @@ def _synthetic_fit_inputs(face_model, frames: int, size: int):
 
 def section_parity(check: Check, budget: float) -> dict:
     """CPU vs CUDA: the renderer's RGBA on the BFM-size mesh, and a short fit's coefficients."""
-    if not torch.cuda.is_available():
+    other = check.args.parity_device  # "cuda"; "cpu" only to dry-run this code on a CPU machine
+    if other == "cuda" and not torch.cuda.is_available():
         return {"status": "skipped", "reason": "no CUDA (parity needs both devices)"}
     from render import random_coeffs  # bench/render.py
 
@@ -340,17 +347,17 @@ def section_parity(check: Check, budget: float) -> dict:
     from talkinghead.preprocess.fit import FittingConfig, fit_coefficients
     from talkinghead.render import get_renderer
 
-    label, model = _render_mesh(check.sizes)
+    label, model = _render_mesh(check)
     renderer, camera = get_renderer("torch"), Camera(224)
     coeffs = random_coeffs(4, torch.device("cpu"))
     outputs = {}
     with torch.no_grad():
-        for dev in ("cpu", "cuda"):
+        for dev in ("cpu", other):
             m = model.to(dev)
             g = m(coeffs.to(dev), camera)
             r = renderer.render(g.vertices, m.triangles, g.colours, camera)
             outputs[dev] = (r.rgba.float().cpu(), r.triangle_id.cpu())
-    (rgba_c, tri_c), (rgba_g, tri_g) = outputs["cpu"], outputs["cuda"]
+    (rgba_c, tri_c), (rgba_g, tri_g) = outputs["cpu"], outputs[other]
     same = tri_c == tri_g  # [B, H, W]
     differ = float((~same).float().mean())
     diff = (rgba_c - rgba_g).abs().permute(0, 2, 3, 1)[same].max().item() if same.any() else float("nan")
@@ -359,7 +366,7 @@ def section_parity(check: Check, budget: float) -> dict:
     crops, landmarks = _synthetic_fit_inputs(face, 8, 112)
     config = FittingConfig(landmark_steps=50, photometric_steps=5, render_size=56)
     cpu = fit_coefficients(crops, landmarks, face, config, device="cpu", progress=False)
-    gpu = fit_coefficients(crops, landmarks, face, config, device="cuda", progress=False)
+    gpu = fit_coefficients(crops, landmarks, face, config, device=other, progress=False)
     angle_diff = float(np.degrees(np.abs(cpu.coeffs[:, 224:227] - gpu.coeffs[:, 224:227])).max())
     lm_cpu, lm_gpu = float(cpu.landmark_error_px.mean()), float(gpu.landmark_error_px.mean())
     figures = {"mesh": label, "pixels_other_triangle": differ, "rgba_max_abs_diff": diff,
@@ -382,7 +389,7 @@ def section_render(check: Check, budget: float) -> dict:
     from talkinghead.render import get_renderer
 
     sizes, device = check.sizes, check.device
-    label, model = _render_mesh(sizes)
+    label, model = _render_mesh(check)
     model = model.to(device)
     renderer, camera = get_renderer("torch"), Camera(224)
     rows, goals = [], []
@@ -498,7 +505,8 @@ def _clip_dir(check: Check) -> Path:
                                    "rebuild the carry from a preprocessed clip (bench/gpu_carry.py --clip DIR)")
         meta = inputs["meta"]
         fields = {f.name for f in dataclasses.fields(ClipMeta)}
-        meta = ClipMeta(**{k: (tuple(v) if k.endswith("_frames") else v) for k, v in meta.items() if k in fields})
+        meta = ClipMeta(**{k: (tuple(v) if k in ("train_frames", "test_frames") else v) for k, v in meta.items()
+                           if k in fields})
         crops = inputs["crops"]
         clip = write_clip(check.tmp / "p31", meta, coeffs, inputs["landmarks"], crops, crops,  # aligned = fixed: unused here
                           inputs["fixed_transform"], inputs["aligned_transforms"], audio=inputs["audio"])
@@ -731,6 +739,7 @@ def main(argv=None) -> int:
     parser.add_argument("--inputs", default=None, help=f"carried clip npz (default {DEFAULT_INPUTS.relative_to(ROOT)})")
     parser.add_argument("--budget", type=float, default=None, help="seconds for the whole check (default 450; quick 240)")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument("--parity-device", default="cuda", help=argparse.SUPPRESS)  # cpu: dry run of parity
     args = parser.parse_args(argv)
     sizes = quick_sizes() if args.quick else full_sizes()
     if args.quick:

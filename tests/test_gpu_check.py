@@ -118,7 +118,7 @@ def test_an_overrunning_section_is_stopped_and_keeps_its_figures(tmp_path):
 
     sizes = gpu_check.quick_sizes()
     sizes.section_budget = {"render": 2, "fit": 2}
-    args = argparse.Namespace(out=str(tmp_path), quick=True, budget=60.0, inputs=None)
+    args = argparse.Namespace(out=str(tmp_path), quick=True, budget=60.0, inputs=None, parity_device="cuda")
     check = gpu_check.Check(args, sizes)
 
     def slow(budget):
