@@ -107,7 +107,7 @@ class Sizes:
 
 def full_sizes() -> Sizes:
     return Sizes(device="cuda", budget=450.0, section_budget={
-        "env": 10, "tests": 120, "parity": 40, "render": 45, "fit": 90, "stage1": 45, "stage2": 75, "e2e": 150})
+        "env": 10, "tests": 120, "parity": 40, "render": 45, "fit": 90, "stage1": 45, "stage2": 90, "e2e": 200})
 
 
 def quick_sizes() -> Sizes:
@@ -248,6 +248,9 @@ def markdown(results: dict) -> str:
         if record["status"] != "ok" or not rows:
             why = record.get("error") or record.get("reason") or ""
             lines.append(f"| {name} | (section) | {record['status']} | {why} | {'-' if record['status'] == 'skipped' else 'FAIL'} |")
+    if results.get("inputs"):
+        lines += ["", f"Fit and fine-tuning inputs: {results['inputs']}"]
+    lines += [f"Note: {note}" for note in results.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -669,14 +672,21 @@ def section_e2e(check: Check, budget: float) -> dict:
         generate_video(person, warm_audio, root / "warm.mp4", options,
                        audio=_read_wav(warm_audio))  # CUDA/cudnn warm-up, not timed
         for seconds in sizes.e2e_seconds:
-            left = check.deadline - time.perf_counter()
-            if runs:
-                predicted = seconds * 25 / runs[-1]["frames_per_s"] * 1.2 + 5
-                if predicted > min(left, budget - (time.perf_counter() - started)) - 5:
-                    runs.append({"audio_s": seconds, "skipped": f"predicted {predicted:.0f} s > the time left",
-                                 "predicted_s": predicted})
-                    say(f"e2e: {seconds:g} s of audio skipped (predicted {predicted:.0f} s)")
-                    continue
+            if runs:  # will it fit in the time left? If not, the longest audio that does (>= 6x the first)
+                time_per_s = 25 / runs[-1]["frames_per_s"] * 1.2  # seconds of run per second of audio
+                left = min(check.deadline - time.perf_counter(), budget - (time.perf_counter() - started)) - 10
+                predicted = seconds * time_per_s
+                if predicted > left:
+                    shorter = math.floor(left / time_per_s / 10) * 10
+                    say(f"e2e: {seconds:g} s of audio would take ~{predicted:.0f} s, {left:.0f} s left: "
+                        + (f"running {shorter:g} s instead" if shorter >= 6 * runs[0]["audio_s"] else "skipped"))
+                    if shorter < 6 * runs[0]["audio_s"]:
+                        runs.append({"audio_s": seconds, "skipped": f"predicted {predicted:.0f} s > the {left:.0f} s left",
+                                     "predicted_s": predicted})
+                        continue
+                    check.results.setdefault("notes", []).append(
+                        f"e2e: {shorter:g} s of audio instead of {seconds:g} s (predicted {predicted:.0f} s)")
+                    seconds = shorter
             wav = e2e_bench.make_audio(root / f"speech_{seconds:g}.wav", seconds)
             audio = _read_wav(wav)
             if device.type == "cuda":
