@@ -13,8 +13,13 @@ SITE="${SITE:-/tmp/site}"
 {
   echo "python: $(command -v "$PY") $("$PY" --version 2>&1)"
   if ls .carry/whl/*.whl >/dev/null 2>&1; then
-    "$PY" -m pip install --no-index --no-deps --disable-pip-version-check --target "$SITE" .carry/whl/*.whl \
-      || echo "warning: installing the carried wheels failed"
+    if ! "$PY" -m pip install --no-index --no-deps --disable-pip-version-check --target "$SITE" .carry/whl/*.whl; then
+      echo "warning: installing the carried wheels together failed; one by one:"
+      for wheel in .carry/whl/*.whl; do
+        "$PY" -m pip install --no-index --no-deps --disable-pip-version-check --upgrade --target "$SITE" "$wheel" \
+          || echo "warning: $wheel did not install"
+      done
+    fi
   else
     echo "no .carry/whl: run python bench/gpu_carry.py first where there is network"
   fi
