@@ -106,7 +106,7 @@ class Sizes:
 
 
 def full_sizes() -> Sizes:
-    return Sizes(device="cuda", budget=450.0, section_budget={
+    return Sizes(device="cuda", budget=420.0, section_budget={
         "env": 10, "tests": 120, "parity": 40, "render": 45, "fit": 90, "stage1": 45, "stage2": 90, "e2e": 200})
 
 
@@ -747,7 +747,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="folder for gpu_check.json and gpu_check.md")
     parser.add_argument("--quick", action="store_true", help="tiny sizes on the CPU (a dry run of the same code)")
     parser.add_argument("--inputs", default=None, help=f"carried clip npz (default {DEFAULT_INPUTS.relative_to(ROOT)})")
-    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole check (default 450; quick 240)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds for the whole check (default 420; quick 240)")
     parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     parser.add_argument("--parity-device", default="cuda", help=argparse.SUPPRESS)  # cpu: dry run of parity
     args = parser.parse_args(argv)
