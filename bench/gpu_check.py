@@ -519,22 +519,37 @@ def _clip_dir(check: Check) -> Path:
 
 @contextlib.contextmanager
 def step_clock(device: torch.device):
-    """Record the time after every training step (device synchronised) of the Trainers created inside."""
+    """Time the Trainers created inside: the moment after every training step, and the seconds of
+    every validation and checkpoint (device synchronised) -> ``(stamps, {"validate": [...],
+    "save_checkpoint": [...]})``."""
     from talkinghead.train.loop import Trainer
 
-    original = Trainer._train_step
+    originals = {name: getattr(Trainer, name) for name in ("_train_step", "validate", "save_checkpoint")}
     stamps: list[float] = []
+    events: dict[str, list[float]] = {"validate": [], "save_checkpoint": []}
 
-    def timed(self, batch, meter):
-        original(self, batch, meter)
+    def timed_step(self, batch, meter):
+        originals["_train_step"](self, batch, meter)
         synchronize(device)
         stamps.append(time.perf_counter())
 
-    Trainer._train_step = timed
+    def timed(name):
+        def call(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return originals[name](self, *args, **kwargs)
+            finally:
+                synchronize(device)
+                events[name].append(time.perf_counter() - start)
+        return call
+
+    Trainer._train_step = timed_step
+    Trainer.validate, Trainer.save_checkpoint = timed("validate"), timed("save_checkpoint")
     try:
-        yield stamps
+        yield stamps, events
     finally:
-        Trainer._train_step = original
+        for name, original in originals.items():
+            setattr(Trainer, name, original)
 
 
 def _steps_per_second(stamps: list[float]) -> float:
@@ -555,7 +570,9 @@ def _finetune(check: Check, stage: str, steps: int) -> dict:
     base = [f"person={clip_dir}", *sizes.finetune_overrides, "progress=false", f"trainer.device={check.device.type}",
             "trainer.num_workers=0" if check.args.quick else "trainer.num_workers=4",
             "trainer.val_every=0", "trainer.ckpt_every=0", "trainer.image_every=0", "trainer.log_every=0"]
-    paper_steps = int(cfg_get(compose_config("finetune", base), f"{stage}.finetune.max_steps"))
+    paper = compose_config("finetune", [f"person={clip_dir}", *sizes.finetune_overrides])  # the schedule as configured
+    paper_steps = int(cfg_get(paper, f"{stage}.finetune.max_steps"))
+    val_every, ckpt_every = int(cfg_get(paper, "trainer.val_every", 0)), int(cfg_get(paper, "trainer.ckpt_every", 0))
     general_cfg = compose_config("finetune", [*base, f"{stage}.train.max_steps=1"])
     cfg = compose_config("finetune", [*base, f"{stage}.finetune.max_steps={steps}"])
     clip = read_clip(clip_dir)
@@ -567,15 +584,22 @@ def _finetune(check: Check, stage: str, steps: int) -> dict:
     train([clip], root / "general", general_cfg, mode="general")
     synchronize(check.device)
     start = time.perf_counter()
-    with step_clock(check.device) as stamps:
+    with step_clock(check.device) as (stamps, events):
         train([clip], root / "finetuned", cfg, mode="finetune", init_dir=root / "general")
     wall = time.perf_counter() - start
     rate = _steps_per_second(stamps)
     first = stamps[0] - start if stamps else float("nan")
-    overhead = wall - len(stamps) / rate  # set-up (datasets, renders, model), final validation, export
-    schedule = overhead + paper_steps / rate
+    validation = max(events["validate"], default=0.0)  # the final validation (and any other)
+    checkpoint = max(events["save_checkpoint"], default=0.0)
+    # set-up (datasets, 3DMM renders, models) and export: what is neither a step, a validation nor a checkpoint
+    setup = wall - len(stamps) / rate - sum(events["validate"]) - sum(events["save_checkpoint"])
+    validations = (paper_steps // val_every if val_every else 0) + (0 if val_every and paper_steps % val_every == 0 else 1)
+    checkpoints = (paper_steps // ckpt_every if ckpt_every else 0) + (0 if ckpt_every and paper_steps % ckpt_every == 0 else 1)
+    schedule = setup + paper_steps / rate + validations * validation + checkpoints * checkpoint
     return {"steps": len(stamps), "steps_per_s": rate, "wall_s": wall, "time_to_first_step_s": first,
-            "overhead_s": overhead, "paper_steps": paper_steps, "paper_schedule_s": schedule,
+            "setup_s": setup, "validation_s": validation, "checkpoint_s": checkpoint,
+            "schedule_validations": validations, "schedule_checkpoints": checkpoints,
+            "paper_steps": paper_steps, "paper_schedule_s": schedule,
             "batch_size": int(cfg_get(cfg, f"{stage}.finetune.batch_size")),
             "model": dict(cfg_get(cfg, f"{stage}.model")) if stage == "audio2coeff" else
             {k: cfg_get(cfg, f"refiner.model.{k}") for k in ("image_size", "ngf", "memory_slots")}}
