@@ -299,6 +299,9 @@ def section_tests(check: Check, budget: float) -> dict:
         counts[key] += int(number)
     counts["error"] += counts.pop("errors")
     collected = counts.pop("tests collected")
+    selected = re.search(r"(\d+)/\d+ tests collected", summary)  # "4/387 tests collected (383 deselected)"
+    if selected:
+        collected = int(selected.group(1))
     figures = {**counts, "collected": collected, "returncode": proc.returncode, "summary": summary,
                "skip_reasons": sorted(set(re.findall(r"SKIPPED \[\d+\] ([^\n]+)", out)))[:10]}
     cuda = check.device.type == "cuda"
@@ -306,7 +309,7 @@ def section_tests(check: Check, budget: float) -> dict:
                   "none failed, none skipped", (counts["failed"] + counts["error"] == 0 and counts["skipped"] == 0
                                                  and counts["passed"] > 0) if cuda else None)]
     if not cuda:
-        goals[0]["figure"] = f"{collected} collected (quick: not run)"
+        goals[0]["figure"] = f"{collected} gpu tests collected (quick: not run)"
         if proc.returncode not in (0, 5):
             raise RuntimeError(f"pytest --co failed (exit {proc.returncode}): {summary}")
     return {"figures": figures, "goals": goals}

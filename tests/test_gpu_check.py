@@ -41,7 +41,7 @@ def test_quick_check_measures_every_section(tmp_path):
     # parity needs CUDA and says so on the CPU
     assert sections["parity"]["status"] in ("ok", "skipped") and sections["parity"].get("reason", "CUDA")
 
-    assert sections["tests"]["figures"]["collected"] >= 4  # the gpu-marked tests exist
+    assert 4 <= sections["tests"]["figures"]["collected"] < 50  # the gpu-marked tests, not the whole suite
     rows = sections["render"]["figures"]["rows"]
     assert [r["batch"] for r in rows] == list(gpu_check.quick_sizes().render_batches)
     assert all(r["renders_per_s"] > 0 for r in rows)
