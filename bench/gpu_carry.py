@@ -15,9 +15,10 @@ files along with the working tree. This script fills:
                     pure-Python ones that exist only as source (antlr4-python3-runtime 4.9.3).
 ``.carry/inputs/clip31.npz``  a preprocessed clip (``docs/data-format.md``) in compact form: the
                     fixed crops as JPEG (quality 95; ``cv2.imdecode`` there), landmarks,
-                    coefficients, transforms, meta and the soundtrack as 16-kHz int16. Made from
-                    the real video ``../shared/real/31.mp4``: it must never be committed (``.carry/``
-                    is in ``.gitignore``).
+                    coefficients, transforms, meta and the soundtrack as 16-kHz int16; beside it
+                    ``clip31.mp4``, the source video (the check preprocesses it with
+                    ``detector=saved``). Made from the real video ``../shared/real/31.mp4``: it
+                    must never be committed (``.carry/`` is in ``.gitignore``).
 
 It then adds up the working tree (tracked and untracked-but-not-ignored files, what travels) and
 the carry, prints both, and exits non-zero if they exceed ``--limit-mib`` (64).
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +179,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / ".carry", help="carry folder (git-ignored)")
     parser.add_argument("--clip", type=Path, default=ROOT / "data" / "real" / "p31",
                         help="the preprocessed clip of 31.mp4 (docs/data-format.md)")
+    parser.add_argument("--video", type=Path, default=ROOT.parent / "shared" / "real" / "31.mp4",
+                        help="the clip's source video, carried for the preprocessing measurement (skipped if absent)")
     parser.add_argument("--frames", type=int, default=400, help="frames of the clip to carry (300 fit + 100 held out)")
     parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the carried crops")
     parser.add_argument("--no-ffmpeg", action="store_true", help="leave imageio-ffmpeg out (29 MB); e2e skips H.264")
@@ -190,7 +194,12 @@ def main(argv=None) -> int:
         if args.no_ffmpeg:
             for stale in (args.out / "whl").glob("imageio_ffmpeg-*.whl"):
                 stale.unlink()
-        pack_clip(args.clip, args.out / "inputs" / "clip31.npz", args.frames, args.quality)
+        packed = pack_clip(args.clip, args.out / "inputs" / "clip31.npz", args.frames, args.quality)
+        if args.video.is_file():
+            shutil.copyfile(args.video, packed.with_suffix(".mp4"))
+            print(f"video {packed.with_suffix('.mp4')} ({args.video.stat().st_size / MIB:.1f} MiB)", flush=True)
+        else:
+            print(f"no video at {args.video}: the check fits the carried crops without preprocessing", flush=True)
         print(check_size(tree_bytes(), dir_bytes(args.out), args.limit_mib), flush=True)
     except CarryError as err:
         print(f"error: {err}", file=sys.stderr)

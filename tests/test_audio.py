@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -308,3 +309,18 @@ def test_mel_scale_is_librosas_htk_scale_without_librosa():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.strip() == "(25, 28, 12)"
+
+
+def test_resampling_without_librosa_matches_soxr(monkeypatch):
+    """Where librosa is missing, resampling falls back to scipy's polyphase filter: same length
+    as soxr's and the same signal away from the edges."""
+    from talkinghead.audio.io import resample
+
+    pytest.importorskip("librosa")
+    t = np.arange(44100 * 2) / 44100
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 1900 * t)).astype(np.float32)
+    soxr = resample(audio, 44100, 16000)
+    monkeypatch.setitem(sys.modules, "librosa", None)  # import librosa now fails
+    poly = resample(audio, 44100, 16000)
+    assert poly.dtype == np.float32 and poly.shape == soxr.shape == (32000,)
+    assert np.abs(poly[200:-200] - soxr[200:-200]).max() < 2e-3
