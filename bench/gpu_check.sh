@@ -12,7 +12,21 @@ PY="${PYTHON:-python3}"
 SITE="${SITE:-/tmp/site}"
 {
   echo "python: $(command -v "$PY") $("$PY" --version 2>&1)"
-  if ls .carry/whl/*.whl >/dev/null 2>&1; then
+  if ls .carry/whl/*.whl >/dev/null 2>&1 && ! "$PY" -m pip --version >/dev/null 2>&1; then
+    echo "no pip: unpacking the wheels into $SITE (zipfile, keeping executable bits)"
+    "$PY" - "$SITE" .carry/whl/*.whl <<'PYEOF'
+import os, sys, zipfile
+site = sys.argv[1]
+for wheel in sys.argv[2:]:
+    with zipfile.ZipFile(wheel) as archive:
+        for info in archive.infolist():
+            path = archive.extract(info, site)
+            mode = info.external_attr >> 16
+            if mode and not info.is_dir():
+                os.chmod(path, mode & 0o777)
+    print("unpacked", os.path.basename(wheel))
+PYEOF
+  elif ls .carry/whl/*.whl >/dev/null 2>&1; then
     if ! "$PY" -m pip install --no-index --no-deps --disable-pip-version-check --target "$SITE" .carry/whl/*.whl; then
       echo "warning: installing the carried wheels together failed; one by one:"
       for wheel in .carry/whl/*.whl; do
