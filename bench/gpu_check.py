@@ -12,9 +12,10 @@ each has a time budget and a global guard keeps the whole run under ``--budget``
 ``parity``  the renderer (coeffs -> RGBA on the BFM-size mesh) and a short 3DMM fit, CPU vs CUDA.
 ``render``  coeffs -> RGBA on the BFM-size procedural mesh (~35k vertices, 224 px), batch 8/64/256:
             renders/s (``bench/render.py``'s mesh and coefficients).
-``fit``     the 3DMM fit (``configs/fitting/default.yaml``) of 300 frames of ``31.mp4`` from the
-            crops and landmarks carried in ``.carry/inputs/clip31.npz`` (``bench/gpu_carry.py``):
-            seconds (goal <= 60 s).
+``fit``     the 3DMM fit (``configs/fitting/default.yaml``) of 300 frames of ``31.mp4``: inside
+            ``preprocess_video`` with ``detector=saved`` on the carried video and landmarks
+            (``.carry/inputs/clip31.{npz,mp4}``, ``bench/gpu_carry.py``), else on the carried
+            crops directly: seconds (goal <= 60 s), and the whole preprocessing's seconds.
 ``stage1``  Stage-1 fine-tuning at paper size (``audio2coeff=paper``) on that clip for a fixed
             number of steps: steps/s after warm-up, and the paper's schedule extrapolated
             (100 epochs x 18 batches of 16 windows = ``audio2coeff.finetune.max_steps``).
