@@ -70,8 +70,11 @@ def make_audio(path: Path, seconds: float) -> Path:
     return save_wav(path, np.resize(speech, samples), SAMPLE_RATE)
 
 
-def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim: int, top_k: int, renderer: str):
-    """:class:`PersonModels` with random-weight models (no training, no files)."""
+def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim: int, top_k: int, renderer: str,
+                        device="cpu", overrides=()):
+    """:class:`PersonModels` with random-weight models (no training, no files) on ``device``;
+    ``overrides`` are Hydra overrides of ``configs/infer.yaml`` choosing Stage 1's size (default:
+    the CPU preset; ``["audio2coeff=paper"]`` the paper's)."""
     import torch
     import torch.nn.functional as F
 
@@ -88,7 +91,7 @@ def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim
     from talkinghead.render import get_renderer
 
     torch.manual_seed(0)
-    cfg = compose_config("infer", ["person=p", "audio=a.wav", "out=o.mp4"])
+    cfg = compose_config("infer", ["person=p", "audio=a.wav", "out=o.mp4", *overrides])
     stage1 = ExpressionPoseLSTM(**dict(cfg.audio2coeff.model)).eval()
     generator = MemoryAugmentedGenerator(image_size=size, ngf=ngf, key_dim=key_dim, memory_slots=slots, top_k=top_k).eval()
     with torch.no_grad():  # a partly filled memory, as after training on a few hundred identities
@@ -100,10 +103,14 @@ def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim
                       image_size=size, render_size=size)
     clip = read_clip(clip_dir, load_audio=False)
     parts = split_coeffs(np.asarray(clip.coeffs[clip.train_slice]))
-    device = torch.device("cpu")
+    device = torch.device(device)
+    stage1.to(device)
+    generator.to(device)
+    refiner.identity_feature.to(device)
     return PersonModels(
-        clip=clip, stage1=stage1, refiner=refiner, face_model=make_face_model(clip.meta.face_model), renderer=get_renderer(renderer),
-        device=device, weights=clip_dir, base_coeffs=torch.as_tensor(np.asarray(clip.coeffs[0])),
+        clip=clip, stage1=stage1, refiner=refiner, face_model=make_face_model(clip.meta.face_model).to(device),
+        renderer=get_renderer(renderer), device=device, weights=clip_dir,
+        base_coeffs=torch.as_tensor(np.asarray(clip.coeffs[0]), dtype=torch.float32, device=device),
         ref_frames=clip.train_slice, ref_pose=np.concatenate([parts.angles, parts.translation], 1).astype(np.float32),
         expression_reference=reference_expression(clip),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -297,3 +298,39 @@ def test_non_finite_audio_has_its_own_message(bad):
         check_not_silent(audio, "broken.wav")
     message = _one_line(err)
     assert "broken.wav has 1 NaN or infinite samples of" in message and "silent" not in message
+
+
+def test_mel_scale_is_librosas_htk_scale_without_librosa():
+    """hz_to_mel/mel_to_hz are librosa's htk formulas to the bit (the filterbank's floored bin
+    edges depend on it), and MFCCs do not import librosa (the GPU image lacks it)."""
+    import subprocess
+    import sys
+
+    from talkinghead.audio.features import hz_to_mel, mel_to_hz
+
+    librosa = pytest.importorskip("librosa")
+    hz = np.array([0.0, 133.3, 1000.0, 4000.0, 8000.0, 22050.0])
+    assert np.array_equal(hz_to_mel(hz), librosa.hz_to_mel(hz, htk=True))
+    mel = np.linspace(0.0, hz_to_mel(8000.0), 28)
+    assert np.array_equal(mel_to_hz(mel), librosa.mel_to_hz(mel, htk=True))
+    code = ("import sys, numpy as np; sys.modules['librosa'] = None\n"  # any import of librosa now fails
+            "from talkinghead.audio import frame_windows\n"
+            "print(frame_windows(np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == "(25, 28, 12)"
+
+
+def test_resampling_without_librosa_matches_soxr(monkeypatch):
+    """Where librosa is missing, resampling falls back to scipy's polyphase filter: same length
+    as soxr's and the same signal away from the edges."""
+    from talkinghead.audio.io import resample
+
+    pytest.importorskip("librosa")
+    t = np.arange(44100 * 2) / 44100
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 1900 * t)).astype(np.float32)
+    soxr = resample(audio, 44100, 16000)
+    monkeypatch.setitem(sys.modules, "librosa", None)  # import librosa now fails
+    poly = resample(audio, 44100, 16000)
+    assert poly.dtype == np.float32 and poly.shape == soxr.shape == (32000,)
+    assert np.abs(poly[200:-200] - soxr[200:-200]).max() < 2e-3

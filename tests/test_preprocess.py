@@ -431,7 +431,7 @@ def test_video_to_clip_end_to_end_full(tmp_path):
     path = preprocess_video(video, tmp_path / "person", face_model_cfg=FACE_MODEL,
                             fitting_cfg={"photometric_steps": 20, "render_size": 64}, progress=False)
     clip = _check_clip_and_roll(path, angles, with_audio=False)
-    assert clip.meta.train_frames == (0, 300) and clip.meta.test_frames == (300, 320)
+    assert clip.meta.train_frames == (0, 240) and clip.meta.test_frames == (240, 320)  # < 400 frames: last quarter held out
     assert clip.meta.extra["stage1_usable"] is False
 
 
@@ -487,3 +487,52 @@ def test_real_video_through_the_cli(tmp_path, real_media):
     assert clip.meta.extra["landmarks"]["detected_frames"] == 30
     assert clip.meta.extra["fit"]["landmark_error_px_mean"] < 8.0  # 5.5 px with the debug=tiny fit
     assert run.stdout.strip().splitlines()[-1].startswith(f"wrote {out}")
+
+
+def test_saved_landmarks_detector_reads_files(tmp_path):
+    """detector=saved: frame i gets row i of a [N, 68, 2] file; NaN rows and frames past the end
+    have no face; bad files and a missing path are one-line errors."""
+    from talkinghead.preprocess.landmarks import SavedLandmarksDetector
+
+    rng = np.random.default_rng(0)
+    landmarks = rng.uniform(20, 100, (5, 68, 2)).astype(np.float32)
+    landmarks[2] = np.nan
+    np.save(tmp_path / "lm.npy", landmarks)
+    np.savez(tmp_path / "lm.npz", landmarks=landmarks)
+    frame = np.zeros((128, 128, 3), np.uint8)
+    for path in (tmp_path / "lm.npy", tmp_path / "lm.npz"):
+        detector = make_detector({"name": "saved", "path": str(path)})
+        assert isinstance(detector, SavedLandmarksDetector)
+        faces = detector.detect(frame, 1)
+        assert len(faces) == 1 and np.array_equal(faces[0].landmarks, landmarks[1])
+        assert np.allclose(faces[0].box, [*landmarks[1].min(0), *landmarks[1].max(0)])
+        assert detector.detect(frame, 2) == [] and detector.detect(frame, 5) == []
+    with pytest.raises(ConfigError, match="detector.path"):
+        make_detector("saved")
+    np.save(tmp_path / "bad.npy", landmarks[:, :60])
+    with pytest.raises(InputError, match=r"\[N, 68, 2\]"):
+        make_detector({"name": "saved", "path": str(tmp_path / "bad.npy")})
+    np.savez(tmp_path / "other.npz", points=landmarks)
+    with pytest.raises(InputError, match="'landmarks'"):
+        make_detector({"name": "saved", "path": str(tmp_path / "other.npz")})
+    with pytest.raises(InputError, match="not found"):
+        make_detector({"name": "saved", "path": str(tmp_path / "missing.npy")})
+
+
+def test_saved_landmarks_from_a_clip_reproduce_its_preprocessing(tmp_path):
+    """Re-preprocessing a video with detector=saved path=CLIP (the clip's landmarks mapped back
+    into the frame) gives the same crops' landmarks and fixed transform as the first run."""
+    from talkinghead.data.synthetic.people import sample_people
+    from talkinghead.data.synthetic.world import make_person
+
+    truth_clip = make_person(tmp_path / "truth", sample_people(1, seed=3)[0], 30, FACE_MODEL, crop_size=128)
+    video = write_video(tmp_path / "synth.mp4", read_clip(truth_clip).fixed)
+    common = dict(face_model_cfg=FACE_MODEL, fitting_cfg={"landmark_steps": 5, "photometric_steps": 0},
+                  min_frames=25, max_frames=30, progress=False, keep_source=False)
+    first = read_clip(preprocess_video(video, tmp_path / "first", detector={"name": "ground_truth", "clip": truth_clip},
+                                       **common))
+    second = read_clip(preprocess_video(video, tmp_path / "second", detector={"name": "saved", "path": str(first.root)},
+                                        landmarks_cfg={"smooth_window": 0}, **common))  # already smoothed once
+    assert second.meta.extra["detector"] == "saved"
+    assert np.allclose(second.fixed_transform, first.fixed_transform, atol=1e-4)
+    assert np.abs(np.asarray(second.landmarks) - np.asarray(first.landmarks)).max() < 1e-2  # crop pixels

@@ -10,8 +10,9 @@ MFCC
     column, so 12 values remain per 10 ms row. Framing is psf's: ``1 + ceil((S - 400) / 160)``
     frames (one if ``S <= 400``), the last one zero-padded, no centring.
 
-    The pieces come from numpy/scipy/librosa (``scipy.fft.rfft``, ``scipy.fft.dct``,
-    ``librosa.hz_to_mel``/``mel_to_hz`` with ``htk=True``), but the mel filterbank is built the
+    The pieces come from numpy/scipy (``scipy.fft.rfft``, ``scipy.fft.dct``, the HTK mel scale
+    of :func:`hz_to_mel`, which is ``librosa.hz_to_mel(htk=True)``'s expression; no librosa is
+    imported, so MFCCs work where it is not installed), but the mel filterbank is built the
     way psf builds it: filter edges floored to integer FFT bins (``floor(513 * f / sr)``) and
     triangles drawn over bin indices. ``librosa.filters.mel(htk=True, norm=None)`` draws the
     triangles over exact bin frequencies instead; its weights differ from psf's by up to 0.25
@@ -106,6 +107,17 @@ def num_video_frames(num_samples: int, fps: float = FPS, sample_rate: int = SAMP
     return _round_half_up(num_samples * fps / sample_rate)
 
 
+def hz_to_mel(hz):
+    """The HTK mel scale, ``2595 log10(1 + f / 700)`` (the very expression of psf and of
+    ``librosa.hz_to_mel(htk=True)``; here so that MFCCs need no librosa)."""
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(mel):
+    """Inverse of :func:`hz_to_mel`: ``700 (10^(m / 2595) - 1)``."""
+    return 700.0 * (10.0 ** (np.asarray(mel, dtype=np.float64) / 2595.0) - 1.0)
+
+
 @lru_cache(maxsize=8)
 def mel_filterbank(sample_rate: int = SAMPLE_RATE, nfft: int = NFFT, num_filters: int = NUM_FILTERS) -> np.ndarray:
     """psf's mel filterbank ``[num_filters, nfft // 2 + 1]`` (edges floored to FFT bins).
@@ -113,10 +125,8 @@ def mel_filterbank(sample_rate: int = SAMPLE_RATE, nfft: int = NFFT, num_filters
     Filter ``j`` rises linearly from bin ``b[j]`` (weight 0) to ``b[j+1]`` (weight 1) and falls to
     ``b[j+2]`` (exclusive), where ``b = floor((nfft + 1) * mel_to_hz(linspace(0, mel(sr/2))) / sr)``.
     """
-    import librosa
-
-    mel_points = np.linspace(0.0, librosa.hz_to_mel(sample_rate / 2, htk=True), num_filters + 2)
-    bins = np.floor((nfft + 1) * librosa.mel_to_hz(mel_points, htk=True) / sample_rate)
+    mel_points = np.linspace(0.0, hz_to_mel(sample_rate / 2), num_filters + 2)
+    bins = np.floor((nfft + 1) * mel_to_hz(mel_points) / sample_rate)
     left, centre, right = bins[:-2, None], bins[1:-1, None], bins[2:, None]  # [F, 1] each
     k = np.arange(nfft // 2 + 1, dtype=np.float64)[None, :]  # [1, K]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -10,7 +10,8 @@ Everything downstream works on 16 kHz mono float32 in [-1, 1] (method.md section
   channel count, which is then read like the rest.
 
 Channels are averaged (ffmpeg's own ``-ac 1`` down-mix is not an average: it weights stereo
-channels by 1/sqrt(2) each), then the signal is resampled with librosa's soxr backend. The
+channels by 1/sqrt(2) each), then the signal is resampled with librosa's soxr backend
+(:func:`resample`; where librosa is not installed, scipy's polyphase filter). The
 ffmpeg helpers here (:func:`ffmpeg_exe`, :func:`run_ffmpeg`) are shared with
 :mod:`talkinghead.video.io`.
 """
@@ -76,6 +77,24 @@ def publish_file(temp: str | os.PathLike, final: str | os.PathLike) -> None:
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
+def resample(audio: np.ndarray, native_rate: int, sample_rate: int) -> np.ndarray:
+    """Mono ``[S]`` from ``native_rate`` to ``sample_rate``: librosa's soxr (high quality) where
+    librosa is installed, else ``scipy.signal.resample_poly`` (Kaiser-windowed polyphase; same
+    length ``ceil(S * sample_rate / native_rate)``, differences far below the MFCCs' resolution),
+    so that loading audio does not need librosa (a GPU image may lack it)."""
+    try:
+        import librosa
+    except ImportError:
+        from math import gcd
+
+        from scipy.signal import resample_poly
+
+        native_rate, sample_rate = int(native_rate), int(sample_rate)
+        g = gcd(native_rate, sample_rate)
+        return resample_poly(audio, sample_rate // g, native_rate // g).astype(np.float32)
+    return librosa.resample(audio, orig_sr=native_rate, target_sr=sample_rate, res_type="soxr_hq")
+
+
 def load_audio(
     path: str | os.PathLike,
     sample_rate: int = 16000,
@@ -102,9 +121,7 @@ def load_audio(
 
     mono = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
     if native_rate != sample_rate:
-        import librosa
-
-        mono = librosa.resample(mono, orig_sr=native_rate, target_sr=sample_rate, res_type="soxr_hq")
+        mono = resample(mono, native_rate, sample_rate)
     mono = np.clip(np.ascontiguousarray(mono, dtype=np.float32), -1.0, 1.0)
 
     if mono.shape[0] < max(1, int(round(min_duration * sample_rate))):

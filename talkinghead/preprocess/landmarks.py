@@ -14,6 +14,11 @@ found (:class:`FaceDetection`: 68 landmarks in frame pixels, a box, a score). Ba
 * ``ground_truth`` (:class:`GroundTruthDetector`): landmarks projected from known 3DMM
   coefficients (synthetic clips), optionally with Gaussian noise, to test the fitter
   against truth.
+* ``saved`` (:class:`SavedLandmarksDetector`): landmarks computed earlier, read from a file
+  (``.npy`` / ``.npz`` ``[N, 68, 2]`` in frame pixels, NaN rows = no face) or taken from an
+  existing person clip. Detection can then run where its package is installed and the rest of
+  preprocessing elsewhere (a GPU machine without mediapipe), or a clip can be re-fitted
+  with other settings on exactly the same landmarks.
 
 :func:`detect_video` runs a detector over frames and keeps the dominant (largest) face per
 frame in a :class:`RawTrack`; :func:`clean_track` then checks the track (no face, two faces,
@@ -41,7 +46,7 @@ from talkinghead.errors import ConfigError, InputError, MissingWeightsError
 log = logging.getLogger(__name__)
 
 NUM_LANDMARKS = 68
-DETECTOR_NAMES = ("mediapipe", "face_alignment", "ground_truth")
+DETECTOR_NAMES = ("mediapipe", "face_alignment", "ground_truth", "saved")
 
 #: MediaPipe Face Mesh index (or two, averaged) for each of the 68 iBUG landmarks, in iBUG
 #: order: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, outer lips 48-59, inner lips 60-67.
@@ -381,6 +386,68 @@ class GroundTruthDetector:
         pass
 
 
+class SavedLandmarksDetector:
+    """Landmarks computed earlier: frame ``i`` gets ``landmarks[i]`` (``[N, 68, 2]`` float, frame
+    pixels of the video at 25 fps, the frames preprocessing feeds in order). A row with NaN, or a
+    frame past the end, has no face (short gaps are filled by :func:`clean_track` as usual).
+
+    Build it from a file with :meth:`from_file` (``.npy``, or ``.npz`` with a ``landmarks``
+    array) or from a person clip with :meth:`from_clip` (its fixed-crop landmarks mapped back
+    into the full frame)."""
+
+    name = "saved"
+
+    def __init__(self, landmarks: np.ndarray, source: str = "landmarks"):
+        lm = np.asarray(landmarks, dtype=np.float32)
+        if lm.ndim != 3 or lm.shape[1:] != (NUM_LANDMARKS, 2) or len(lm) == 0:
+            raise InputError(f"{source}: saved landmarks must be [N, 68, 2] frame pixels, got {lm.shape}; "
+                             "save them with numpy.save(path, landmarks)")
+        self.landmarks = lm  # [N, 68, 2]
+        self.source = source
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "SavedLandmarksDetector":
+        path = Path(path).expanduser()
+        if path.is_dir():
+            return cls.from_clip(path)
+        if not path.is_file():
+            raise InputError(f"saved landmarks {path} not found; set detector.path to a .npy/.npz [N, 68, 2] or a clip")
+        try:
+            data = np.load(path, allow_pickle=False)
+            if isinstance(data, np.lib.npyio.NpzFile):
+                if "landmarks" not in data.files:
+                    raise InputError(f"{path} has no 'landmarks' array (it has {data.files}); "
+                                     "save with numpy.savez(path, landmarks=...)")
+                data = data["landmarks"]
+        except (OSError, ValueError) as err:
+            raise InputError(f"saved landmarks {path} cannot be read ({err}); write it with numpy.save") from None
+        return cls(data, str(path))
+
+    @classmethod
+    def from_clip(cls, clip_dir: str | os.PathLike) -> "SavedLandmarksDetector":
+        """A person clip's landmarks in full-frame pixels (the inverse of its fixed transform)."""
+        from talkinghead.data.clip import read_clip
+        from talkinghead.preprocess.align import apply_transform, invert_transform
+
+        clip = read_clip(clip_dir, load_audio=False)
+        frame = apply_transform(np.asarray(clip.landmarks), invert_transform(clip.fixed_transform))
+        return cls(frame, str(clip_dir))
+
+    def detect(self, frame: np.ndarray, index: int = 0) -> list[FaceDetection]:
+        if index >= len(self.landmarks) or not np.isfinite(self.landmarks[index]).all():
+            return []
+        return [detection_from_landmarks(self.landmarks[index])]
+
+    def close(self) -> None:
+        pass
+
+
+def _saved_from_options(path=None):
+    if path is None:
+        raise ConfigError("detector=saved needs detector.path=FILE (.npy/.npz [N, 68, 2] frame pixels) or a clip directory")
+    return SavedLandmarksDetector.from_file(path)
+
+
 # --------------------------------------------------------------------------------------------
 # Factory
 # --------------------------------------------------------------------------------------------
@@ -388,7 +455,7 @@ def make_detector(spec: str | Mapping[str, Any], **overrides) -> LandmarkDetecto
     """A detector from a name or a config node ``{name: ..., option: value}``.
 
     ``ground_truth`` needs ``clip`` (a clip directory with ground-truth coefficients) or
-    ``coeffs`` + ``face_model``. Unknown names or options raise :class:`ConfigError`.
+    ``coeffs`` + ``face_model``; ``saved`` needs ``path`` (a landmark file or a clip directory). Unknown names or options raise :class:`ConfigError`.
     """
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     options.update({k: v for k, v in overrides.items() if v is not None})
@@ -397,6 +464,7 @@ def make_detector(spec: str | Mapping[str, Any], **overrides) -> LandmarkDetecto
         "mediapipe": MediaPipeDetector,
         "face_alignment": FaceAlignmentDetector,
         "ground_truth": _ground_truth_from_options,
+        "saved": _saved_from_options,
     }
     if name not in builders:
         raise ConfigError(f"detector={name!r} is not a landmark detector; use one of {', '.join(DETECTOR_NAMES)}")
