@@ -727,7 +727,7 @@ def section_e2e(check: Check, budget: float) -> dict:
                                            sizes.e2e_top_k, "torch", device=device,
                                            overrides=list(sizes.e2e_stage1_overrides))
     options = InferenceOptions(chunk_frames=sizes.e2e_chunk, batch_size=sizes.e2e_batch,
-                               render_batch=sizes.e2e_render_batch, precision=sizes.precision)
+                               render_batch=sizes.e2e_render_batch, precision=sizes.precision, synthesis="refiner")
     original_writer = video.VideoWriter
     if not encode:
         video.VideoWriter = NullWriter
@@ -767,9 +767,34 @@ def section_e2e(check: Check, budget: float) -> dict:
             check.partial["figures"] = {"runs": runs}
             say(f"e2e: {seconds:g} s of audio: {run['frames_per_s']:.1f} frames/s, peak GPU {run['peak_gpu_mib']} MiB, "
                 f"stages {({k: round(v, 2) for k, v in result.timings.items()})}")
+        # The default synthesis in matched pose mode (the lower face warped from the person's own
+        # frames, pipeline/mouth.py) at the same output size, 10 s of audio.
+        from talkinghead.pipeline.mouth import MouthOptions
+
+        mouth_clip = e2e_bench.make_person_clip(root / "mouth", size=sizes.e2e_size)
+        mouth_person = e2e_bench.build_person_models(mouth_clip, sizes.e2e_size, sizes.e2e_ngf, 64, 64, 8, "torch",
+                                                     device=device, overrides=list(sizes.e2e_stage1_overrides))
+        mouth_options = InferenceOptions(chunk_frames=sizes.e2e_chunk, synthesis="mouth",
+                                         mouth=MouthOptions(batch_size=64 if device.type == "cuda" else 8))
+        wav = e2e_bench.make_audio(root / "mouth.wav", sizes.e2e_seconds[0])
+        generate_video(mouth_person, warm_audio, root / "mouth_warm.mp4", mouth_options, audio=_read_wav(warm_audio))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        result = generate_video(mouth_person, wav, root / "mouth.mp4", mouth_options, audio=_read_wav(wav))
+        mouth_run = {"audio_s": sizes.e2e_seconds[0], "frames": result.num_frames, "frames_per_s": result.frames_per_second,
+                     "stages_s": result.timings,
+                     "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}
+        check.partial.setdefault("figures", {})["mouth"] = mouth_run
+        say(f"e2e mouth synthesis: {mouth_run['frames_per_s']:.1f} frames/s, stages "
+            f"{({k: round(v, 2) for k, v in result.timings.items()})}")
     finally:
         video.VideoWriter = original_writer
     quick = check.args.quick
+    mouth_run = (check.partial.get("figures") or {}).get("mouth")
+    if mouth_run:
+        goals.append(goal(f"end to end {sizes.e2e_size} px, mouth synthesis (default mode), {mouth_run['audio_s']:g} s",
+                          mouth_run["frames_per_s"], f">= {E2E_GOAL_FPS:.0f}",
+                          None if quick else mouth_run["frames_per_s"] >= E2E_GOAL_FPS, "frames/s"))
     for run in runs:
         label = f"{run['audio_s']:g} s of audio"
         if "skipped" in run:
@@ -785,7 +810,8 @@ def section_e2e(check: Check, budget: float) -> dict:
                           growth <= MEMORY_GROWTH_GOAL, "x"))
     figures = {"runs": runs, "encode": "H.264 (ffmpeg)" if encode else "skipped (no ffmpeg; uint8 conversion only)",
                "size": sizes.e2e_size, "ngf": sizes.e2e_ngf, "memory_slots": sizes.e2e_slots,
-               "precision": sizes.precision, "chunk_frames": sizes.e2e_chunk, "batch_size": sizes.e2e_batch}
+               "precision": sizes.precision, "chunk_frames": sizes.e2e_chunk, "batch_size": sizes.e2e_batch,
+               "mouth": mouth_run}
     return {"figures": figures, "goals": goals}
 
 

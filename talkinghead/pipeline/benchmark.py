@@ -124,6 +124,7 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cpu") -> dict:
     """All metrics of one fine-tuned person on their held-out frames (see the module docstring)."""
     from talkinghead.metrics.image import sharpness
+    from talkinghead.pipeline.frames import SourceFrames
     from talkinghead.pipeline.evaluate import (_plain, evaluate_mouth, evaluate_pose_modes, evaluate_stage1,
                                                held_out_frames)
     from talkinghead.pipeline.infer import load_person
@@ -137,8 +138,11 @@ def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cp
     general_stage1 = load_audio2coeff(general / "audio2coeff", device=models.device)
     stage2 = evaluate_refiner(models.refiner, clip, models.face_model, models.renderer, frames=frames, return_frames=True)
     real224 = to_unit(np.array(clip.fixed[frames]))
+    real_full = to_unit(SourceFrames(clip, frames.stop).crops(np.arange(frames.start, frames.stop)))  # the source's resolution
+    refined = sharpness(stage2.pop("refined"))
     stage2["size"] = int(models.refiner.image_size)
-    stage2["sharpness_ratio"] = float((sharpness(stage2.pop("refined")) / sharpness(real224).clamp_min(1e-6)).median())
+    stage2["sharpness_ratio"] = float((refined / sharpness(real_full).clamp_min(1e-6)).median())
+    stage2["sharpness_ratio_fixed"] = float((refined / sharpness(real224).clamp_min(1e-6)).median())
     for key in ("input", "real"):
         stage2.pop(key)
     return {
@@ -246,10 +250,12 @@ STAGE2_COLUMNS = [
     ("mouth PSNR region", "mouth.psnr_region"),
     ("mouth SSIM face", "mouth.ssim_face"),
     ("mouth sharpness", "mouth.sharpness_ratio"),
+    ("mouth sharpness vs fixed.npy", "mouth.sharpness_ratio_fixed"),
     ("refiner size px", "refiner.size"),
     ("refiner PSNR face", "refiner.psnr_face"),
     ("refiner SSIM face", "refiner.ssim_face"),
     ("refiner sharpness", "refiner.sharpness_ratio"),
+    ("refiner sharpness vs fixed.npy", "refiner.sharpness_ratio_fixed"),
     ("input PSNR face", "refiner.psnr_input_face"),
 ]
 TIME_COLUMNS = [
