@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, TalkingHeadError, TrainingError
 from talkinghead.face.coeffs import SLICES, split_coeffs
 from talkinghead.pipeline.frames import SourceFrames
@@ -271,7 +272,6 @@ def load_person(
     from talkinghead.pipeline.stage1 import load_audio2coeff
     from talkinghead.pipeline.stage2 import load_refiner
     from talkinghead.render import get_renderer
-    from talkinghead.train.distributed import resolve_device
 
     person = Path(person)
     clip = read_clip(person, load_audio=with_audio)

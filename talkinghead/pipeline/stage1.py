@@ -35,7 +35,7 @@ from talkinghead.train.audio2coeff import (
     NormalizedExpressionPoseLSTM,
     read_model_json,
 )
-from talkinghead.train.distributed import resolve_device
+from talkinghead.devices import resolve_device
 
 __all__ = ["load_audio2coeff", "predict_expression_pose", "creating_command"]
 

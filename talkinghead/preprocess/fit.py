@@ -70,6 +70,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.face.camera import CAMERA_Z, Camera, pose_vertices
 from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, ID_DIM, SH_DIM, TEX_DIM, join_coeffs, split_coeffs
@@ -92,19 +93,6 @@ ANGLE_TO_PX = 70.0
 TRANSLATION_TO_PX = 85.0
 #: Expression units -> "pixels" for the smoothness loss (1.0 = a full action of ~20 px).
 EXPRESSION_TO_PX = 20.0
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cuda"`` without CUDA is a :class:`ConfigError`."""
-    name = "auto" if device is None else str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} but CUDA is not available; use device=cpu or device=auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device={name!r} is not a device; use auto, cpu or cuda") from None
 
 
 # --------------------------------------------------------------------------------------------

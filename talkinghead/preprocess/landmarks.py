@@ -274,7 +274,7 @@ class FaceAlignmentDetector:
                 "detector=face_alignment needs the face-alignment package, which is not installed; "
                 "pip install --no-deps face-alignment (keeps one OpenCV), or use detector=mediapipe"
             ) from None
-        from talkinghead.preprocess.fit import resolve_device
+        from talkinghead.devices import resolve_device
 
         landmarks_type = getattr(face_alignment.LandmarksType, "TWO_D", None) or getattr(face_alignment.LandmarksType, "_2D")
         kwargs: dict[str, Any] = {"device": str(resolve_device(device)), "flip_input": bool(flip_input),

@@ -24,6 +24,7 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
+from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError
 
 __all__ = [
@@ -68,25 +69,6 @@ def _env_int(name: str, default: int) -> int:
         raise ConfigError(f"environment variable {name}={value!r} is not an integer; unset it or launch with torchrun") from None
 
 
-def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:<local_rank>`` if CUDA is available, else ``cpu``; ``"cuda"`` ->
-    ``cuda:<local_rank>``; anything else is passed to :class:`torch.device`."""
-    if isinstance(device, torch.device):
-        return device
-    name = str(device).strip().lower()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    try:
-        resolved = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"trainer.device={device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={device!r} but CUDA is not available; use trainer.device=cpu or auto")
-    return resolved
-
-
 def init_distributed(device: str | torch.device = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group described by torchrun's env vars (idempotent).
 
@@ -97,7 +79,7 @@ def init_distributed(device: str | torch.device = "auto", timeout_s: float = 180
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    resolved = resolve_device(device, local_rank)
+    resolved = resolve_device(device, local_rank, key="trainer.device")
     if resolved.type == "cuda":
         torch.cuda.set_device(resolved)
     if world_size > 1 and not dist.is_initialized():
