@@ -220,8 +220,9 @@ class MouthCompositor:
         # Grown and feathered at a quarter of the resolution (it is smooth), then upsampled.
         small = max(16, R // 4)
         region = F.interpolate(region, size=(small, small), mode="area")
-        grow = max(1, int(round(opts.dilate * small)))
-        region = F.max_pool2d(region, 2 * grow + 1, stride=1, padding=grow)
+        grow = max(1, int(round(opts.dilate * small)))  # down (the chin moves down as the mouth opens) ...
+        side = max(1, grow // 3)  # ... much more than sideways (the jaw line is near hair and background)
+        region = F.max_pool2d(region, (2 * grow + 1, 2 * side + 1), stride=1, padding=(grow, side))
         region = _gaussian_blur(region, opts.feather * small)
         region = F.interpolate(region, size=(R, R), mode="bilinear", align_corners=False).clamp(0, 1)
         return grid.permute(0, 2, 3, 1), region
