@@ -21,7 +21,8 @@ from talkinghead.cli import compose_config
 from talkinghead.data.clip import read_clip
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.pipeline.demo import contact_sheet, ensure_corpus, stream_durations
-from talkinghead.pipeline.finetune import finetune_person, is_done, parse_stages
+from talkinghead.pipeline.finetune import finetune_person, parse_stages
+from talkinghead.stagedir import is_done
 from talkinghead.pipeline.tables import PersonTables, build_tables
 from _clips import random_frame_clip
 

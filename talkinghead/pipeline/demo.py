@@ -70,7 +70,7 @@ def ensure_corpus(root: Path, persons: int, heldout: int, frames: int, seed: int
 def train_general(cfg, root: Path, general: Path) -> dict[str, Path]:
     """General models of both stages over the corpus's training persons (skipped when done)."""
     from talkinghead.data.clip import list_clips
-    from talkinghead.pipeline.finetune import is_done
+    from talkinghead.stagedir import is_done
 
     train = list_clips(root, "train")
     out = {}

@@ -234,16 +234,10 @@ def format_person_metrics(result: Mapping[str, Any]) -> str:
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as JSON atomically (temporary file + rename)."""
-    path = Path(path).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(_plain(data), indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError as err:
-        raise InputError(f"cannot write {path} ({err.strerror}); choose a writable out=") from None
-    return path
+    """Write metrics ``data`` as JSON atomically (:func:`talkinghead.stagedir.write_json_atomic`)."""
+    from talkinghead.stagedir import write_json_atomic
+
+    return write_json_atomic(path, _plain(data))
 
 
 def evaluate_from_config(cfg) -> dict:

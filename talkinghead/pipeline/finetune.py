@@ -24,20 +24,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from talkinghead.stagedir import DONE_FILE, is_done
 from talkinghead.errors import ConfigError, InputError, TrainingError
 
 log = logging.getLogger(__name__)
 
 STAGES = ("audio2coeff", "refiner")
 STAGE_CHOICES = ("both", *STAGES)
-DONE_FILE = "done.json"
-WEIGHTS_FILE = "weights.safetensors"
-
-
-def is_done(stage_dir: str | os.PathLike) -> bool:
-    """Whether ``stage_dir`` holds a finished run (``done.json`` and the exported weights)."""
-    stage_dir = Path(stage_dir)
-    return (stage_dir / DONE_FILE).is_file() and (stage_dir / WEIGHTS_FILE).is_file()
 
 
 def require_general(general: str | os.PathLike, stage: str, data_root: str | None = None) -> Path:

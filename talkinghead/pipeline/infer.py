@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from talkinghead.devices import resolve_device
+from talkinghead.stagedir import check_trained
 from talkinghead.errors import ConfigError, InputError, TalkingHeadError, TrainingError
 from talkinghead.face.coeffs import SLICES, split_coeffs
 from talkinghead.pipeline.frames import SourceFrames
@@ -201,19 +202,6 @@ class InferenceResult:
 def finetuned_dir(person: str | os.PathLike) -> Path:
     """Where a person's fine-tuned models live: ``PERSON/finetuned``."""
     return Path(person) / "finetuned"
-
-
-def check_trained(stage_dir: Path, person: Path | None = None) -> Path:
-    """Raise :class:`TrainingError` unless ``stage_dir`` holds a finished run (``done.json`` +
-    ``weights.safetensors``); the message names the directory and the command that makes it."""
-    stage_dir = Path(stage_dir)
-    if (stage_dir / "weights.safetensors").is_file() and (stage_dir / "done.json").is_file():
-        return stage_dir
-    if person is not None:
-        fix = f"fine-tune first: python scripts/finetune.py person={person}"
-    else:
-        fix = f"train it first: python scripts/train.py stage={stage_dir.name} out={stage_dir}"
-    raise TrainingError(f"no trained model in {stage_dir} (weights.safetensors/done.json missing); {fix}")
 
 
 @dataclass

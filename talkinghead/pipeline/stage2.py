@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from talkinghead.stagedir import DONE_FILE, MODEL_FILE, WEIGHTS_FILE, read_model_json
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.models.features import make_identity_feature, make_key_encoder
 from talkinghead.models.refiner import MemoryAugmentedGenerator
@@ -47,9 +48,6 @@ from talkinghead.pipeline.render import blend, render_rgba, stack_windows, to_un
 
 __all__ = [
     "STAGE_NAME",
-    "WEIGHTS_FILE",
-    "MODEL_FILE",
-    "DONE_FILE",
     "Refiner",
     "build_generator",
     "clip_identity",
@@ -61,9 +59,6 @@ __all__ = [
 ]
 
 STAGE_NAME = "refiner"
-WEIGHTS_FILE = "weights.safetensors"
-MODEL_FILE = "model.json"
-DONE_FILE = "done.json"
 #: How a missing trained refiner is produced (quoted in errors).
 TRAIN_COMMANDS = ("python scripts/train.py stage=refiner data.root=DATA out=DIR (general model) or "
                   "python scripts/finetune.py person=PERSON stage=refiner (PERSON/finetuned/refiner)")
@@ -198,17 +193,7 @@ class Refiner:
 def read_model_spec(directory: str | Path) -> dict:
     """``DIR/model.json`` of a trained refiner, checked; a missing or foreign file raises
     :class:`TrainingError` naming it and the command that creates it."""
-    directory = Path(directory).expanduser()
-    path = directory / MODEL_FILE
-    if not path.is_file():
-        raise TrainingError(f"no trained refiner at {directory} ({MODEL_FILE} missing); create it with {TRAIN_COMMANDS}")
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TrainingError(f"{path} is not valid JSON ({err.msg}); delete {directory} and train again") from None
-    if spec.get("stage") != STAGE_NAME:
-        raise TrainingError(f"{path} describes stage {spec.get('stage')!r}, not {STAGE_NAME!r}; point at a refiner directory")
-    return spec
+    return read_model_json(directory, STAGE_NAME, TRAIN_COMMANDS)
 
 
 def load_refiner(directory: str | Path, device: str | torch.device = "cpu") -> Refiner:

@@ -63,7 +63,8 @@ def evaluate_for_tables(person: str | os.PathLike, general: str | os.PathLike, d
                         loudness_baseline=None) -> PersonTables:
     """All numbers of the three tables for one person (fine-tuned models in ``PERSON/finetuned``)."""
     from talkinghead.face.factory import make_face_model
-    from talkinghead.pipeline.infer import check_trained, load_person
+    from talkinghead.pipeline.infer import load_person
+    from talkinghead.stagedir import check_trained
     from talkinghead.pipeline.stage1 import load_audio2coeff
     from talkinghead.pipeline.stage2 import load_refiner
 
@@ -219,8 +220,8 @@ def reproduce_tables_from_config(cfg) -> str:
     from talkinghead.cli import cfg_get, to_plain
     from talkinghead.data.clip import list_clips
     from talkinghead.pipeline.evaluate_stage1 import fit_loudness_baseline
-    from talkinghead.pipeline.finetune import finetune_person, is_done
-    from talkinghead.pipeline.infer import check_trained
+    from talkinghead.pipeline.finetune import finetune_person
+    from talkinghead.stagedir import check_trained, is_done
     from talkinghead.train.audio2coeff import read_model_json
 
     root = Path(str(cfg_get(cfg, "data.root", "data/synthetic")))

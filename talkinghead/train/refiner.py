@@ -50,13 +50,11 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from talkinghead.stagedir import DONE_FILE, MODEL_FILE, WEIGHTS_FILE, write_json_atomic
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.models.refiner import PatchDiscriminator, discriminator_loss, generator_loss
 from talkinghead.pipeline.stage2 import (
-    DONE_FILE,
-    MODEL_FILE,
     STAGE_NAME,
-    WEIGHTS_FILE,
     build_generator,
     read_model_spec,
 )
@@ -290,12 +288,6 @@ def model_spec_from_config(model_cfg: Mapping[str, Any]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Training entry point
 # ---------------------------------------------------------------------------------------------
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _require_single_process() -> None:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1:
@@ -365,7 +357,7 @@ def train_refiner(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / DONE_FILE).unlink(missing_ok=True)  # a rerun is not finished until it says so again
-    _write_json_atomic(out_dir / MODEL_FILE, spec)
+    write_json_atomic(out_dir / MODEL_FILE, spec)
 
     image_size = int(spec["generator"]["image_size"])
     renderer = get_renderer(str(getattr(cfg.renderer, "name", "auto")))
@@ -398,7 +390,7 @@ def train_refiner(
     started = time.perf_counter()
     metrics = trainer.fit()
     export_weights(task.models, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE_NAME, "mode": mode})
-    _write_json_atomic(out_dir / DONE_FILE, {
+    write_json_atomic(out_dir / DONE_FILE, {
         "stage": STAGE_NAME,
         "mode": mode,
         "steps": int(trainer.step),
