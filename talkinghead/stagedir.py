@@ -22,6 +22,7 @@ from talkinghead.errors import InputError, TrainingError
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 DONE_FILE = "done.json"
+AUDIO2COEFF, REFINER = "audio2coeff", "refiner"  # the two stages' folder names
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:

@@ -471,7 +471,7 @@ def test_parity_with_pytorch3d():
 
 
 def test_fill_holes_fills_enclosed_background_only_and_both_implementations_agree():
-    from talkinghead.pipeline.render import fill_holes, fill_holes_by_dilation
+    from talkinghead.render.blend import fill_holes, fill_holes_by_dilation
 
     alpha = torch.zeros(2, 1, 12, 12)
     alpha[0, 0, 2:10, 2:10] = 1.0

@@ -32,7 +32,7 @@ from talkinghead.face.coeffs import COEFF_DIM, SLICES
 from talkinghead.face.factory import make_face_model
 from talkinghead.models.features import make_identity_feature
 from talkinghead.models.memory import interpolate_identity
-from talkinghead.pipeline.render import blend, render_rgba, stack_windows
+from talkinghead.render.blend import blend, render_rgba, stack_windows
 from talkinghead.pipeline.stage2 import (
     Refiner,
     RefinerStream,

@@ -14,7 +14,7 @@ are computed once per clip when the dataset is built, in batches, and kept as ui
 model's size; with ``cache_dir`` they are also saved there (keyed by a digest of the clip's
 coefficients and crops, the face model, the renderer and the sizes), so a resumed or repeated
 run does not render again. Windows at the start of the clip repeat the first rendered frame (frames 0 and 1;
-:func:`talkinghead.pipeline.render.stack_windows`); a frame range starting at 2 or later has
+:func:`talkinghead.render.blend.stack_windows`); a frame range starting at 2 or later has
 real frames t-2 and t-1 (they are rendered too).
 
 With ``augment=True`` every item is resized to ``round(S * 286 / 256)``, randomly cropped back
@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 
 from talkinghead.data.clip import PersonClip, read_clip
 from talkinghead.errors import InputError
-from talkinghead.pipeline.render import to_unit
+from talkinghead.render.blend import render_blended, to_unit
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class RefinerDataset(Dataset):
     ):
         from talkinghead.face.factory import make_face_model
         from talkinghead.models.features import make_identity_feature
-        from talkinghead.pipeline.stage2 import clip_identity
+        from talkinghead.models.features import clip_identity
         from talkinghead.render import get_renderer
 
         if not clips:
@@ -178,8 +178,6 @@ class RefinerDataset(Dataset):
 def _render_clip(clip: PersonClip, first: int, stop: int, face_model: nn.Module, renderer, image_size: int,
                  render_size: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames [first, stop) of a clip: blended renders and real fixed crops, uint8 ``[n, 3, S, S]``."""
-    from talkinghead.pipeline.stage2 import render_blended
-
     log.info("rendering %d frames of %s at %d px", stop - first, clip.name, image_size)
     blended = render_blended(face_model, renderer, clip.coeffs[first:stop], clip.fixed[first:stop], image_size,
                              render_size, batch_size=batch_size)  # [n, 3, S, S]

@@ -22,12 +22,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
 from talkinghead.face.coeffs import COEFF_DIM, ID_DIM, SLICES, TEX_DIM
+from talkinghead.render.blend import to_unit
 
 __all__ = [
     "CoeffIdentityFeature",
@@ -317,3 +319,23 @@ def make_key_encoder(cfg: Mapping[str, Any] | None = None) -> nn.Module:
     if kind == "resnet18":
         return ResNet18Encoder(_weights(cfg, KEY_ENCODER_CFG_KEY, RESNET18_SOURCE))
     raise ConfigError(f"{KEY_ENCODER_CFG_KEY}.kind={kind!r} is unknown; use small (offline default) or resnet18")
+
+
+@torch.no_grad()
+def clip_identity(identity_feature: nn.Module, clip) -> torch.Tensor:
+    """The identity feature ``[D]`` of a person clip, as used to train the refiner.
+
+    Coefficient providers (``input_kind == "coeffs"``, the offline default) use frame 0's
+    identity and texture coefficients (method.md section 6 takes the identity from frame 0);
+    image providers (ArcFace) average the L2-normalised features of every 25th aligned crop of
+    the training frames and re-normalise.
+    """
+    device = next(iter(identity_feature.buffers()), torch.zeros(())).device
+    if getattr(identity_feature, "input_kind", "coeffs") == "coeffs":
+        coeffs = torch.as_tensor(np.asarray(clip.coeffs[:1]), dtype=torch.float32, device=device)
+        return identity_feature(coeffs)[0].cpu()
+    train = clip.train_slice
+    picks = np.arange(train.start, min(train.stop, clip.num_frames), 25)
+    images = to_unit(np.array(clip.aligned[picks]), device=device) * 2 - 1  # [k, 3, H, W] in [-1, 1]
+    features = F.normalize(identity_feature(images), dim=1)
+    return F.normalize(features.mean(dim=0), dim=0).cpu()

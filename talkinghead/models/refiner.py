@@ -25,14 +25,14 @@ RMS before the MLP (so unit-norm features drive it at a sensible scale).
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from talkinghead.errors import ConfigError, InputError
-from talkinghead.models.features import SmallImageEncoder
+from talkinghead.models.features import SmallImageEncoder, make_key_encoder
 from talkinghead.models.memory import IdentityMemory
 
 __all__ = [
@@ -364,3 +364,13 @@ def discriminator_loss(d_real_logits: torch.Tensor, d_fake_logits: torch.Tensor)
     real = F.binary_cross_entropy_with_logits(d_real_logits, torch.ones_like(d_real_logits))
     fake = F.binary_cross_entropy_with_logits(d_fake_logits, torch.zeros_like(d_fake_logits))
     return {"total": 0.5 * (real + fake), "real": real, "fake": fake}
+
+
+def build_generator(spec: Mapping[str, Any]) -> MemoryAugmentedGenerator:
+    """The generator (with key network and empty memory) described by a ``model.json`` dict:
+    ``spec["generator"]`` holds :class:`MemoryAugmentedGenerator` keyword arguments and
+    ``spec["key_encoder"]`` the key-encoder config (:func:`make_key_encoder`)."""
+    try:
+        return MemoryAugmentedGenerator(key_encoder=make_key_encoder(spec.get("key_encoder")), **spec["generator"])
+    except TypeError as err:
+        raise ConfigError(f"refiner model spec has a bad generator entry ({err}); re-create it by training again") from None

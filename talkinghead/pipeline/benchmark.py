@@ -20,7 +20,6 @@ frames).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
@@ -128,7 +127,7 @@ def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cp
     from talkinghead.pipeline.evaluate import (_plain, evaluate_mouth, evaluate_pose_modes, evaluate_stage1,
                                                held_out_frames)
     from talkinghead.pipeline.infer import load_person
-    from talkinghead.pipeline.render import to_unit
+    from talkinghead.render.blend import to_unit
     from talkinghead.pipeline.stage1 import load_audio2coeff
     from talkinghead.pipeline.stage2 import evaluate_refiner
 

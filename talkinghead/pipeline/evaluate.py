@@ -23,7 +23,6 @@ The building blocks (:func:`evaluate_stage1`, :func:`evaluate_stage2`,
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -111,7 +110,7 @@ def evaluate_mouth(clip, face_model, renderer, frames: slice | None = None, opti
     from talkinghead.metrics.image import masked_psnr, sharpness, ssim
     from talkinghead.pipeline.frames import SourceFrames
     from talkinghead.pipeline.mouth import MouthCompositor
-    from talkinghead.pipeline.render import to_unit
+    from talkinghead.render.blend import to_unit
 
     frames = held_out_frames(clip, frames)
     source = SourceFrames(clip, max(frames.stop, clip.train_slice.stop))

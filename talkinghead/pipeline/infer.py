@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -46,7 +45,7 @@ import torch.nn.functional as F
 
 from talkinghead.devices import resolve_device
 from talkinghead.stagedir import check_trained
-from talkinghead.errors import ConfigError, InputError, TalkingHeadError, TrainingError
+from talkinghead.errors import ConfigError, InputError, TalkingHeadError
 from talkinghead.face.coeffs import SLICES, split_coeffs
 from talkinghead.pipeline.frames import SourceFrames
 from talkinghead.pipeline.mouth import MouthCompositor, MouthOptions, mouth_options

@@ -14,7 +14,7 @@ what inference, evaluation and the Stage-2 dataset share:
   identity-feature provider, sizes), in eval mode.
 * :func:`refine_frames` / :class:`RefinerStream` -- frames ``[N, 3, S, S]`` in [0, 1] -> refined
   frames, one pass or chunk by chunk (identical results). Each output frame ``t`` sees frames
-  ``t-2, t-1, t`` (:func:`talkinghead.pipeline.render.stack_windows`; frames 0 and 1 repeat
+  ``t-2, t-1, t`` (:func:`talkinghead.render.blend.stack_windows`; frames 0 and 1 repeat
   frame 0 for the missing past). The identity feature that drives the generator's AdaIN
   layers is, in order of precedence: the one passed in (e.g. the person's true feature), the
   one recalled from the memory (``use_memory=True``: read with the key of every 25th frame --
@@ -29,22 +29,21 @@ what inference, evaluation and the Stage-2 dataset share:
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from talkinghead.stagedir import DONE_FILE, MODEL_FILE, WEIGHTS_FILE, read_model_json
+from talkinghead.stagedir import REFINER, WEIGHTS_FILE, read_model_json
 from talkinghead.errors import ConfigError, InputError, TrainingError
-from talkinghead.models.features import make_identity_feature, make_key_encoder
+from talkinghead.models.features import make_identity_feature
 from talkinghead.models.refiner import MemoryAugmentedGenerator
-from talkinghead.pipeline.render import blend, render_rgba, stack_windows, to_unit
+from talkinghead.models.features import clip_identity
+from talkinghead.models.refiner import build_generator
+from talkinghead.render.blend import render_blended, stack_windows, to_unit
 
 __all__ = [
     "STAGE_NAME",
@@ -58,7 +57,7 @@ __all__ = [
     "RefinerStream",
 ]
 
-STAGE_NAME = "refiner"
+STAGE_NAME = REFINER
 #: How a missing trained refiner is produced (quoted in errors).
 TRAIN_COMMANDS = ("python scripts/train.py stage=refiner data.root=DATA out=DIR (general model) or "
                   "python scripts/finetune.py person=PERSON stage=refiner (PERSON/finetuned/refiner)")
@@ -67,94 +66,9 @@ TRAIN_COMMANDS = ("python scripts/train.py stage=refiner data.root=DATA out=DIR 
 # ---------------------------------------------------------------------------------------------
 # Rendering the generator's inputs
 # ---------------------------------------------------------------------------------------------
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """``[B, C, H, W]`` -> ``[B, C, size, size]`` (area when shrinking, bilinear when growing)."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    if size < images.shape[-1]:
-        return F.interpolate(images, size=(size, size), mode="area")
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-
-
-@torch.no_grad()
-def render_blended(
-    face_model: nn.Module,
-    renderer,
-    coeffs: torch.Tensor | np.ndarray,
-    backgrounds: torch.Tensor | np.ndarray,
-    image_size: int,
-    render_size: int | None = None,
-    batch_size: int = 32,
-    with_alpha: bool = False,
-) -> torch.Tensor:
-    """Render coefficients over background crops: the refiner's per-frame input.
-
-    ``coeffs``: ``[N, 257]``; ``backgrounds``: uint8 ``[N, H, W, 3]`` crops (numpy or tensor, as
-    stored in a clip) or float ``[N, 3, H, W]`` in [0, 1]. The face is rendered at
-    ``render_size`` (default ``image_size``), blended over the background resized to that size,
-    then area-resized to ``image_size``. Runs on the face model's device, ``batch_size`` frames
-    at a time. Returns float ``[N, 3, S, S]`` in [0, 1] on the CPU, or ``[N, 4, S, S]`` with the
-    (resized) face mask appended when ``with_alpha``.
-    """
-    render_size = int(render_size or image_size)
-    n = len(coeffs)
-    if len(backgrounds) != n:
-        raise InputError(f"render_blended: {n} coefficient rows but {len(backgrounds)} background crops; pass one per frame")
-    device = next(iter(face_model.buffers()), torch.zeros(())).device
-    chunks = []
-    for start in range(0, n, batch_size):
-        coeff_chunk = coeffs[start : start + batch_size]
-        if not isinstance(coeff_chunk, torch.Tensor):
-            coeff_chunk = torch.from_numpy(np.array(coeff_chunk, dtype=np.float32))
-        coeff_chunk = coeff_chunk.to(device, torch.float32)
-        bg_chunk = backgrounds[start : start + batch_size]
-        if isinstance(bg_chunk, torch.Tensor) and bg_chunk.is_floating_point():
-            background = _resize(bg_chunk.to(device, torch.float32), render_size)
-        else:
-            background = to_unit(np.array(bg_chunk), render_size, device=device)
-        rgba = render_rgba(face_model, renderer, coeff_chunk, render_size)  # [b, 4, R, R]
-        image = blend(rgba, background)  # [b, 3, R, R]
-        if with_alpha:
-            image = torch.cat([image, rgba[:, 3:4]], dim=1)
-        chunks.append(_resize(image, image_size).clamp_(0, 1).cpu())
-    if not chunks:
-        return torch.zeros(0, 4 if with_alpha else 3, image_size, image_size)
-    return torch.cat(chunks)
-
-
 # ---------------------------------------------------------------------------------------------
 # The trained refiner
 # ---------------------------------------------------------------------------------------------
-def build_generator(spec: Mapping[str, Any]) -> MemoryAugmentedGenerator:
-    """The generator (with key network and empty memory) described by a ``model.json`` dict:
-    ``spec["generator"]`` holds :class:`MemoryAugmentedGenerator` keyword arguments and
-    ``spec["key_encoder"]`` the key-encoder config (:func:`make_key_encoder`)."""
-    try:
-        return MemoryAugmentedGenerator(key_encoder=make_key_encoder(spec.get("key_encoder")), **spec["generator"])
-    except TypeError as err:
-        raise ConfigError(f"refiner model spec has a bad generator entry ({err}); re-create it by training again") from None
-
-
-@torch.no_grad()
-def clip_identity(identity_feature: nn.Module, clip) -> torch.Tensor:
-    """The identity feature ``[D]`` of a person clip, as used to train the refiner.
-
-    Coefficient providers (``input_kind == "coeffs"``, the offline default) use frame 0's
-    identity and texture coefficients (method.md section 6 takes the identity from frame 0);
-    image providers (ArcFace) average the L2-normalised features of every 25th aligned crop of
-    the training frames and re-normalise.
-    """
-    device = next(iter(identity_feature.buffers()), torch.zeros(())).device
-    if getattr(identity_feature, "input_kind", "coeffs") == "coeffs":
-        coeffs = torch.as_tensor(np.asarray(clip.coeffs[:1]), dtype=torch.float32, device=device)
-        return identity_feature(coeffs)[0].cpu()
-    train = clip.train_slice
-    picks = np.arange(train.start, min(train.stop, clip.num_frames), 25)
-    images = to_unit(np.array(clip.aligned[picks]), device=device) * 2 - 1  # [k, 3, H, W] in [-1, 1]
-    features = F.normalize(identity_feature(images), dim=1)
-    return F.normalize(features.mean(dim=0), dim=0).cpu()
-
-
 @dataclass
 class Refiner:
     """A trained Stage-2 model ready for inference (eval mode, no gradients needed).

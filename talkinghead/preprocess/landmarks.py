@@ -427,7 +427,7 @@ class SavedLandmarksDetector:
     def from_clip(cls, clip_dir: str | os.PathLike) -> "SavedLandmarksDetector":
         """A person clip's landmarks in full-frame pixels (the inverse of its fixed transform)."""
         from talkinghead.data.clip import read_clip
-        from talkinghead.preprocess.align import apply_transform, invert_transform
+        from talkinghead.face.align import apply_transform, invert_transform
 
         clip = read_clip(clip_dir, load_audio=False)
         frame = apply_transform(np.asarray(clip.landmarks), invert_transform(clip.fixed_transform))

@@ -33,7 +33,7 @@ import numpy as np
 
 from talkinghead.data.clip import MIN_FRAMES
 from talkinghead.errors import ConfigError, InputError, require_file
-from talkinghead.preprocess.align import alignment_transforms, apply_transform, fixed_transform, warp_crop
+from talkinghead.face.align import alignment_transforms, apply_transform, fixed_transform, warp_crop
 from talkinghead.preprocess.fit import FittingConfig, config_dict, fit_coefficients
 from talkinghead.preprocess.landmarks import LandmarkDetector, TrackOptions, clean_track, detect_video, make_detector
 

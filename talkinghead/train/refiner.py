@@ -40,7 +40,6 @@ DDP-wrapped module.)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -50,14 +49,10 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from talkinghead.stagedir import DONE_FILE, MODEL_FILE, WEIGHTS_FILE, write_json_atomic
+from talkinghead.stagedir import DONE_FILE, MODEL_FILE, REFINER as STAGE_NAME, WEIGHTS_FILE, read_model_json, write_json_atomic
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.models.refiner import PatchDiscriminator, discriminator_loss, generator_loss
-from talkinghead.pipeline.stage2 import (
-    STAGE_NAME,
-    build_generator,
-    read_model_spec,
-)
+from talkinghead.models.refiner import build_generator
 
 log = logging.getLogger(__name__)
 
@@ -339,7 +334,7 @@ def train_refiner(
     if mode == "finetune":
         if init_dir is None:
             raise ConfigError("fine-tuning the refiner needs the general model directory (config key general)")
-        spec = read_model_spec(init_dir)
+        spec = read_model_json(init_dir, STAGE_NAME, f"python scripts/train.py stage=refiner out={init_dir}")
         schedule.update(refiner_cfg.get("finetune") or {})
         train_stop = min(c.train_slice.stop for c in clips)
         frames = slice(2 + min(c.train_slice.start for c in clips), train_stop)

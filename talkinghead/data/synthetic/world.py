@@ -24,7 +24,7 @@ Coefficients of one frame (layout: :mod:`talkinghead.face.coeffs`):
 
 Synthetic clips are rendered directly in the fixed crop: its transform is the identity, the
 landmarks are the face model's projected landmarks, and the aligned crops are cut from the
-fixed frames with the 5-point alignment of :mod:`talkinghead.preprocess.align`.
+fixed frames with the 5-point alignment of :mod:`talkinghead.face.align`.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ def render_frames(model, person: Person, coeffs: np.ndarray, crop_size: int = 22
 
 def aligned_crops(frames: np.ndarray, landmarks: np.ndarray, crop_size: int = 224) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame 5-point aligned crops ``[N, S, S, 3]`` and their transforms ``[N, 2, 3]``."""
-    from talkinghead.preprocess.align import alignment_transforms, warp_crop
+    from talkinghead.face.align import alignment_transforms, warp_crop
 
     transforms = alignment_transforms(landmarks, crop_size)
     aligned = np.stack([warp_crop(f, t, crop_size) for f, t in zip(frames, transforms)])

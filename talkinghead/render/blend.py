@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from talkinghead.errors import InputError
 from talkinghead.face.camera import Camera
 
 
@@ -88,3 +89,58 @@ def stack_windows(frames: torch.Tensor, index: torch.Tensor | None = None) -> to
     t = torch.arange(n, device=frames.device) if index is None else index
     prev2, prev1 = (t - 2).clamp_min(0), (t - 1).clamp_min(0)
     return torch.cat([frames[prev2], frames[prev1], frames[t]], 1)
+
+
+def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, C, size, size]`` (area when shrinking, bilinear when growing)."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    if size < images.shape[-1]:
+        return F.interpolate(images, size=(size, size), mode="area")
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def render_blended(
+    face_model: torch.nn.Module,
+    renderer,
+    coeffs: torch.Tensor | np.ndarray,
+    backgrounds: torch.Tensor | np.ndarray,
+    image_size: int,
+    render_size: int | None = None,
+    batch_size: int = 32,
+    with_alpha: bool = False,
+) -> torch.Tensor:
+    """Render coefficients over background crops: the refiner's per-frame input.
+
+    ``coeffs``: ``[N, 257]``; ``backgrounds``: uint8 ``[N, H, W, 3]`` crops (numpy or tensor, as
+    stored in a clip) or float ``[N, 3, H, W]`` in [0, 1]. The face is rendered at
+    ``render_size`` (default ``image_size``), blended over the background resized to that size,
+    then area-resized to ``image_size``. Runs on the face model's device, ``batch_size`` frames
+    at a time. Returns float ``[N, 3, S, S]`` in [0, 1] on the CPU, or ``[N, 4, S, S]`` with the
+    (resized) face mask appended when ``with_alpha``.
+    """
+    render_size = int(render_size or image_size)
+    n = len(coeffs)
+    if len(backgrounds) != n:
+        raise InputError(f"render_blended: {n} coefficient rows but {len(backgrounds)} background crops; pass one per frame")
+    device = next(iter(face_model.buffers()), torch.zeros(())).device
+    chunks = []
+    for start in range(0, n, batch_size):
+        coeff_chunk = coeffs[start : start + batch_size]
+        if not isinstance(coeff_chunk, torch.Tensor):
+            coeff_chunk = torch.from_numpy(np.array(coeff_chunk, dtype=np.float32))
+        coeff_chunk = coeff_chunk.to(device, torch.float32)
+        bg_chunk = backgrounds[start : start + batch_size]
+        if isinstance(bg_chunk, torch.Tensor) and bg_chunk.is_floating_point():
+            background = resize_square(bg_chunk.to(device, torch.float32), render_size)
+        else:
+            background = to_unit(np.array(bg_chunk), render_size, device=device)
+        rgba = render_rgba(face_model, renderer, coeff_chunk, render_size)  # [b, 4, R, R]
+        image = blend(rgba, background)  # [b, 3, R, R]
+        if with_alpha:
+            image = torch.cat([image, rgba[:, 3:4]], dim=1)
+        chunks.append(resize_square(image, image_size).clamp_(0, 1).cpu())
+    if not chunks:
+        return torch.zeros(0, 4 if with_alpha else 3, image_size, image_size)
+    return torch.cat(chunks)
