@@ -29,7 +29,8 @@ from talkinghead.data.stage1_dataset import Stage1WindowDataset, reference_expre
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.face.coeffs import COEFF_DIM, SLICES
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM
-from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff, fit_loudness_baseline, loudness_features
+from talkinghead.pipeline.evaluate_stage1 import (evaluate_audio2coeff, fit_loudness_baseline, fit_ridge_baseline,
+                                                  loudness_features)
 from talkinghead.pipeline.stage1 import load_audio2coeff, predict_expression_pose
 from talkinghead.train.audio2coeff import Audio2CoeffTask, NormalizedExpressionPoseLSTM, train_audio2coeff
 from talkinghead.train.stages import train_from_config
@@ -402,6 +403,36 @@ def test_loudness_features_follow_the_envelope(corpus):
         centred.predict(clip.audio, clip.num_frames)
 
 
+def test_ridge_baseline_fits_a_linear_map_of_the_windows(corpus, tmp_path):
+    """Expression that is a linear function of the MFCC windows: fitted on frames 0-299, the
+    ridge baseline predicts frames 300-339 (from the whole audio's windows, and from their own
+    audio as a new utterance, whose edge windows see padding instead of context)."""
+    clip = read_clip(corpus / "heldout_0")
+    windows = frame_windows(clip.audio, clip.num_frames).reshape(clip.num_frames, -1).astype(np.float64)  # [N, 336]
+    rng = np.random.default_rng(3)
+    mix = rng.normal(0, 1, (336, 2)) * (rng.random((336, 1)) < 0.1)  # sparse linear map
+    signal = (windows - windows.mean(0)) / windows.std(0) @ mix  # [N, 2]
+    coeffs = np.array(clip.coeffs)
+    e10 = SLICES["expression"].start + 10
+    coeffs[:, e10:e10 + 2] = 0.05 * signal + [0.2, -0.1]
+    eye = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    linear = read_clip(write_clip(tmp_path / "linear", clip.meta, coeffs.astype(np.float32), clip.landmarks,
+                                  clip.fixed, clip.aligned, eye, clip.aligned_transforms, clip.audio))
+    ridge = fit_ridge_baseline(linear, slice(0, 300), lam=1.0)
+    assert ridge.mean.shape == (336,) and ridge.weights.shape == (337, 64)
+    np.testing.assert_allclose(ridge.mean, windows[:300].mean(0), rtol=1e-4, atol=1e-4)
+    truth = coeffs[300:, e10:e10 + 2]
+    held = ridge.predict_windows(windows[300:].reshape(-1, 28, 12))  # [40, 64]
+    assert held.shape == (40, 64) and held.dtype == np.float32
+    np.testing.assert_allclose(held[:, 10:12], truth, atol=0.3 * truth.std())
+    assert min(np.corrcoef(held[:, 10 + k], truth[:, k])[0, 1] for k in range(2)) > 0.95
+    own = ridge.predict(linear.audio_for_frames(slice(300, 340)), 40)  # [40, 64]
+    assert min(np.corrcoef(own[4:-8, 10 + k], truth[4:-8, k])[0, 1] for k in range(2)) > 0.9
+    # A strong penalty shrinks toward the training mean (the mean-expression baseline).
+    flat = fit_ridge_baseline(linear, slice(0, 300), lam=1e9).predict_windows(windows[300:].reshape(-1, 28, 12))
+    np.testing.assert_allclose(flat, np.broadcast_to(coeffs[:300, SLICES["expression"]].mean(0), flat.shape), atol=1e-3)
+
+
 def test_evaluate_reports_metrics_and_baselines(general_run, corpus):
     from talkinghead.face.factory import make_face_model
 
@@ -410,7 +441,7 @@ def test_evaluate_reports_metrics_and_baselines(general_run, corpus):
     result = evaluate_audio2coeff(load_audio2coeff(general_run), corpus / "heldout_0", face_model,
                                   loudness_baseline=baseline)
     assert set(result) == {"lmd", "lipsync_corr", "lipsync_offset", "hs", "lmd_mean_expression", "lmd_corpus_mean",
-                           "lmd_loudness", "hs_real_train"}
+                           "lmd_loudness", "hs_real_train", "ridge_lmd", "ridge_lipsync_corr", "ridge_lipsync_offset"}
     assert all(np.isfinite(v) for v in result.values())
     assert result["lmd"] >= 0 and 0 <= result["hs"] <= 1 and abs(result["lipsync_offset"]) <= 5
 
