@@ -61,6 +61,7 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
     info = read_model_json(model_dir, creating_command(model_dir))
     model = NormalizedExpressionPoseLSTM(**info["model"])
     ckpt.load_weights({MODEL_NAME: model}, model_dir / WEIGHTS_FILE)
+    model.cmvn = bool(info.get("cmvn", False))
     return model.to(resolve_device(device)).eval()
 
 
@@ -109,7 +110,8 @@ def predict_expression_pose(
     try:
         state = None
         outputs = []
-        for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames):  # [n, 28, 12]
+        cmvn = bool(getattr(model, "cmvn", False))  # per-utterance CMVN (model.json)
+        for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=cmvn):  # [n, 28, 12]
             pred, state = model(torch.from_numpy(block)[None].to(device), state)  # [1, n, 70]
             outputs.append(pred[0].float().cpu())
     finally:

@@ -96,6 +96,10 @@ class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
     from its training windows (``audio2coeff.train.input_norm``); fine-tuning keeps the
     general model's.
 
+    The attribute ``cmvn`` (from ``model.json``; default False) says whether the windows are
+    standardised per utterance before that (:func:`talkinghead.audio.features.frame_windows`
+    ``cmvn=True``); whoever computes the windows applies it (training data, inference).
+
     The buffer ``expression_centered`` records whether the expression output is relative to
     the person's reference expression (``audio2coeff.train.center_expression``; see
     :mod:`talkinghead.data.stage1_dataset`); fine-tuning inherits it with the weights.
@@ -109,6 +113,7 @@ class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
         # True: the expression output is relative to the person's reference expression
         # (trained with Stage1WindowDataset(center_expression=True); inference adds it back).
         self.register_buffer("expression_centered", torch.tensor(False))
+        self.cmvn = False  # per-utterance CMVN of the windows (model.json "cmvn"; applied by the caller)
 
     @torch.no_grad()
     def set_input_stats(self, windows: torch.Tensor) -> None:
@@ -284,6 +289,8 @@ def _schedule(cfg, mode: str) -> dict[str, Any]:
         "input_norm": mode == "general",
         "ema_decay": None,
         "center_expression": False if mode == "general" else None,  # finetune: the general model's
+        "cmvn": False if mode == "general" else None,  # finetune: the general model's
+        "augment": None,  # channel/room augmentation (talkinghead.audio.augment.AugmentConfig)
     }
     values = to_plain(node) or {}
     unknown = sorted(set(values) - set(sched))
@@ -403,16 +410,25 @@ def train_audio2coeff(
             f"was trained with center_expression={bool(model.expression_centered)}; remove the override"
         )
     center = bool(model.expression_centered)
+    # Per-utterance CMVN of the input: chosen by general training, inherited by fine-tuning.
+    if mode == "general":
+        model.cmvn = bool(sched["cmvn"])
+    else:
+        model.cmvn = bool(init_info.get("cmvn", False))
+        if sched["cmvn"] is not None and bool(sched["cmvn"]) != model.cmvn:
+            raise ConfigError(f"audio2coeff.finetune.cmvn={sched['cmvn']} but the general model in {init_dir} was trained "
+                              f"with cmvn={model.cmvn}; remove the override")
 
     window, stride = int(sched["window"]), int(sched["stride"])
     train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]),
-                                    center_expression=center)
+                                    center_expression=center, cmvn=model.cmvn, augment=sched["augment"], seed=seed)
     if len(train_set) == 0:
         raise ConfigError(
             f"no {window}-frame windows in the training clips' frames {sched['frames']}; "
             "check data.root or lower audio2coeff window"
         )
-    val_set = Stage1WindowDataset(val_clips, window, window, val_frames, center_expression=center) if val_clips else None
+    val_set = (Stage1WindowDataset(val_clips, window, window, val_frames, center_expression=center, cmvn=model.cmvn)
+               if val_clips else None)
     if init_weights is None and sched["input_norm"]:
         model.set_input_stats(train_set.windows)
     task = Audio2CoeffTask(model, sched["lr"], sched["lr_schedule"], sched["min_lr_ratio"], loss_weights,
@@ -443,6 +459,7 @@ def train_audio2coeff(
             "input_norm": bool(model.input_std.ne(1).any() or model.input_mean.ne(0).any()),
             "ema_decay": sched["ema_decay"],
             "center_expression": center,
+            "cmvn": model.cmvn,
             "trained_on": train_set.clip_names,
             "frames": sched["frames"],
             "init": str(init_weights) if init_weights else None,
