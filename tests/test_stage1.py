@@ -308,6 +308,40 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
         assert torch.equal(before[key], after[key])
 
 
+def test_finetune_recipe_freezes_pulls_and_stops_early(corpus, general_run, tmp_path):
+    """Fine-tuning with frozen audio layers, an L2-SP pull and early stopping on frames 250-299
+    of the training frames: the frozen parts do not move, the training loss falls, the run
+    stops once validation stops improving and exports the best validated weights."""
+    cfg = tiny_cfg("audio2coeff.finetune.max_steps=400", "audio2coeff.finetune.lr=3e-3",
+                   "audio2coeff.finetune.ema_decay=null", "+audio2coeff.finetune.train_layers=[lstm,head]",
+                   "+audio2coeff.finetune.anchor_weight=0.001",
+                   "+audio2coeff.finetune.early_stop={holdout: [250, 300], patience: 3, every: 5}")
+    out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", cfg, mode="finetune", init_dir=general_run)
+    done = json.loads((out / "done.json").read_text())
+    assert done["steps"] < 400  # stopped early
+    best = done["metrics"]["best_step"]
+    assert best % 5 == 0 and done["steps"] == best + 3 * 5  # three validations without improvement
+    before, after = load_audio2coeff(general_run).state_dict(), load_audio2coeff(out).state_dict()
+    for key in before:
+        if key.startswith(("audio_encoder.", "audio_fc.")):
+            assert torch.equal(before[key], after[key]), key  # frozen (BatchNorm statistics too)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("lstm."))
+    # Fine-tuning lowered the loss on the person's training frames 0-249.
+    data = Stage1WindowDataset([corpus / "heldout_0"], window=16, stride=16, frames=slice(0, 250),
+                               center_expression=bool(load_audio2coeff(out).expression_centered))
+    from talkinghead.models.audio2coeff import stage1_loss
+
+    def loss(model_dir):
+        with torch.no_grad():
+            pred, _ = load_audio2coeff(model_dir)(data.windows[:240].reshape(15, 16, 28, 12))
+        return float(stage1_loss(pred, data.target[:240].reshape(15, 16, 70))["expression"])
+
+    assert loss(out) < loss(general_run)
+    with pytest.raises(ConfigError, match="early_stop.holdout"):
+        bad = tiny_cfg("+audio2coeff.finetune.early_stop={holdout: [300, 350]}")
+        train_audio2coeff([corpus / "heldout_0"], tmp_path / "bad", bad, mode="finetune", init_dir=general_run)
+
+
 def test_input_standardisation_equals_the_plain_network_on_standardised_input():
     torch.manual_seed(0)
     model = NormalizedExpressionPoseLSTM(width=0.125, fc_dim=16, embed_dim=8, hidden=8, layers=1).eval()

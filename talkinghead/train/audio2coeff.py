@@ -22,7 +22,14 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     One person's frames 0-299 as 16-frame windows with stride 1 (285 windows), lr 1e-4, all
     layers, starting from the general run in ``init_dir`` whose ``model.json`` fixes the
     architecture (the config's ``audio2coeff.model`` is ignored). Validation on the person's
-    held-out frames 300-399, logged only (nothing is selected by it).
+    held-out frames 300-399, logged only (nothing is selected by it). The recipe's levers
+    (``audio2coeff.finetune``): ``train_layers`` (the parts that learn; the others keep their
+    weights and BatchNorm statistics), ``anchor_weight`` (L2-SP: ``w * sum (p - p_general)^2``
+    added to the loss, a pull toward the general weights), ``early_stop: {holdout: [250, 300],
+    patience, every}`` (train on frames 0-249, validate every ``every`` steps on 250-299 of
+    the training frames, never on 300-399; stop after ``patience`` validations without a lower
+    expression loss and export the best validated weights; a resumed run restarts this
+    bookkeeping). CMVN and centring are the general model's.
 
 Rerunning the same call resumes from the newest checkpoint; a run whose ``done.json``
 fingerprint (architecture, schedule, seed, data) matches is not repeated.
@@ -159,6 +166,9 @@ class Audio2CoeffTask:
         min_lr_ratio: float = 0.05,
         loss_weights: Mapping[str, float] | None = None,
         ema_decay: float | None = None,
+        anchor_weight: float = 0.0,
+        frozen: Sequence[str] = (),
+        patience: int | None = None,
     ):
         if lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"audio2coeff lr_schedule={lr_schedule!r}; use constant or cosine")
@@ -179,6 +189,22 @@ class Audio2CoeffTask:
         self.total_steps = 1
         self.grad_clip: float | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        # Fine-tuning recipe: frozen parts, a pull toward the starting weights, early stopping.
+        unknown = sorted(set(frozen) - {name for name, _ in model.named_children()})
+        if unknown:
+            raise ConfigError(f"audio2coeff.finetune.train_layers leaves unknown part {unknown[0]!r} frozen; "
+                              f"parts: {', '.join(name for name, _ in model.named_children())}")
+        self.frozen = [getattr(model, name) for name in frozen]
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.anchor_weight = float(anchor_weight)
+        self.anchor = ([p.detach().clone() for p in model.parameters() if p.requires_grad]
+                       if self.anchor_weight > 0 else None)  # the starting (general) weights
+        self.patience = patience
+        self.best: tuple[float, int] | None = None  # (validation expression loss, step)
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_validations = 0
+        self.should_stop = False
 
     @property
     def inference_model(self) -> ExpressionPoseLSTM:
@@ -218,10 +244,17 @@ class Audio2CoeffTask:
         model = self.models[MODEL_NAME]
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
+        for module in self.frozen:  # frozen parts keep their BatchNorm statistics
+            module.eval()
         pred, _ = model(batch["windows"])  # [B, T, 70]
         losses = stage1_loss(pred, batch["target"], **self.loss_weights)
+        total = losses["total"]
+        if self.anchor is not None:  # L2-SP: squared distance to the starting weights
+            params = [p for p in unwrap(model).parameters() if p.requires_grad]
+            losses["anchor"] = sum((p - p0).square().sum() for p, p0 in zip(params, self.anchor))
+            total = total + self.anchor_weight * losses["anchor"]
         self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        total.backward()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -232,6 +265,27 @@ class Audio2CoeffTask:
     def validation_step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         pred, _ = self.inference_model(batch["windows"])  # [B, T, 70]
         return stage1_loss(pred, batch["target"], **self.loss_weights)
+
+    def on_validation_end(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Early stopping (``patience`` set): remember the inference weights with the lowest
+        validation expression loss; stop after ``patience`` validations without improvement."""
+        if self.patience is None or "expression" not in metrics:
+            return
+        value = float(metrics["expression"])
+        if self.best is None or value < self.best[0]:
+            self.best = (value, step)
+            self.best_state = {k: v.detach().clone() for k, v in self.inference_model.state_dict().items()}
+            self.bad_validations = 0
+        else:
+            self.bad_validations += 1
+            self.should_stop = self.bad_validations >= self.patience
+
+    def restore_best(self) -> int | None:
+        """Load the best weights seen by early stopping into the inference model; their step."""
+        if self.best_state is None:
+            return None
+        self.inference_model.load_state_dict(self.best_state)
+        return self.best[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,6 +345,9 @@ def _schedule(cfg, mode: str) -> dict[str, Any]:
         "center_expression": False if mode == "general" else None,  # finetune: the general model's
         "cmvn": False if mode == "general" else None,  # finetune: the general model's
         "augment": None,  # channel/room augmentation (talkinghead.audio.augment.AugmentConfig)
+        "train_layers": None,  # parts that learn (null: all): audio_encoder, audio_fc, lstm, head
+        "anchor_weight": 0.0,  # L2-SP pull toward the starting weights
+        "early_stop": None,  # {holdout: [start, stop] of the training frames, patience, every}
     }
     values = to_plain(node) or {}
     unknown = sorted(set(values) - set(sched))
@@ -419,6 +476,18 @@ def train_audio2coeff(
             raise ConfigError(f"audio2coeff.finetune.cmvn={sched['cmvn']} but the general model in {init_dir} was trained "
                               f"with cmvn={model.cmvn}; remove the override")
 
+    # Early stopping validates on a slice of the training frames (never on the held-out 300-399).
+    early = dict(to_plain(sched["early_stop"]) or {})
+    if early:
+        unknown = sorted(set(early) - {"holdout", "patience", "every"})
+        if unknown:
+            raise ConfigError(f"unknown config key {STAGE}.early_stop.{unknown[0]}; valid keys: every, holdout, patience")
+        holdout = _frame_slice(early.get("holdout", [250, 300]), "early_stop.holdout")
+        if frames is None or not (frames.start <= holdout.start < holdout.stop == frames.stop):
+            raise ConfigError(f"{STAGE}.early_stop.holdout={early.get('holdout')} must be the last frames of "
+                              f"frames={sched['frames']} (e.g. [250, 300] of [0, 300])")
+        frames, val_frames = slice(frames.start, holdout.start), holdout
+        val_clips = clips
     window, stride = int(sched["window"]), int(sched["stride"])
     train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]),
                                     center_expression=center, cmvn=model.cmvn, augment=sched["augment"], seed=seed)
@@ -431,8 +500,11 @@ def train_audio2coeff(
                if val_clips else None)
     if init_weights is None and sched["input_norm"]:
         model.set_input_stats(train_set.windows)
+    layers = sched["train_layers"]
+    frozen = [] if layers is None else [name for name, _ in model.named_children() if name not in list(layers)]
     task = Audio2CoeffTask(model, sched["lr"], sched["lr_schedule"], sched["min_lr_ratio"], loss_weights,
-                           ema_decay=sched["ema_decay"])
+                           ema_decay=sched["ema_decay"], anchor_weight=float(sched["anchor_weight"] or 0.0),
+                           frozen=frozen, patience=int(early.get("patience", 5)) if early else None)
 
     trainer_overrides = dict(
         out_dir=str(out_dir),
@@ -445,10 +517,16 @@ def train_audio2coeff(
         trainer_overrides["val_batch_size"] = int(sched["val_batch_size"])
     if sched["grad_clip"]:
         trainer_overrides["grad_clip"] = float(sched["grad_clip"])
+    if early:
+        trainer_overrides["val_every"] = int(early.get("every", 10))
     trainer_cfg = TrainerConfig.coerce(to_plain(cfg_get(cfg, "trainer", {})) or {}, **trainer_overrides)
     trainer = Trainer(task, train_set, val_set, trainer_cfg)
     log.info("training %s: %s; validation: %s", STAGE, train_set, val_set)
     metrics = trainer.fit()
+    best_step = task.restore_best()  # early stopping: export the best validated weights
+    if best_step is not None:
+        metrics = {**metrics, "best_step": best_step, "best_val_expression": task.best[0]}
+        log.info("early stopping: best validation at step %d of %d", best_step, trainer.step)
 
     if trainer.is_main:
         info = {
