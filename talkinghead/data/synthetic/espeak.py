@@ -20,14 +20,14 @@ synthesiser, one inventory of 19 phonemes and one recording chain; a model train
 alone learned those voices, not speech (issue 13). eSpeak adds real phonotactics, durations,
 coarticulation and prosody of many languages and a different synthesiser.
 
-eSpeak has one global state per process: :func:`espeak_speech` holds a lock, and the world
-generates persons in worker processes, each initialising its own copy.
+eSpeak keeps state between calls within a process (the same text spoken twice differs), so
+each call of :func:`espeak_speech` synthesises in a fresh ``python -c`` process
+(:func:`synthesize_texts`, about 0.1 s): the audio is a function of the seed alone.
 """
 
 from __future__ import annotations
 
 import ctypes
-import threading
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -48,99 +48,109 @@ LANGUAGES: tuple[str, ...] = ("en-us", "en", "es", "it", "de", "fr", "pt", "pl",
 VARIANTS: tuple[str, ...] = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt",
                              "klatt2", "klatt3", "croak", "whisperf", "iven", "Andy", "Alvin")
 
-# eSpeak API constants (speak_lib.h)
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INIT_PHONEME_EVENTS = 0x0001
-_INIT_PHONEME_IPA = 0x0002
-_EVENT_PHONEME, _EVENT_END, _EVENT_MSG_TERMINATED, _EVENT_LIST_TERMINATED = 7, 5, 6, 0
-_CHARS_UTF8 = 1
-_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE, _PARAM_WORDGAP = 1, 2, 3, 4, 7
-_ESPEAK_RATE = 22050
-
-
-class _EventId(ctypes.Union):
+#: The synthesis runs in a fresh ``python -c`` process per person: eSpeak keeps state between
+#: calls in a process (its pitch flutter and wave generator), so the same text spoken twice in
+#: one process differs; a fresh process makes every person's audio a function of its seed,
+#: whichever worker generates it. Input (stdin, JSON): library, data path, voice name, rate,
+#: pitch, range, word gap, texts, samples wanted; output (stdout): a JSON line per utterance
+#: ``[num_samples, [[ipa, ms], ...]]``, then ``END``, then the int16 samples of all utterances.
+_WORKER = r"""
+import ctypes, json, sys
+job = json.loads(sys.stdin.read())
+class EventId(ctypes.Union):
     _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
-
-
-class _Event(ctypes.Structure):
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),  # ms
-        ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p),
-        ("id", _EventId),
-    ]
-
-
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-_LOCK = threading.Lock()
-
-
-class _Engine:
-    """The process's eSpeak instance and the buffers its callback fills."""
-
-    def __init__(self):
-        import espeakng_loader
-
-        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
-        self.lib.espeak_Initialize.restype = ctypes.c_int
-        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        self.lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                          ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        self.lib.espeak_SetSynthCallback.argtypes = [_CALLBACK]
-        rate = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(),
-                                          _INIT_PHONEME_EVENTS | _INIT_PHONEME_IPA)
-        if rate <= 0:
-            raise RuntimeError(f"espeak_Initialize failed ({rate}) with data {espeakng_loader.get_data_path()}")
-        self.rate = rate
-        self.samples: list[np.ndarray] = []
-        self.events: list[tuple[str, int]] = []  # (IPA symbol, start in ms)
-        self._callback = _CALLBACK(self._collect)  # kept alive as long as the engine
-        self.lib.espeak_SetSynthCallback(self._callback)
-
-    def _collect(self, wav, count, events) -> int:
-        if count > 0:
-            self.samples.append(np.ctypeslib.as_array(wav, shape=(count,)).copy())
-        i = 0
-        while events[i].type != _EVENT_LIST_TERMINATED:
-            if events[i].type == _EVENT_PHONEME:
-                self.events.append((events[i].id.string.decode("utf-8", errors="ignore"), int(events[i].audio_position)))
-            i += 1
-        return 0
-
-    def synth(self, text: str, voice: str, rate: int, pitch: int, pitch_range: int, word_gap: int) -> tuple[np.ndarray, list]:
-        self.samples, self.events = [], []
-        if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
-            raise ConfigError(f"eSpeak has no voice {voice!r}; use a language of talkinghead.data.synthetic.espeak.LANGUAGES")
-        for param, value in ((_PARAM_RATE, rate), (_PARAM_PITCH, pitch), (_PARAM_RANGE, pitch_range),
-                             (_PARAM_VOLUME, 100), (_PARAM_WORDGAP, word_gap)):
-            self.lib.espeak_SetParameter(param, int(value), 0)
-        data = text.encode("utf-8") + b"\0"
-        buf = ctypes.create_string_buffer(data)
-        self.lib.espeak_Synth(buf, len(data), 0, 0, 0, _CHARS_UTF8, None, None)
-        audio = np.concatenate(self.samples) if self.samples else np.zeros(0, np.int16)
-        return audio.astype(np.float32) / 32768.0, list(self.events)
+class Event(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
+                ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
+                ("user_data", ctypes.c_void_p), ("id", EventId)]
+CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(Event))
+lib = ctypes.CDLL(job["library"])
+lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
+                             ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+lib.espeak_SetSynthCallback.argtypes = [CALLBACK]
+rate = lib.espeak_Initialize(2, 0, job["data"].encode(), 0x0001 | 0x0002)  # SYNCHRONOUS; phoneme events in IPA
+if rate <= 0:
+    sys.exit("espeak_Initialize failed")
+samples, events = [], []
+def collect(wav, count, ev):
+    if count > 0:
+        samples.append(ctypes.string_at(wav, 2 * count))
+    i = 0
+    while ev[i].type != 0:  # espeakEVENT_LIST_TERMINATED
+        if ev[i].type == 7:  # espeakEVENT_PHONEME
+            events.append([ev[i].id.string.decode("utf-8", "ignore"), ev[i].audio_position])
+        i += 1
+    return 0
+callback = CALLBACK(collect)
+lib.espeak_SetSynthCallback(callback)
+if lib.espeak_SetVoiceByName(job["voice"].encode()) != 0:
+    sys.exit("no voice " + job["voice"])
+for param, value in ((1, job["rate"]), (3, job["pitch"]), (4, job["range"]), (2, 100), (7, job["word_gap"])):
+    lib.espeak_SetParameter(param, value, 0)
+out, header, total = [], [], 0
+for text in job["texts"]:
+    samples.clear(); events.clear()
+    data = text.encode("utf-8") + b"\0"
+    lib.espeak_Synth(ctypes.create_string_buffer(data), len(data), 0, 0, 0, 1, None, None)  # espeakCHARS_UTF8
+    audio = b"".join(samples)
+    out.append(audio)
+    header.append([len(audio) // 2, list(events)])
+    total += len(audio) // 2
+    if total >= job["samples"]:
+        break
+sys.stdout.write(json.dumps({"rate": rate, "utterances": header}) + "\nEND\n")
+sys.stdout.flush()
+sys.stdout.buffer.write(b"".join(out))
+"""
 
 
 @lru_cache(maxsize=1)
-def _engine() -> _Engine:
-    return _Engine()
+def _paths() -> tuple[str, str]:
+    """(libespeak-ng, its data folder) from the ``espeakng-loader`` wheel; the library is
+    loaded once here to check it (synthesis runs in worker processes)."""
+    import espeakng_loader
+
+    library, data = str(espeakng_loader.get_library_path()), str(espeakng_loader.get_data_path())
+    ctypes.CDLL(library)
+    return library, data
 
 
 def available() -> str | None:
     """``None`` when eSpeak NG can be used, else why not (with :data:`INSTALL_HINT`)."""
     try:
-        _engine()
+        _paths()
     except ImportError:
         return f"eSpeak NG is not installed; {INSTALL_HINT}"
-    except (OSError, RuntimeError) as err:
+    except OSError as err:
         return f"eSpeak NG could not be loaded ({err}); reinstall it: {INSTALL_HINT}"
     return None
+
+
+def synthesize_texts(texts: list[str], voice: "EspeakVoice", max_seconds: float) -> tuple[int, list[tuple[np.ndarray, list]]]:
+    """Speak ``texts`` in order with ``voice`` in a fresh eSpeak process, stopping once
+    ``max_seconds`` are spoken: ``(sample rate, [(int16 audio [n], [(ipa, start ms), ...]), ...])``."""
+    import json
+    import subprocess
+    import sys
+
+    library, data = _paths()
+    job = {"library": library, "data": data, "voice": voice.name, "rate": voice.rate, "pitch": voice.pitch,
+           "range": voice.pitch_range, "word_gap": voice.word_gap, "texts": texts,
+           "samples": int(max_seconds * 22050) + 1}
+    proc = subprocess.run([sys.executable, "-c", _WORKER], input=json.dumps(job).encode(), capture_output=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"eSpeak NG failed for voice {voice.name!r}: {proc.stderr.decode(errors='replace').strip()[-300:]}")
+    head, _, body = proc.stdout.partition(b"\nEND\n")
+    info = json.loads(head)
+    pcm = np.frombuffer(body, dtype="<i2")
+    out, offset = [], 0
+    for count, events in info["utterances"]:
+        out.append((pcm[offset:offset + count], [(str(ipa), int(ms)) for ipa, ms in events]))
+        offset += count
+    return int(info["rate"]), out
 
 
 # ------------------------------------------------------------------------------ IPA -> world
@@ -241,26 +251,24 @@ def espeak_speech(duration: float, rng: np.random.Generator, voice: EspeakVoice 
         raise ConfigError(problem)
     voice = voice or EspeakVoice.sample(rng)
     total = int(round(duration * SAMPLE_RATE))
-    pieces, symbols, starts, stressed = [], [], [], []
-    filled = 0
-    with _LOCK:
-        engine = _engine()
-        lead = int(rng.uniform(0.05, 0.4) * SAMPLE_RATE)
-        pieces.append(np.zeros(lead, np.float32))
-        symbols.append("sil"), starts.append(0.0), stressed.append(False)
-        filled = lead
-        while filled < total:
-            audio, events = engine.synth(random_text(rng, int(rng.integers(3, 12))), voice.name, voice.rate,
-                                         voice.pitch, voice.pitch_range, voice.word_gap)
-            audio = _resample(audio, engine.rate)
+    lead = int(rng.uniform(0.05, 0.4) * SAMPLE_RATE)
+    pieces, symbols, starts, stressed = [np.zeros(lead, np.float32)], ["sil"], [0.0], [False]
+    filled = lead
+    while filled < total:  # usually one batch: texts for far more than the duration
+        texts = [random_text(rng, int(rng.integers(3, 12))) for _ in range(max(4, int(duration / 1.5)))]
+        pauses = [int(rng.gamma(4.0, 0.08) * SAMPLE_RATE) for _ in texts]
+        rate, utterances = synthesize_texts(texts, voice, 1.2 * (total - filled) / SAMPLE_RATE)
+        if not utterances or not any(len(a) for a, _ in utterances):
+            raise ConfigError(f"eSpeak NG produced no audio for voice {voice.name!r}")
+        for (pcm, events), pause in zip(utterances, pauses):
             offset = filled / SAMPLE_RATE
             for symbol, ms in events:
                 symbols.append(ipa_to_world(symbol))
                 starts.append(offset + ms / 1000.0)
                 stressed.append("ˈ" in symbol)  # eSpeak marks the primary-stressed vowel
+            audio = _resample(pcm.astype(np.float32) / 32768.0, rate)
             pieces.append(audio)
             filled += len(audio)
-            pause = int(rng.gamma(4.0, 0.08) * SAMPLE_RATE)
             symbols.append("sil"), starts.append(filled / SAMPLE_RATE), stressed.append(False)
             pieces.append(np.zeros(pause, np.float32))
             filled += pause
