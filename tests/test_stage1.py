@@ -342,6 +342,32 @@ def test_finetune_recipe_freezes_pulls_and_stops_early(corpus, general_run, tmp_
         train_audio2coeff([corpus / "heldout_0"], tmp_path / "bad", bad, mode="finetune", init_dir=general_run)
 
 
+def test_cmvn_and_augmentation_travel_with_the_model(corpus, tmp_path):
+    """General training with CMVN and augmented copies records CMVN in model.json; loading sets
+    ``model.cmvn``, inference standardises per utterance (a gain change does not move the
+    prediction), and fine-tuning inherits it (an override that contradicts it is refused)."""
+    cfg = tiny_cfg("audio2coeff.train.cmvn=true", "audio2coeff.train.augment.copies=1")
+    out = train_audio2coeff([corpus / f"train_{i}" for i in range(3)], tmp_path / "g", cfg)
+    info = json.loads((out / "model.json").read_text())
+    assert info["cmvn"] is True
+    model = load_audio2coeff(out)
+    assert model.cmvn is True
+    clip = read_clip(corpus / "heldout_0")
+    ref = reference_expression(clip)
+    expression, _ = predict_expression_pose(model, clip.audio, expression_reference=ref)
+    quieter, _ = predict_expression_pose(model, clip.audio * np.float32(0.3), expression_reference=ref)
+    np.testing.assert_allclose(quieter, expression, atol=1e-3)
+    windows = torch.from_numpy(frame_windows(clip.audio, cmvn=True))[None]
+    with torch.no_grad():
+        direct = model(windows)[0][0, :, :64].numpy() + ref
+    np.testing.assert_allclose(expression, direct, atol=1e-4)
+    ft = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg(), mode="finetune", init_dir=out)
+    assert load_audio2coeff(ft).cmvn is True
+    with pytest.raises(ConfigError, match="cmvn"):
+        train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft2", tiny_cfg("+audio2coeff.finetune.cmvn=false"),
+                          mode="finetune", init_dir=out)
+
+
 def test_input_standardisation_equals_the_plain_network_on_standardised_input():
     torch.manual_seed(0)
     model = NormalizedExpressionPoseLSTM(width=0.125, fc_dim=16, embed_dim=8, hidden=8, layers=1).eval()
