@@ -26,10 +26,10 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     (``audio2coeff.finetune``): ``train_layers`` (the parts that learn; the others keep their
     weights and BatchNorm statistics), ``anchor_weight`` (L2-SP: ``w * sum (p - p_general)^2``
     added to the loss, a pull toward the general weights), ``early_stop: {holdout: [250, 300],
-    patience, every}`` (train on frames 0-249, validate every ``every`` steps on 250-299 of
-    the training frames, never on 300-399; stop after ``patience`` validations without a lower
-    expression loss and export the best validated weights; a resumed run restarts this
-    bookkeeping). CMVN and centring are the general model's.
+    patience, every, metric}`` (train on frames 0-249, validate every ``every`` steps on 250-299
+    of the training frames, never on 300-399; stop after ``patience`` validations without a
+    lower ``metric`` loss, ``total`` by default so that head pose keeps being personalised, and
+    export the best validated weights; a resumed run restarts this bookkeeping). CMVN and centring are the general model's.
 
 Rerunning the same call resumes from the newest checkpoint; a run whose ``done.json``
 fingerprint (architecture, schedule, seed, data) matches is not repeated.
@@ -169,6 +169,7 @@ class Audio2CoeffTask:
         anchor_weight: float = 0.0,
         frozen: Sequence[str] = (),
         patience: int | None = None,
+        monitor: str = "total",
     ):
         if lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"audio2coeff lr_schedule={lr_schedule!r}; use constant or cosine")
@@ -201,6 +202,7 @@ class Audio2CoeffTask:
         self.anchor = ([p.detach().clone() for p in model.parameters() if p.requires_grad]
                        if self.anchor_weight > 0 else None)  # the starting (general) weights
         self.patience = patience
+        self.monitor = monitor  # the validation loss early stopping watches
         self.best: tuple[float, int] | None = None  # (validation expression loss, step)
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_validations = 0
@@ -268,10 +270,10 @@ class Audio2CoeffTask:
 
     def on_validation_end(self, step: int, metrics: Mapping[str, float]) -> None:
         """Early stopping (``patience`` set): remember the inference weights with the lowest
-        validation expression loss; stop after ``patience`` validations without improvement."""
-        if self.patience is None or "expression" not in metrics:
+        validation loss ``monitor``; stop after ``patience`` validations without improvement."""
+        if self.patience is None or self.monitor not in metrics:
             return
-        value = float(metrics["expression"])
+        value = float(metrics[self.monitor])
         if self.best is None or value < self.best[0]:
             self.best = (value, step)
             self.best_state = {k: v.detach().clone() for k, v in self.inference_model.state_dict().items()}
@@ -479,9 +481,11 @@ def train_audio2coeff(
     # Early stopping validates on a slice of the training frames (never on the held-out 300-399).
     early = dict(to_plain(sched["early_stop"]) or {})
     if early:
-        unknown = sorted(set(early) - {"holdout", "patience", "every"})
+        unknown = sorted(set(early) - {"holdout", "patience", "every", "metric"})
         if unknown:
-            raise ConfigError(f"unknown config key {STAGE}.early_stop.{unknown[0]}; valid keys: every, holdout, patience")
+            raise ConfigError(f"unknown config key {STAGE}.early_stop.{unknown[0]}; valid keys: every, holdout, metric, patience")
+        if early.get("metric", "total") not in ("total", "expression", "pose"):
+            raise ConfigError(f"{STAGE}.early_stop.metric={early['metric']!r}; use total, expression or pose")
         holdout = _frame_slice(early.get("holdout", [250, 300]), "early_stop.holdout")
         if frames is None or not (frames.start <= holdout.start < holdout.stop == frames.stop):
             raise ConfigError(f"{STAGE}.early_stop.holdout={early.get('holdout')} must be the last frames of "
@@ -504,7 +508,8 @@ def train_audio2coeff(
     frozen = [] if layers is None else [name for name, _ in model.named_children() if name not in list(layers)]
     task = Audio2CoeffTask(model, sched["lr"], sched["lr_schedule"], sched["min_lr_ratio"], loss_weights,
                            ema_decay=sched["ema_decay"], anchor_weight=float(sched["anchor_weight"] or 0.0),
-                           frozen=frozen, patience=int(early.get("patience", 5)) if early else None)
+                           frozen=frozen, patience=int(early.get("patience", 5)) if early else None,
+                           monitor=str(early.get("metric", "total")))
 
     trainer_overrides = dict(
         out_dir=str(out_dir),
@@ -525,7 +530,7 @@ def train_audio2coeff(
     metrics = trainer.fit()
     best_step = task.restore_best()  # early stopping: export the best validated weights
     if best_step is not None:
-        metrics = {**metrics, "best_step": best_step, "best_val_expression": task.best[0]}
+        metrics = {**metrics, "best_step": best_step, f"best_val_{task.monitor}": task.best[0]}
         log.info("early stopping: best validation at step %d of %d", best_step, trainer.step)
 
     if trainer.is_main:
