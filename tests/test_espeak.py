@@ -54,3 +54,16 @@ def test_world_persons_speak_with_espeak_and_their_mouth_follows():
     assert used == {"espeak", "source_filter"}
     # The default keeps the world's own synthesiser, byte for byte.
     np.testing.assert_array_equal(person_signals(people[1], 50).audio, person_signals(people[1], 50, "source_filter").audio)
+
+
+def test_extra_speakers_are_in_memory_clips_for_stage1():
+    from talkinghead.data.stage1_dataset import Stage1WindowDataset, reference_expression
+    from talkinghead.data.synthetic.world import speech_clips
+
+    clips = speech_clips(2, frames=60, seed=3)
+    assert [c.num_frames for c in clips] == [60, 60] and clips[0].name != clips[1].name
+    assert clips[0].audio.shape == (60 * 640,) and clips[0].coeffs.shape == (60, 257)
+    data = Stage1WindowDataset(clips, window=16, stride=4, center_expression=True, cmvn=True)
+    assert len(data) == 2 * ((60 - 16) // 4 + 1) and data.clip_names == [c.name for c in clips]
+    assert reference_expression(clips[0]).shape == (64,)
+    np.testing.assert_array_equal(speech_clips(1, frames=60, seed=3)[0].audio, clips[0].audio)  # seeded

@@ -347,6 +347,7 @@ def _schedule(cfg, mode: str) -> dict[str, Any]:
         "center_expression": False if mode == "general" else None,  # finetune: the general model's
         "cmvn": False if mode == "general" else None,  # finetune: the general model's
         "augment": None,  # channel/room augmentation (talkinghead.audio.augment.AugmentConfig)
+        "extra_speakers": None,  # general: {count, speech, seed, frames} in-memory speakers (world.speech_clips)
         "train_layers": None,  # parts that learn (null: all): audio_encoder, audio_fc, lstm, head
         "anchor_weight": 0.0,  # L2-SP pull toward the starting weights
         "early_stop": None,  # {holdout: [start, stop] of the training frames, patience, every}
@@ -492,6 +493,15 @@ def train_audio2coeff(
                               f"frames={sched['frames']} (e.g. [250, 300] of [0, 300])")
         frames, val_frames = slice(frames.start, holdout.start), holdout
         val_clips = clips
+    extra = dict(to_plain(sched["extra_speakers"]) or {})
+    if extra and mode == "general" and int(extra.get("count", 0)) > 0:
+        unknown = sorted(set(extra) - {"count", "speech", "seed", "frames"})
+        if unknown:
+            raise ConfigError(f"unknown config key {STAGE}.train.extra_speakers.{unknown[0]}; valid keys: count, frames, seed, speech")
+        from talkinghead.data.synthetic.world import speech_clips
+
+        clips = list(clips) + speech_clips(int(extra["count"]), int(extra.get("frames", 400)), int(extra.get("seed", 1)),
+                                           str(extra.get("speech", "espeak")))
     window, stride = int(sched["window"]), int(sched["stride"])
     train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]),
                                     center_expression=center, cmvn=model.cmvn, augment=sched["augment"], seed=seed)

@@ -137,6 +137,32 @@ def person_signals(person: Person, num_frames: int, speech: str = "source_filter
     return PersonSignals(audio=audio[: num_frames * SAMPLES_PER_FRAME], timeline=timeline, mouth=mouth, coeffs=coeffs)
 
 
+def speech_clips(count: int, frames: int = 400, seed: int = 1, speech: str = "espeak") -> list:
+    """``count`` extra speakers for Stage-1 training, in memory and without images: person clips
+    (:class:`~talkinghead.data.clip.PersonClip`, frame arrays ``[N, 1, 1, 3]`` of zeros) holding
+    the world's audio and coefficients of persons sampled from ``seed`` speaking with
+    ``speech`` (default eSpeak NG). About half a second each: a general Stage-1 model hears far
+    more voices and languages than the rendered corpus holds (``audio2coeff.train.extra_speakers``)."""
+    from talkinghead.data.clip import ClipMeta, PersonClip
+
+    if count < 1:
+        return []
+    people = sample_people(count, seed, 0)
+    train, test = _frame_ranges(frames)
+    eye = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    empty = np.zeros((frames, 1, 1, 3), np.uint8)
+    clips = []
+    for person in people:
+        signals = person_signals(person, frames, speech)
+        meta = ClipMeta(name=f"{speech}_{seed}_{person.name}", num_frames=frames, crop_size=1, sample_rate=SAMPLE_RATE,
+                        source="synthetic", split="train", train_frames=train, test_frames=test)
+        clips.append(PersonClip(root=Path(f"<memory>/{meta.name}"), meta=meta, coeffs=signals.coeffs,
+                                landmarks=np.zeros((frames, 68, 2), np.float32), fixed=empty, aligned=empty,
+                                fixed_transform=eye, aligned_transforms=np.repeat(eye[None], frames, 0),
+                                audio=signals.audio))
+    return clips
+
+
 # --------------------------------------------------------------------------------- clips
 def _frame_ranges(num_frames: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Train/test frame ranges: the method's 0-299 / 300-399 for clips of 400+ frames, else
