@@ -84,6 +84,12 @@ def collect(wav, count, ev):
             events.append([ev[i].id.string.decode("utf-8", "ignore"), ev[i].audio_position])
         i += 1
     return 0
+try:  # the noise of whispered/breathy variants: seeded, not from the clock
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
+    lib.espeak_ng_SetRandSeed(job["seed"])
+except AttributeError:
+    pass
+ctypes.CDLL(None).srand(job["seed"])
 callback = CALLBACK(collect)
 lib.espeak_SetSynthCallback(callback)
 if lib.espeak_SetVoiceByName(job["voice"].encode()) != 0:
@@ -139,7 +145,7 @@ def synthesize_texts(texts: list[str], voice: "EspeakVoice", max_seconds: float)
     library, data = _paths()
     job = {"library": library, "data": data, "voice": voice.name, "rate": voice.rate, "pitch": voice.pitch,
            "range": voice.pitch_range, "word_gap": voice.word_gap, "texts": texts,
-           "samples": int(max_seconds * 22050) + 1}
+           "samples": int(max_seconds * 22050) + 1, "seed": 12345}
     proc = subprocess.run([sys.executable, "-c", _WORKER], input=json.dumps(job).encode(), capture_output=True)
     if proc.returncode != 0:
         raise ConfigError(f"eSpeak NG failed for voice {voice.name!r}: {proc.stderr.decode(errors='replace').strip()[-300:]}")
