@@ -235,8 +235,14 @@ def test_train_script_writes_the_run_directory(general_run, corpus):
     saved = safetensors.torch.load_file(str(last / "models.safetensors"))
     assert sorted(exported) == sorted(k.replace("ema.", "audio2coeff.", 1) for k in saved if k.startswith("ema."))
     assert all(torch.equal(v, saved[k.replace("audio2coeff.", "ema.", 1)]) for k, v in exported.items())
-    # Input standardisation: the training windows' per-cepstrum statistics, saved with the weights.
-    windows = Stage1WindowDataset([corpus / f"train_{i}" for i in range(3)]).windows
+    # Input standardisation: the training windows' per-cepstrum statistics, saved with the weights
+    # (the corpus, debug=tiny's 2 in-memory eSpeak speakers, 1 augmented copy of each; CMVN).
+    from talkinghead.data.synthetic.world import speech_clips
+
+    tiny_train = compose_config("train", ["debug=tiny"]).audio2coeff.train
+    assert info["extra_speakers"] == tiny_train.extra_speakers.count and info["cmvn"] is True
+    clips = [corpus / f"train_{i}" for i in range(3)] + speech_clips(tiny_train.extra_speakers.count, 40, 1)
+    windows = Stage1WindowDataset(clips, cmvn=True, augment=dict(tiny_train.augment), seed=0).windows
     assert info["input_norm"] is True
     torch.testing.assert_close(model.input_mean, windows.reshape(-1, 12).mean(0), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(model.input_std, windows.reshape(-1, 12).std(0), atol=1e-4, rtol=1e-5)
@@ -313,9 +319,9 @@ def test_finetune_recipe_freezes_pulls_and_stops_early(corpus, general_run, tmp_
     of the training frames: the frozen parts do not move, the training loss falls, the run
     stops once validation stops improving and exports the best validated weights."""
     cfg = tiny_cfg("audio2coeff.finetune.max_steps=400", "audio2coeff.finetune.lr=3e-3",
-                   "audio2coeff.finetune.ema_decay=null", "+audio2coeff.finetune.train_layers=[lstm,head]",
-                   "+audio2coeff.finetune.anchor_weight=0.001",
-                   "+audio2coeff.finetune.early_stop={holdout: [250, 300], patience: 3, every: 5}")
+                   "audio2coeff.finetune.ema_decay=null", "audio2coeff.finetune.train_layers=[lstm,head]",
+                   "audio2coeff.finetune.anchor_weight=0.001",
+                   "audio2coeff.finetune.early_stop={holdout: [250, 300], patience: 3, every: 5}")
     out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", cfg, mode="finetune", init_dir=general_run)
     done = json.loads((out / "done.json").read_text())
     assert done["steps"] < 400  # stopped early
@@ -338,7 +344,7 @@ def test_finetune_recipe_freezes_pulls_and_stops_early(corpus, general_run, tmp_
 
     assert loss(out) < loss(general_run)
     with pytest.raises(ConfigError, match="early_stop.holdout"):
-        bad = tiny_cfg("+audio2coeff.finetune.early_stop={holdout: [300, 350]}")
+        bad = tiny_cfg("audio2coeff.finetune.early_stop={holdout: [300, 350]}")
         train_audio2coeff([corpus / "heldout_0"], tmp_path / "bad", bad, mode="finetune", init_dir=general_run)
 
 
@@ -410,7 +416,7 @@ def test_chunked_inference_equals_one_pass(general_run, corpus):
     # The translation shift of the Stage-1 target is undone; the centred expression output is
     # the network's plus the person's reference expression.
     with torch.no_grad():
-        raw, _ = model(torch.from_numpy(frame_windows(audio))[None])
+        raw, _ = model(torch.from_numpy(frame_windows(audio, cmvn=model.cmvn))[None])  # CMVN: the CPU preset
     np.testing.assert_allclose(one_pose[:, 5], raw[0, :, 69].numpy() + 0.5, atol=1e-5)
     assert bool(model.expression_centered)  # the CPU preset's default
     np.testing.assert_allclose(one_exp, raw[0, :, :64].numpy() + reference, atol=1e-5)

@@ -493,6 +493,7 @@ def train_audio2coeff(
                               f"frames={sched['frames']} (e.g. [250, 300] of [0, 300])")
         frames, val_frames = slice(frames.start, holdout.start), holdout
         val_clips = clips
+    corpus_names = {_clip_name(c) for c in clips}
     extra = dict(to_plain(sched["extra_speakers"]) or {})
     if extra and mode == "general" and int(extra.get("count", 0)) > 0:
         unknown = sorted(set(extra) - {"count", "speech", "seed", "frames"})
@@ -500,8 +501,16 @@ def train_audio2coeff(
             raise ConfigError(f"unknown config key {STAGE}.train.extra_speakers.{unknown[0]}; valid keys: count, frames, seed, speech")
         from talkinghead.data.synthetic.world import speech_clips
 
+        speech = str(extra.get("speech", "espeak"))
+        if speech != "source_filter":
+            from talkinghead.data.synthetic.espeak import available
+
+            problem = available()
+            if problem is not None:  # degrade: the world's own voices instead of eSpeak's
+                log.warning("audio2coeff.train.extra_speakers: %s; using speech=source_filter instead", problem)
+                speech = "source_filter"
         clips = list(clips) + speech_clips(int(extra["count"]), int(extra.get("frames", 400)), int(extra.get("seed", 1)),
-                                           str(extra.get("speech", "espeak")))
+                                           speech)
     window, stride = int(sched["window"]), int(sched["stride"])
     train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]),
                                     center_expression=center, cmvn=model.cmvn, augment=sched["augment"], seed=seed)
@@ -553,7 +562,8 @@ def train_audio2coeff(
             "ema_decay": sched["ema_decay"],
             "center_expression": center,
             "cmvn": model.cmvn,
-            "trained_on": train_set.clip_names,
+            "trained_on": [name for name in train_set.clip_names if name in corpus_names],
+            "extra_speakers": len(train_set.clip_names) - len(corpus_names & set(train_set.clip_names)),
             "frames": sched["frames"],
             "init": str(init_weights) if init_weights else None,
             "format_version": 1,
