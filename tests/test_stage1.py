@@ -312,6 +312,19 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     for key in ("input_mean", "input_std"):  # the general model's statistics are kept
         assert torch.equal(before[key], after[key])
+    # The per-person linear correction (residual_ridge, on in the CPU preset) is saved and applied.
+    from talkinghead.models.linear import WindowRidge
+
+    assert (out / "residual_ridge.npz").is_file() and info["residual_ridge"] > 0
+    model = load_audio2coeff(out)
+    assert isinstance(model.residual, WindowRidge)
+    clip = read_clip(corpus / "heldout_0")
+    audio, ref = clip.audio_for_frames(slice(300, 340)), reference_expression(clip)
+    with_correction, _ = predict_expression_pose(model, audio, expression_reference=ref)
+    correction = model.residual.predict_windows(frame_windows(audio))
+    model.residual = None
+    without, _ = predict_expression_pose(model, audio, expression_reference=ref)
+    np.testing.assert_allclose(with_correction, without + correction, atol=1e-5)
 
 
 def test_finetune_recipe_freezes_pulls_and_stops_early(corpus, general_run, tmp_path):

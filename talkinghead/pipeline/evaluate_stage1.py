@@ -54,6 +54,7 @@ from talkinghead.metrics.landmarks import landmarks_from_coeffs, mouth_landmark_
 from talkinghead.metrics.lipsync import lip_sync_score, mouth_opening
 from talkinghead.metrics.pose import head_pose_similarity
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM
+from talkinghead.models.linear import ridge_fit
 from talkinghead.pipeline.pose import smooth_pose
 from talkinghead.pipeline.stage1 import predict_expression_pose
 
@@ -97,18 +98,6 @@ def loudness_features(audio: np.ndarray, num_frames: int | None = None, sample_r
     first = np.floor(np.arange(num_frames) * rows_per_frame + 0.5).astype(np.int64)  # [N]
     rows = np.clip(first[:, None] + np.arange(_WINDOW_ROWS), 0, num_rows - 1)  # [N, 28]
     return energy[rows].reshape(num_frames, -1, LOUDNESS_GROUP).mean(axis=-1)  # [N, 7]
-
-
-def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ridge regression of ``y [M, D]`` on the columns of ``x [M, F]``, each standardised over
-    the ``M`` rows, with an unshrunk intercept: ``(mean [F], std [F], weights [F + 1, D])``."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-8
-    design = np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)  # [M, F+1]
-    penalty = float(lam) * np.eye(design.shape[1])
-    penalty[-1, -1] = 0.0  # the intercept is not shrunk
-    weights = np.linalg.solve(design.T @ design + penalty, design.T @ y)  # [F+1, D]
-    return mean, std, weights
 
 
 @dataclass

@@ -19,17 +19,20 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     with a random offset; validation on held-out persons' frames ``val_frames`` (0-299: their
     300-399 stay unseen for evaluation). The architecture comes from ``audio2coeff.model``.
 ``finetune``
-    One person's frames 0-299 as 16-frame windows with stride 1 (285 windows), lr 1e-4, all
-    layers, starting from the general run in ``init_dir`` whose ``model.json`` fixes the
-    architecture (the config's ``audio2coeff.model`` is ignored). Validation on the person's
-    held-out frames 300-399, logged only (nothing is selected by it). The recipe's levers
-    (``audio2coeff.finetune``): ``train_layers`` (the parts that learn; the others keep their
-    weights and BatchNorm statistics), ``anchor_weight`` (L2-SP: ``w * sum (p - p_general)^2``
-    added to the loss, a pull toward the general weights), ``early_stop: {holdout: [250, 300],
-    patience, every, metric}`` (train on frames 0-249, validate every ``every`` steps on 250-299
-    of the training frames, never on 300-399; stop after ``patience`` validations without a
-    lower ``metric`` loss, ``total`` by default so that head pose keeps being personalised, and
-    export the best validated weights; a resumed run restarts this bookkeeping). CMVN and centring are the general model's.
+    One person's frames 0-299 as 16-frame windows with stride 1 (285 windows), starting from
+    the general run in ``init_dir`` whose ``model.json`` fixes the architecture (the config's
+    ``audio2coeff.model`` is ignored). The recipe's levers (``audio2coeff.finetune``):
+    ``train_layers`` (the parts that learn; the others keep their weights and BatchNorm
+    statistics), ``anchor_weight`` (L2-SP: ``w * sum (p - p_general)^2`` added to the loss, a
+    pull toward the general weights), ``early_stop: {holdout, patience, every, metric}``
+    (``holdout`` [250, 300] or a fraction of the person's training frames, 0.167 = the last
+    sixth: 250-299 of 300, 125-149 of a 150-frame clip; training on the rest, validation every
+    ``every`` steps on the holdout, never on 300-399; stop after ``patience`` validations without
+    a lower ``metric`` loss and export the best validated weights; a resumed run restarts this
+    bookkeeping), ``residual_ridge`` (a per-person linear correction fitted after training,
+    :func:`fit_residual_ridge`, saved as ``residual_ridge.npz`` and applied by inference).
+    Without early stopping the held-out frames 300-399 are validated and logged only (nothing
+    is selected by them). CMVN and centring are the general model's.
 
 Rerunning the same call resumes from the newest checkpoint; a run whose ``done.json``
 fingerprint (architecture, schedule, seed, data) matches is not repeated.
@@ -49,7 +52,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from talkinghead.cli import cfg_get, to_plain
-from talkinghead.data.clip import PersonClip
+from talkinghead.data.clip import PersonClip, read_clip
 from talkinghead.data.stage1_dataset import Stage1WindowDataset
 from talkinghead.errors import ConfigError, TrainingError
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM, make_optimizer, stage1_loss
@@ -78,6 +81,8 @@ EMA_NAME = "ema"
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 DONE_FILE = "done.json"
+#: The fine-tuned model's per-person linear correction (audio2coeff.finetune.residual_ridge).
+RESIDUAL_FILE = "residual_ridge.npz"
 #: The command that produces a general Stage-1 model (quoted in errors).
 GENERAL_COMMAND = "python scripts/train.py stage=audio2coeff data.root=DATA out={out}"
 #: ExpressionPoseLSTM constructor arguments a config may set.
@@ -351,6 +356,7 @@ def _schedule(cfg, mode: str) -> dict[str, Any]:
         "train_layers": None,  # parts that learn (null: all): audio_encoder, audio_fc, lstm, head
         "anchor_weight": 0.0,  # L2-SP pull toward the starting weights
         "early_stop": None,  # {holdout: [start, stop] of the training frames, patience, every}
+        "residual_ridge": False,  # finetune: fit a per-person linear correction (talkinghead.models.linear)
     }
     values = to_plain(node) or {}
     unknown = sorted(set(values) - set(sched))
@@ -383,6 +389,40 @@ def _clip_name(clip: PersonClip | str | os.PathLike) -> str:
 
 def _fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fit_residual_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | str | os.PathLike],
+                       frames: slice | None, path: Path) -> float:
+    """Fit the per-person linear correction of a fine-tuned ``model`` (see
+    :mod:`talkinghead.models.linear`): ridge regression from the plain MFCC windows of ``frames``
+    (default 0-299) to what the network's expression gets wrong there; the penalty is chosen on
+    the last sixth of the frames (250-299) after fitting on the rest, then the ridge is refitted
+    on all of them and written to ``path``. Returns the penalty."""
+    import numpy as np
+
+    from talkinghead.audio.features import frame_windows
+    from talkinghead.data.clip import read_clip
+    from talkinghead.data.stage1_dataset import reference_expression
+    from talkinghead.face.coeffs import EXP_DIM, SLICES
+    from talkinghead.models.audio2coeff import predict_sequence
+    from talkinghead.models.linear import fit_window_ridge, select_ridge_penalty
+
+    plain, residual = [], []
+    for clip in clips:
+        clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
+        start, stop, _ = (frames or slice(0, clip.num_frames)).indices(clip.num_frames)
+        kwargs = dict(fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
+        windows = frame_windows(clip.audio, clip.num_frames, cmvn=bool(getattr(model, "cmvn", False)), **kwargs)
+        pred = predict_sequence(model, torch.from_numpy(windows))[:, :EXP_DIM].numpy()  # [N, 64], one utterance
+        if bool(model.expression_centered):
+            pred = pred + reference_expression(clip)
+        truth = np.asarray(clip.coeffs[:, SLICES["expression"]], np.float64)
+        plain.append(frame_windows(clip.audio, clip.num_frames, **kwargs)[start:stop])
+        residual.append(truth[start:stop] - pred[start:stop])
+    x, y = np.concatenate(plain), np.concatenate(residual)  # [M, 28, 12], [M, 64]
+    lam = select_ridge_penalty(x, y, split=len(x) - max(len(x) // 6, 1))
+    fit_window_ridge(x, y, lam).save(path)
+    return lam
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,10 +527,18 @@ def train_audio2coeff(
             raise ConfigError(f"unknown config key {STAGE}.early_stop.{unknown[0]}; valid keys: every, holdout, metric, patience")
         if early.get("metric", "total") not in ("total", "expression", "pose"):
             raise ConfigError(f"{STAGE}.early_stop.metric={early['metric']!r}; use total, expression or pose")
-        holdout = _frame_slice(early.get("holdout", [250, 300]), "early_stop.holdout")
+        holdout = early.get("holdout", [250, 300])
+        if isinstance(holdout, (int, float)) and not isinstance(holdout, bool):  # a fraction of the person's frames
+            if not 0.0 < float(holdout) < 1.0:
+                raise ConfigError(f"{STAGE}.early_stop.holdout={holdout} must be a fraction in (0, 1) or [start, stop]")
+            first = read_clip(clips[0], load_audio=False) if not isinstance(clips[0], PersonClip) else clips[0]
+            lo, hi, _ = (frames or slice(0, first.num_frames)).indices(first.num_frames)
+            cut = hi - max(1, int(round((hi - lo) * float(holdout))))
+            holdout = [cut, frames.stop if frames is not None else hi]
+        holdout = _frame_slice(list(holdout), "early_stop.holdout")
         if frames is None or not (frames.start <= holdout.start < holdout.stop == frames.stop):
             raise ConfigError(f"{STAGE}.early_stop.holdout={early.get('holdout')} must be the last frames of "
-                              f"frames={sched['frames']} (e.g. [250, 300] of [0, 300])")
+                              f"frames={sched['frames']} (e.g. [250, 300] of [0, 300], or a fraction such as 0.167)")
         frames, val_frames = slice(frames.start, holdout.start), holdout
         val_clips = clips
     corpus_names = {_clip_name(c) for c in clips}
@@ -521,6 +569,9 @@ def train_audio2coeff(
         )
     val_set = (Stage1WindowDataset(val_clips, window, window, val_frames, center_expression=center, cmvn=model.cmvn)
                if val_clips else None)
+    if early and (val_set is None or len(val_set) == 0):
+        log.warning("%s: early stopping has no %d-frame window in frames %s; training without it", out_dir, window, val_frames)
+        early, val_set = {}, None
     if init_weights is None and sched["input_norm"]:
         model.set_input_stats(train_set.windows)
     layers = sched["train_layers"]
@@ -569,6 +620,12 @@ def train_audio2coeff(
             "format_version": 1,
         }
         ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
+        if mode == "finetune" and sched["residual_ridge"]:
+            lam = fit_residual_ridge(task.inference_model, clips, _frame_slice(sched["frames"], "frames"),
+                                     out_dir / RESIDUAL_FILE)
+            info["residual_ridge"] = lam
+        elif (out_dir / RESIDUAL_FILE).exists():
+            (out_dir / RESIDUAL_FILE).unlink()
         write_json_atomic(out_dir / MODEL_FILE, info)
         write_json_atomic(done_path, {"fingerprint": fingerprint, "metrics": metrics, "steps": trainer.step})
     barrier()
