@@ -300,7 +300,8 @@ def test_bad_stage_name_is_one_line(capsys, corpus):
 
 
 def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
-    cfg = tiny_cfg("audio2coeff.model.hidden=8")  # ignored: fine-tuning keeps the general architecture
+    cfg = tiny_cfg("audio2coeff.model.hidden=8",  # ignored: fine-tuning keeps the general architecture
+                   "audio2coeff.finetune.person_ridge=true")
     out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", cfg, mode="finetune", init_dir=general_run)
     info = json.loads((out / "model.json").read_text())
     general = json.loads((general_run / "model.json").read_text())
@@ -312,19 +313,20 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     for key in ("input_mean", "input_std"):  # the general model's statistics are kept
         assert torch.equal(before[key], after[key])
-    # The per-person linear correction (residual_ridge, on in the CPU preset) is saved and applied.
+    # The per-person ridge and its blend (person_ridge) are saved and applied.
     from talkinghead.models.linear import WindowRidge
 
-    assert (out / "residual_ridge.npz").is_file() and info["residual_ridge"] > 0
+    assert (out / "person_ridge.npz").is_file() and info["person_ridge"]["lam"] > 0
     model = load_audio2coeff(out)
-    assert isinstance(model.residual, WindowRidge)
+    assert isinstance(model.residual, WindowRidge) and 0.0 <= model.residual.blend <= 1.0
+    assert model.residual.blend == info["person_ridge"]["blend"]
     clip = read_clip(corpus / "heldout_0")
     audio, ref = clip.audio_for_frames(slice(300, 340)), reference_expression(clip)
-    with_correction, _ = predict_expression_pose(model, audio, expression_reference=ref)
-    correction = model.residual.predict_windows(frame_windows(audio))
+    blended, _ = predict_expression_pose(model, audio, expression_reference=ref)
+    ridge, blend = model.residual.predict_windows(frame_windows(audio, cmvn=model.cmvn)), model.residual.blend
     model.residual = None
-    without, _ = predict_expression_pose(model, audio, expression_reference=ref)
-    np.testing.assert_allclose(with_correction, without + correction, atol=1e-5)
+    network, _ = predict_expression_pose(model, audio, expression_reference=ref)
+    np.testing.assert_allclose(blended, blend * network + (1 - blend) * ridge, atol=1e-5)
 
 
 def test_finetune_recipe_freezes_pulls_and_stops_early(corpus, general_run, tmp_path):

@@ -6,13 +6,16 @@ per-person linear correction.
 standardised with the mean and deviation of the frames it was fitted on) and saves/loads it as
 ``.npz``.
 
-Why a linear correction after fine-tuning (``audio2coeff.finetune.residual_ridge``): 285
-windows of one person are few for a network, and many for a linear map of the same windows (a
-ridge regression fitted on one real video's frames 0-299 follows her held-out mouth with
-correlation 0.69, where network fine-tuning reached about 0.48). Fitting the ridge to what the
-fine-tuned network gets wrong on the person's training frames adds that person's own linear
-audio-to-mouth mapping on top of the general one; its penalty is chosen on frames 250-299 after
-fitting on 0-249 (never on the held-out 300-399), then it is refitted on all of 0-299.
+Why a per-person ridge next to the fine-tuned network (``audio2coeff.finetune.person_ridge``):
+285 windows of one person are few for a network and many for a linear map of the same windows
+(a ridge regression fitted on one real video's frames 0-299 follows her held-out mouth with
+correlation 0.69, where network fine-tuning reached about 0.48). When it is on, the fine-tuned
+model's expression is ``blend * network + (1 - blend) * ridge``; the ridge's penalty and ``blend`` are
+chosen together on the last sixth of the person's training frames (250-299, with the ridge fitted
+on 0-249 and the network early-stopped there too; never on the held-out 300-399), then the ridge
+is refitted on all of 0-299 (:func:`select_person_blend`). On that video it raised the held-out
+correlation to 0.60 but lowered how well the mouth followed other speakers' recordings, so the
+CPU preset leaves it off (README).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ridge_fit", "WindowRidge", "fit_window_ridge", "select_ridge_penalty"]
+__all__ = ["ridge_fit", "WindowRidge", "fit_window_ridge", "select_ridge_penalty", "select_person_blend"]
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, lam: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,6 +49,7 @@ class WindowRidge:
     std: np.ndarray  # [336]
     weights: np.ndarray  # [337, D]
     lam: float = 100.0
+    blend: float = 0.0  # weight of the network's prediction next to this ridge (fine-tuned models)
 
     def predict_windows(self, windows: np.ndarray) -> np.ndarray:
         """``windows [N, 28, 12]`` -> float32 ``[N, D]``."""
@@ -57,14 +61,15 @@ class WindowRidge:
         path = Path(path)
         tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
         with open(tmp, "wb") as f:
-            np.savez(f, mean=self.mean, std=self.std, weights=self.weights, lam=np.float64(self.lam))
+            np.savez(f, mean=self.mean, std=self.std, weights=self.weights, lam=np.float64(self.lam),
+                     blend=np.float64(self.blend))
         os.replace(tmp, path)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WindowRidge":
         with np.load(path) as data:
-            return cls(data["mean"], data["std"], data["weights"], float(data["lam"]))
+            return cls(data["mean"], data["std"], data["weights"], float(data["lam"]), float(data["blend"]))
 
 
 def fit_window_ridge(windows: np.ndarray, targets: np.ndarray, lam: float) -> WindowRidge:
@@ -81,3 +86,22 @@ def select_ridge_penalty(windows: np.ndarray, targets: np.ndarray, split: int,
         ridge = fit_window_ridge(windows[:split], targets[:split], lam)
         errors.append(float(np.mean((ridge.predict_windows(windows[split:]) - targets[split:]) ** 2)))
     return float(candidates[int(np.argmin(errors))])
+
+
+def select_person_blend(windows: np.ndarray, targets: np.ndarray, network: np.ndarray, split: int,
+                        candidates: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0),
+                        blends: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))) -> WindowRidge:
+    """The person's ridge and its blend with the network: ``windows [M, 28, 12]``, ``targets
+    [M, D]``, the network's prediction ``network [M, D]`` of the same frames. The penalty and
+    the blend with the lowest mean squared error on rows ``split:`` (ridge fitted on ``:split``)
+    win; the returned ridge is refitted on all rows with that penalty."""
+    best = (np.inf, candidates[0], 1.0)
+    for lam in candidates:
+        ridge = fit_window_ridge(windows[:split], targets[:split], lam).predict_windows(windows[split:])
+        for blend in blends:
+            error = float(np.mean((blend * network[split:] + (1.0 - blend) * ridge - targets[split:]) ** 2))
+            if error < best[0]:
+                best = (error, lam, float(blend))
+    final = fit_window_ridge(windows, targets, best[1])
+    final.blend = best[2]
+    return final

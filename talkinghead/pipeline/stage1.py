@@ -65,7 +65,7 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
     ckpt.load_weights({MODEL_NAME: model}, model_dir / WEIGHTS_FILE)
     model.cmvn = bool(info.get("cmvn", False))
     residual = model_dir / RESIDUAL_FILE
-    model.residual = WindowRidge.load(residual) if residual.is_file() else None  # per-person linear correction
+    model.residual = WindowRidge.load(residual) if residual.is_file() else None  # per-person ridge + blend
     return model.to(resolve_device(device)).eval()
 
 
@@ -115,13 +115,13 @@ def predict_expression_pose(
         state = None
         outputs = []
         cmvn = bool(getattr(model, "cmvn", False))  # per-utterance CMVN (model.json)
-        residual = getattr(model, "residual", None)  # fine-tuned: the person's linear correction
+        residual = getattr(model, "residual", None)  # fine-tuned: the person's ridge, blended
         corrections = []
         for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=cmvn):  # [n, 28, 12]
             pred, state = model(torch.from_numpy(block)[None].to(device), state)  # [1, n, 70]
             outputs.append(pred[0].float().cpu())
-        if residual is not None:  # on the plain MFCC windows
-            corrections = [residual.predict_windows(b) for b in iter_frame_windows(audio, chunk_frames, num_frames)]
+        if residual is not None:  # on the network's windows
+            corrections = [residual.predict_windows(b) for b in iter_frame_windows(audio, chunk_frames, num_frames, cmvn=cmvn)]
     finally:
         model.train(was_training)
     if not outputs:
@@ -129,6 +129,6 @@ def predict_expression_pose(
     expression, pose = from_stage1_output(torch.cat(outputs).numpy())
     if centered:
         expression = expression + expression_reference
-    if corrections:
-        expression = expression + np.concatenate(corrections)
+    if corrections:  # blend * network + (1 - blend) * ridge
+        expression = residual.blend * expression + (1.0 - residual.blend) * np.concatenate(corrections)
     return np.ascontiguousarray(expression, np.float32), np.ascontiguousarray(pose, np.float32)

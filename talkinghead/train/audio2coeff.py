@@ -29,8 +29,8 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     sixth: 250-299 of 300, 125-149 of a 150-frame clip; training on the rest, validation every
     ``every`` steps on the holdout, never on 300-399; stop after ``patience`` validations without
     a lower ``metric`` loss and export the best validated weights; a resumed run restarts this
-    bookkeeping), ``residual_ridge`` (a per-person linear correction fitted after training,
-    :func:`fit_residual_ridge`, saved as ``residual_ridge.npz`` and applied by inference).
+    bookkeeping), ``person_ridge`` (a per-person ridge blended with the network, fitted after
+    training, :func:`fit_person_ridge`, saved as ``person_ridge.npz`` and applied by inference).
     Without early stopping the held-out frames 300-399 are validated and logged only (nothing
     is selected by them). CMVN and centring are the general model's.
 
@@ -81,8 +81,8 @@ EMA_NAME = "ema"
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 DONE_FILE = "done.json"
-#: The fine-tuned model's per-person linear correction (audio2coeff.finetune.residual_ridge).
-RESIDUAL_FILE = "residual_ridge.npz"
+#: The fine-tuned model's per-person ridge and its blend (audio2coeff.finetune.person_ridge).
+RESIDUAL_FILE = "person_ridge.npz"
 #: The command that produces a general Stage-1 model (quoted in errors).
 GENERAL_COMMAND = "python scripts/train.py stage=audio2coeff data.root=DATA out={out}"
 #: ExpressionPoseLSTM constructor arguments a config may set.
@@ -356,7 +356,7 @@ def _schedule(cfg, mode: str) -> dict[str, Any]:
         "train_layers": None,  # parts that learn (null: all): audio_encoder, audio_fc, lstm, head
         "anchor_weight": 0.0,  # L2-SP pull toward the starting weights
         "early_stop": None,  # {holdout: [start, stop] of the training frames, patience, every}
-        "residual_ridge": False,  # finetune: fit a per-person linear correction (talkinghead.models.linear)
+        "person_ridge": False,  # finetune: blend with a per-person ridge (talkinghead.models.linear)
     }
     values = to_plain(node) or {}
     unknown = sorted(set(values) - set(sched))
@@ -391,23 +391,23 @@ def _fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def fit_residual_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | str | os.PathLike],
-                       frames: slice | None, path: Path) -> float:
-    """Fit the per-person linear correction of a fine-tuned ``model`` (see
-    :mod:`talkinghead.models.linear`): ridge regression from the plain MFCC windows of ``frames``
-    (default 0-299) to what the network's expression gets wrong there; the penalty is chosen on
-    the last sixth of the frames (250-299) after fitting on the rest, then the ridge is refitted
-    on all of them and written to ``path``. Returns the penalty."""
+def fit_person_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | str | os.PathLike],
+                     frames: slice | None, path: Path):
+    """Fit the fine-tuned ``model``'s per-person ridge and blend (see
+    :mod:`talkinghead.models.linear`): ridge regression from the network's MFCC windows of
+    ``frames`` (default 0-299; per-utterance CMVN when the model uses it, so that the ridge,
+    too, ignores the recording channel) to the expression; its penalty and the blend weight of the
+    network are chosen on the last sixth of the frames (250-299) after fitting on the rest, then
+    the ridge is refitted on all of them and written to ``path``. Returns the ridge."""
     import numpy as np
 
     from talkinghead.audio.features import frame_windows
-    from talkinghead.data.clip import read_clip
     from talkinghead.data.stage1_dataset import reference_expression
     from talkinghead.face.coeffs import EXP_DIM, SLICES
     from talkinghead.models.audio2coeff import predict_sequence
-    from talkinghead.models.linear import fit_window_ridge, select_ridge_penalty
+    from talkinghead.models.linear import select_person_blend
 
-    plain, residual = [], []
+    plain, truth, network = [], [], []
     for clip in clips:
         clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
         start, stop, _ = (frames or slice(0, clip.num_frames)).indices(clip.num_frames)
@@ -416,13 +416,13 @@ def fit_residual_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | s
         pred = predict_sequence(model, torch.from_numpy(windows))[:, :EXP_DIM].numpy()  # [N, 64], one utterance
         if bool(model.expression_centered):
             pred = pred + reference_expression(clip)
-        truth = np.asarray(clip.coeffs[:, SLICES["expression"]], np.float64)
-        plain.append(frame_windows(clip.audio, clip.num_frames, **kwargs)[start:stop])
-        residual.append(truth[start:stop] - pred[start:stop])
-    x, y = np.concatenate(plain), np.concatenate(residual)  # [M, 28, 12], [M, 64]
-    lam = select_ridge_penalty(x, y, split=len(x) - max(len(x) // 6, 1))
-    fit_window_ridge(x, y, lam).save(path)
-    return lam
+        plain.append(windows[start:stop])  # the network's own input (CMVN when it uses it)
+        truth.append(np.asarray(clip.coeffs[start:stop, SLICES["expression"]], np.float64))
+        network.append(pred[start:stop])
+    x, y, net = np.concatenate(plain), np.concatenate(truth), np.concatenate(network)  # [M, 28, 12], [M, 64] x2
+    ridge = select_person_blend(x, y, net, split=len(x) - max(len(x) // 6, 1))
+    ridge.save(path)
+    return ridge
 
 
 # ----------------------------------------------------------------------------------------------
@@ -620,10 +620,10 @@ def train_audio2coeff(
             "format_version": 1,
         }
         ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
-        if mode == "finetune" and sched["residual_ridge"]:
-            lam = fit_residual_ridge(task.inference_model, clips, _frame_slice(sched["frames"], "frames"),
+        if mode == "finetune" and sched["person_ridge"]:
+            ridge = fit_person_ridge(task.inference_model, clips, _frame_slice(sched["frames"], "frames"),
                                      out_dir / RESIDUAL_FILE)
-            info["residual_ridge"] = lam
+            info["person_ridge"] = {"lam": ridge.lam, "blend": ridge.blend}
         elif (out_dir / RESIDUAL_FILE).exists():
             (out_dir / RESIDUAL_FILE).unlink()
         write_json_atomic(out_dir / MODEL_FILE, info)
