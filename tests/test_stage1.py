@@ -24,12 +24,13 @@ import torch
 
 from talkinghead.audio.features import frame_windows, num_video_frames
 from talkinghead.cli import compose_config, run_cli
-from talkinghead.data.clip import ClipMeta, read_clip
+from talkinghead.data.clip import ClipMeta, read_clip, write_clip
 from talkinghead.data.stage1_dataset import Stage1WindowDataset, reference_expression
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.face.coeffs import COEFF_DIM, SLICES
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM
-from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff, fit_loudness_baseline, loudness_features
+from talkinghead.pipeline.evaluate_stage1 import (evaluate_audio2coeff, fit_loudness_baseline, fit_ridge_baseline,
+                                                  loudness_features)
 from talkinghead.pipeline.stage1 import load_audio2coeff, predict_expression_pose
 from talkinghead.train.audio2coeff import Audio2CoeffTask, NormalizedExpressionPoseLSTM, train_audio2coeff
 from talkinghead.train.stages import train_from_config
@@ -218,8 +219,14 @@ def test_train_script_writes_the_run_directory(general_run, corpus):
     saved = safetensors.torch.load_file(str(last / "models.safetensors"))
     assert sorted(exported) == sorted(k.replace("ema.", "audio2coeff.", 1) for k in saved if k.startswith("ema."))
     assert all(torch.equal(v, saved[k.replace("audio2coeff.", "ema.", 1)]) for k, v in exported.items())
-    # Input standardisation: the training windows' per-cepstrum statistics, saved with the weights.
-    windows = Stage1WindowDataset([corpus / f"train_{i}" for i in range(3)]).windows
+    # Input standardisation: the training windows' per-cepstrum statistics, saved with the weights
+    # (the corpus, debug=tiny's 2 in-memory eSpeak speakers, 1 augmented copy of each; CMVN).
+    from talkinghead.data.synthetic.world import speech_clips
+
+    tiny_train = compose_config("train", ["debug=tiny"]).audio2coeff.train
+    assert info["extra_speakers"] == tiny_train.extra_speakers.count and info["cmvn"] is True
+    clips = [corpus / f"train_{i}" for i in range(3)] + speech_clips(tiny_train.extra_speakers.count, 40, 1)
+    windows = Stage1WindowDataset(clips, cmvn=True, augment=dict(tiny_train.augment), seed=0).windows
     assert info["input_norm"] is True
     torch.testing.assert_close(model.input_mean, windows.reshape(-1, 12).mean(0), atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(model.input_std, windows.reshape(-1, 12).std(0), atol=1e-4, rtol=1e-5)
@@ -277,7 +284,8 @@ def test_bad_stage_name_is_one_line(capsys, corpus):
 
 
 def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
-    cfg = tiny_cfg("audio2coeff.model.hidden=8")  # ignored: fine-tuning keeps the general architecture
+    cfg = tiny_cfg("audio2coeff.model.hidden=8",  # ignored: fine-tuning keeps the general architecture
+                   "audio2coeff.finetune.person_ridge=true")
     out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", cfg, mode="finetune", init_dir=general_run)
     info = json.loads((out / "model.json").read_text())
     general = json.loads((general_run / "model.json").read_text())
@@ -289,6 +297,80 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     for key in ("input_mean", "input_std"):  # the general model's statistics are kept
         assert torch.equal(before[key], after[key])
+    # The per-person ridge and its blend (person_ridge) are saved and applied.
+    from talkinghead.models.linear import WindowRidge
+
+    assert (out / "person_ridge.npz").is_file() and info["person_ridge"]["lam"] > 0
+    model = load_audio2coeff(out)
+    assert isinstance(model.residual, WindowRidge) and 0.0 <= model.residual.blend <= 1.0
+    assert model.residual.blend == info["person_ridge"]["blend"]
+    clip = read_clip(corpus / "heldout_0")
+    audio, ref = clip.audio_for_frames(slice(300, 340)), reference_expression(clip)
+    blended, _ = predict_expression_pose(model, audio, expression_reference=ref)
+    ridge, blend = model.residual.predict_windows(frame_windows(audio, cmvn=model.cmvn)), model.residual.blend
+    model.residual = None
+    network, _ = predict_expression_pose(model, audio, expression_reference=ref)
+    np.testing.assert_allclose(blended, blend * network + (1 - blend) * ridge, atol=1e-5)
+
+
+def test_finetune_recipe_freezes_pulls_and_stops_early(corpus, general_run, tmp_path):
+    """Fine-tuning with frozen audio layers, an L2-SP pull and early stopping on frames 250-299
+    of the training frames: the frozen parts do not move, the training loss falls, the run
+    stops once validation stops improving and exports the best validated weights."""
+    cfg = tiny_cfg("audio2coeff.finetune.max_steps=400", "audio2coeff.finetune.lr=3e-3",
+                   "audio2coeff.finetune.ema_decay=null", "audio2coeff.finetune.train_layers=[lstm,head]",
+                   "audio2coeff.finetune.anchor_weight=0.001",
+                   "audio2coeff.finetune.early_stop={holdout: [250, 300], patience: 3, every: 5}")
+    out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", cfg, mode="finetune", init_dir=general_run)
+    done = json.loads((out / "done.json").read_text())
+    assert done["steps"] < 400  # stopped early
+    best = done["metrics"]["best_step"]
+    assert best % 5 == 0 and done["steps"] == best + 3 * 5  # three validations without improvement
+    before, after = load_audio2coeff(general_run).state_dict(), load_audio2coeff(out).state_dict()
+    for key in before:
+        if key.startswith(("audio_encoder.", "audio_fc.")):
+            assert torch.equal(before[key], after[key]), key  # frozen (BatchNorm statistics too)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("lstm."))
+    # Fine-tuning lowered the loss on the person's training frames 0-249.
+    data = Stage1WindowDataset([corpus / "heldout_0"], window=16, stride=16, frames=slice(0, 250),
+                               center_expression=bool(load_audio2coeff(out).expression_centered))
+    from talkinghead.models.audio2coeff import stage1_loss
+
+    def loss(model_dir):
+        with torch.no_grad():
+            pred, _ = load_audio2coeff(model_dir)(data.windows[:240].reshape(15, 16, 28, 12))
+        return float(stage1_loss(pred, data.target[:240].reshape(15, 16, 70))["expression"])
+
+    assert loss(out) < loss(general_run)
+    with pytest.raises(ConfigError, match="early_stop.holdout"):
+        bad = tiny_cfg("audio2coeff.finetune.early_stop={holdout: [300, 350]}")
+        train_audio2coeff([corpus / "heldout_0"], tmp_path / "bad", bad, mode="finetune", init_dir=general_run)
+
+
+def test_cmvn_and_augmentation_travel_with_the_model(corpus, tmp_path):
+    """General training with CMVN and augmented copies records CMVN in model.json; loading sets
+    ``model.cmvn``, inference standardises per utterance (a gain change does not move the
+    prediction), and fine-tuning inherits it (an override that contradicts it is refused)."""
+    cfg = tiny_cfg("audio2coeff.train.cmvn=true", "audio2coeff.train.augment.copies=1")
+    out = train_audio2coeff([corpus / f"train_{i}" for i in range(3)], tmp_path / "g", cfg)
+    info = json.loads((out / "model.json").read_text())
+    assert info["cmvn"] is True
+    model = load_audio2coeff(out)
+    assert model.cmvn is True
+    clip = read_clip(corpus / "heldout_0")
+    ref = reference_expression(clip)
+    expression, _ = predict_expression_pose(model, clip.audio, expression_reference=ref)
+    quieter, _ = predict_expression_pose(model, clip.audio * np.float32(0.3), expression_reference=ref)
+    np.testing.assert_allclose(quieter, expression, atol=1e-3)
+    windows = torch.from_numpy(frame_windows(clip.audio, cmvn=True))[None]
+    with torch.no_grad():
+        direct = model(windows)[0][0, :, :64].numpy() + ref
+    np.testing.assert_allclose(expression, direct, atol=1e-4)
+    ft = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg(), mode="finetune", init_dir=out)
+    assert load_audio2coeff(ft).cmvn is True
+    with pytest.raises(ConfigError, match="cmvn"):
+        train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft2", tiny_cfg("+audio2coeff.finetune.cmvn=false"),
+                          mode="finetune", init_dir=out)
 
 
 def test_input_standardisation_equals_the_plain_network_on_standardised_input():
@@ -333,7 +415,7 @@ def test_chunked_inference_equals_one_pass(general_run, corpus):
     # The translation shift of the Stage-1 target is undone; the centred expression output is
     # the network's plus the person's reference expression.
     with torch.no_grad():
-        raw, _ = model(torch.from_numpy(frame_windows(audio))[None])
+        raw, _ = model(torch.from_numpy(frame_windows(audio, cmvn=model.cmvn))[None])  # CMVN: the CPU preset
     np.testing.assert_allclose(one_pose[:, 5], raw[0, :, 69].numpy() + 0.5, atol=1e-5)
     assert bool(model.expression_centered)  # the CPU preset's default
     np.testing.assert_allclose(one_exp, raw[0, :, :64].numpy() + reference, atol=1e-5)
@@ -386,6 +468,36 @@ def test_loudness_features_follow_the_envelope(corpus):
         centred.predict(clip.audio, clip.num_frames)
 
 
+def test_ridge_baseline_fits_a_linear_map_of_the_windows(corpus, tmp_path):
+    """Expression that is a linear function of the MFCC windows: fitted on frames 0-299, the
+    ridge baseline predicts frames 300-339 (from the whole audio's windows, and from their own
+    audio as a new utterance, whose edge windows see padding instead of context)."""
+    clip = read_clip(corpus / "heldout_0")
+    windows = frame_windows(clip.audio, clip.num_frames).reshape(clip.num_frames, -1).astype(np.float64)  # [N, 336]
+    rng = np.random.default_rng(3)
+    mix = rng.normal(0, 1, (336, 2)) * (rng.random((336, 1)) < 0.1)  # sparse linear map
+    signal = (windows - windows.mean(0)) / windows.std(0) @ mix  # [N, 2]
+    coeffs = np.array(clip.coeffs)
+    e10 = SLICES["expression"].start + 10
+    coeffs[:, e10:e10 + 2] = 0.05 * signal + [0.2, -0.1]
+    eye = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    linear = read_clip(write_clip(tmp_path / "linear", clip.meta, coeffs.astype(np.float32), clip.landmarks,
+                                  clip.fixed, clip.aligned, eye, clip.aligned_transforms, clip.audio))
+    ridge = fit_ridge_baseline(linear, slice(0, 300), lam=1.0)
+    assert ridge.mean.shape == (336,) and ridge.weights.shape == (337, 64)
+    np.testing.assert_allclose(ridge.mean, windows[:300].mean(0), rtol=1e-4, atol=1e-4)
+    truth = coeffs[300:, e10:e10 + 2]
+    held = ridge.predict_windows(windows[300:].reshape(-1, 28, 12))  # [40, 64]
+    assert held.shape == (40, 64) and held.dtype == np.float32
+    np.testing.assert_allclose(held[:, 10:12], truth, atol=0.3 * truth.std())
+    assert min(np.corrcoef(held[:, 10 + k], truth[:, k])[0, 1] for k in range(2)) > 0.95
+    own = ridge.predict(linear.audio_for_frames(slice(300, 340)), 40)  # [40, 64]
+    assert min(np.corrcoef(own[4:-8, 10 + k], truth[4:-8, k])[0, 1] for k in range(2)) > 0.9
+    # A strong penalty shrinks toward the training mean (the mean-expression baseline).
+    flat = fit_ridge_baseline(linear, slice(0, 300), lam=1e9).predict_windows(windows[300:].reshape(-1, 28, 12))
+    np.testing.assert_allclose(flat, np.broadcast_to(coeffs[:300, SLICES["expression"]].mean(0), flat.shape), atol=1e-3)
+
+
 def test_evaluate_reports_metrics_and_baselines(general_run, corpus):
     from talkinghead.face.factory import make_face_model
 
@@ -394,7 +506,7 @@ def test_evaluate_reports_metrics_and_baselines(general_run, corpus):
     result = evaluate_audio2coeff(load_audio2coeff(general_run), corpus / "heldout_0", face_model,
                                   loudness_baseline=baseline)
     assert set(result) == {"lmd", "lipsync_corr", "lipsync_offset", "hs", "lmd_mean_expression", "lmd_corpus_mean",
-                           "lmd_loudness", "hs_real_train"}
+                           "lmd_loudness", "hs_real_train", "ridge_lmd", "ridge_lipsync_corr", "ridge_lipsync_offset"}
     assert all(np.isfinite(v) for v in result.values())
     assert result["lmd"] >= 0 and 0 <= result["hs"] <= 1 and abs(result["lipsync_offset"]) <= 5
 
@@ -405,7 +517,8 @@ def test_evaluate_reports_metrics_and_baselines(general_run, corpus):
 @pytest.mark.slow
 def test_two_processes_match_one_process(corpus, tmp_path):
     args = ("stage=audio2coeff", f"data.root={corpus}", "audio2coeff.train.max_steps=30",
-            "audio2coeff.train.batch_size=8")
+            "audio2coeff.train.batch_size=8",  # the corpus alone (the gaps below were measured without these):
+            "audio2coeff.train.augment.copies=0", "audio2coeff.train.extra_speakers.count=0")
     single = run_train_script(*args, f"out={tmp_path / 'one'}")
     assert single.returncode == 0, single.stderr[-3000:]
     with socket.socket() as sock:

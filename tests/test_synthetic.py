@@ -73,7 +73,7 @@ def test_cli_writes_corpus_with_splits_and_valid_clips(cli_corpus):
 
 def test_landmarks_and_aligned_crops_follow_the_face_model(cli_corpus):
     from talkinghead.face.factory import make_face_model
-    from talkinghead.preprocess.align import apply_transform, five_point_template, five_points
+    from talkinghead.face.align import apply_transform, five_point_template, five_points
 
     clip = read_clip(list_clips(cli_corpus)[0], load_audio=False)
     model = make_face_model(clip.meta.face_model)

@@ -33,6 +33,11 @@ Windows
     rows 10 and 11, whose 25 ms spans reach it) and it is at row ``12 - 4k`` of window ``t + k``.
     Windows that run past the last MFCC row repeat that row (edge padding).
 
+    ``cmvn=True`` standardises every window with the mean and deviation of each cepstrum over
+    all MFCC rows of the (unpadded) utterance (:func:`talkinghead.audio.augment.cmvn_stats`):
+    per-utterance cepstral mean and variance normalisation, for speaker and channel
+    independence (README). The padding rows are normalised with the same statistics.
+
     :func:`iter_frame_windows` yields the same windows in blocks, each computed from only the
     audio slice it needs (plus one sample of pre-emphasis context), so memory stays bounded for
     long audio; the blocks concatenate to exactly :func:`frame_windows`.
@@ -211,14 +216,25 @@ def _window_start_rows(frames: np.ndarray, fps: float, sample_rate: int) -> np.n
     return np.floor(frames * rows_per_frame + 0.5).astype(np.int64)
 
 
-def _windows(audio: np.ndarray, frame_start: int, frame_stop: int, fps: float, sample_rate: int) -> np.ndarray:
-    """Windows of frames ``[frame_start, frame_stop)``: float32 ``[n, 28, 12]``."""
+def utterance_cmvn(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+    """CMVN statistics of mono ``audio [S]``: mean and std ``[12]`` of its MFCC rows."""
+    from talkinghead.audio.augment import cmvn_stats
+
+    return cmvn_stats(mfcc(audio, sample_rate))
+
+
+def _windows(audio: np.ndarray, frame_start: int, frame_stop: int, fps: float, sample_rate: int,
+             stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Windows of frames ``[frame_start, frame_stop)``: float32 ``[n, 28, 12]`` (standardised
+    with ``stats = (mean [12], std [12])`` when given)."""
     pad = _round_half_up(PAD_SECONDS * sample_rate)
     total_rows = num_mfcc_rows(audio.shape[0] + 2 * pad, sample_rate)
     starts = _window_start_rows(np.arange(frame_start, frame_stop), fps, sample_rate)  # [n]
     rows = np.clip(starts[:, None] + np.arange(WINDOW_ROWS), 0, total_rows - 1)  # [n, 28]
     first_row, last_row = int(rows.min()), int(rows.max())
     features = _mfcc_rows(audio, pad, first_row, last_row + 1, sample_rate)  # [rows, 12]
+    if stats is not None:
+        features = (features - stats[0]) / stats[1]
     return features[rows - first_row]  # [n, 28, 12]
 
 
@@ -227,6 +243,7 @@ def frame_windows(
     num_frames: int | None = None,
     fps: float = FPS,
     sample_rate: int = SAMPLE_RATE,
+    cmvn: bool = False,
 ) -> np.ndarray:
     """Per-video-frame MFCC windows of mono ``audio [S]``: float32 ``[N, 28, 12]``.
 
@@ -234,7 +251,8 @@ def frame_windows(
     both ends (from 120 ms before frame ``t``'s time to 160 ms after; frame ``t``'s time is the
     start of row 12); rows past the end repeat the last row. ``N`` defaults to
     :func:`num_video_frames` ``(len(audio))``; pass the video's frame count to match a video.
-    At other frame rates window ``t`` starts at row ``round(t * 100 / fps)``.
+    At other frame rates window ``t`` starts at row ``round(t * 100 / fps)``. ``cmvn``: standardise
+    with the utterance's own cepstral statistics (:func:`utterance_cmvn`).
     """
     audio = _check_mono(audio)
     if num_frames is None:
@@ -243,7 +261,8 @@ def frame_windows(
         raise InputError(f"num_frames must be >= 0, got {num_frames}")
     if num_frames == 0:
         return np.zeros((0, WINDOW_ROWS, NUM_FEATURES), dtype=np.float32)
-    return _windows(audio, 0, num_frames, fps, sample_rate)
+    stats = utterance_cmvn(audio, sample_rate) if cmvn else None
+    return _windows(audio, 0, num_frames, fps, sample_rate, stats)
 
 
 def iter_frame_windows(
@@ -252,6 +271,7 @@ def iter_frame_windows(
     num_frames: int | None = None,
     fps: float = FPS,
     sample_rate: int = SAMPLE_RATE,
+    cmvn: bool = False,
 ) -> Iterator[np.ndarray]:
     """Yield :func:`frame_windows` in consecutive float32 blocks ``[n <= chunk_frames, 28, 12]``.
 
@@ -264,5 +284,6 @@ def iter_frame_windows(
         raise InputError(f"chunk_frames must be >= 1, got {chunk_frames}")
     if num_frames is None:
         num_frames = num_video_frames(audio.shape[0], fps, sample_rate)
+    stats = utterance_cmvn(audio, sample_rate) if cmvn else None  # over the whole utterance
     for frame_start in range(0, num_frames, chunk_frames):
-        yield _windows(audio, frame_start, min(frame_start + chunk_frames, num_frames), fps, sample_rate)
+        yield _windows(audio, frame_start, min(frame_start + chunk_frames, num_frames), fps, sample_rate, stats)

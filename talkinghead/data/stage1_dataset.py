@@ -33,6 +33,14 @@ recognising the training speakers by voice. With centred targets the held-out mo
 the CPU preset fell from about 2.0 to about 1.1 px (README). The network then predicts the
 deviation from the person's reference expression, which inference adds back
 (:func:`talkinghead.pipeline.stage1.predict_expression_pose`, ``expression_reference``).
+
+``cmvn=True`` standardises each clip's windows with its own cepstral statistics (per-utterance
+CMVN, :func:`talkinghead.audio.features.frame_windows`); a model trained so applies the same
+at inference (``model.cmvn``). ``augment`` (an :class:`~talkinghead.audio.augment.AugmentConfig`
+with ``copies > 0``) adds ``copies`` channel/room versions of every clip's audio
+(:func:`~talkinghead.audio.augment.augment_audio`, generator seeded from ``(seed, clip, copy)``:
+the same seed gives the same data); a speed-perturbed copy has its targets time-warped (frame
+``t'`` of the copy gets the clip's targets at time ``t' * factor``, linearly interpolated).
 """
 
 from __future__ import annotations
@@ -45,12 +53,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from talkinghead.audio.augment import AugmentConfig, augment_audio
 from talkinghead.audio.features import frame_windows
 from talkinghead.data.clip import PersonClip, read_clip
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.face.coeffs import EXP_DIM, SLICES, stage1_target
 
-__all__ = ["Stage1WindowDataset", "ClipFrames", "load_clip_frames", "reference_expression"]
+__all__ = ["Stage1WindowDataset", "ClipFrames", "load_clip_frames", "augmented_clip_frames", "reference_expression"]
 
 
 @dataclass
@@ -86,9 +95,10 @@ def reference_expression(clip: PersonClip | str | os.PathLike) -> np.ndarray:
 
 
 def load_clip_frames(clip: PersonClip | str | os.PathLike, frames: slice | None = None,
-                     center_expression: bool = False) -> ClipFrames:
-    """MFCC windows (from the clip's whole audio) and Stage-1 targets of ``frames`` of a clip
-    (expression relative to :func:`reference_expression` when ``center_expression``).
+                     center_expression: bool = False, cmvn: bool = False) -> ClipFrames:
+    """MFCC windows (from the clip's whole audio; CMVN over it when ``cmvn``) and Stage-1
+    targets of ``frames`` of a clip (expression relative to :func:`reference_expression` when
+    ``center_expression``).
 
     The windows are computed over the whole audio and then cut, so frame ``t`` gets the same
     window whether or not the range starts at 0 (its 280 ms context is real audio, not padding).
@@ -98,11 +108,37 @@ def load_clip_frames(clip: PersonClip | str | os.PathLike, frames: slice | None 
     if clip.audio is None:
         raise InputError(f"{clip.root}: this clip has no audio track; Stage 1 trains on clips with speech")
     start, stop = _frame_range(clip, frames)
-    windows = frame_windows(clip.audio, clip.num_frames, fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
+    windows = frame_windows(clip.audio, clip.num_frames, fps=clip.meta.fps, sample_rate=clip.meta.sample_rate,
+                            cmvn=cmvn)
     target = stage1_target(np.asarray(clip.coeffs[start:stop], dtype=np.float32))  # [F, 70]
     if center_expression:
         target[:, :EXP_DIM] -= reference_expression(clip)
     return ClipFrames(clip.name, windows[start:stop], np.ascontiguousarray(target, dtype=np.float32), start)
+
+
+def augmented_clip_frames(clip: PersonClip | str | os.PathLike, rng: np.random.Generator, augment: AugmentConfig,
+                          frames: slice | None = None, center_expression: bool = False,
+                          cmvn: bool = False) -> ClipFrames:
+    """Like :func:`load_clip_frames` for one random channel/room version of the clip's audio
+    (:func:`~talkinghead.audio.augment.augment_audio`); a speed change time-warps the targets."""
+    if not isinstance(clip, PersonClip):
+        clip = read_clip(clip)
+    if clip.audio is None:
+        raise InputError(f"{clip.root}: this clip has no audio track; Stage 1 trains on clips with speech")
+    start, stop = _frame_range(clip, frames)
+    audio, factor = augment_audio(clip.audio, rng, augment, clip.meta.sample_rate)
+    num_frames = int(round(clip.num_frames / factor))
+    windows = frame_windows(audio, num_frames, fps=clip.meta.fps, sample_rate=clip.meta.sample_rate, cmvn=cmvn)
+    target = stage1_target(np.asarray(clip.coeffs, dtype=np.float32))  # [N, 70]
+    if center_expression:
+        target[:, :EXP_DIM] -= reference_expression(clip)
+    new_start, new_stop = int(np.ceil(start / factor)), min(int(np.floor((stop - 1) / factor)) + 1, num_frames)
+    source_time = np.arange(new_start, new_stop) * factor  # [F'] frame times of the original
+    frame = np.clip(np.floor(source_time).astype(np.int64), 0, clip.num_frames - 1)
+    upper = np.minimum(frame + 1, clip.num_frames - 1)
+    w = (source_time - frame)[:, None].astype(np.float32)
+    warped = (1.0 - w) * target[frame] + w * target[upper]  # [F', 70]
+    return ClipFrames(clip.name, windows[new_start:new_stop], np.ascontiguousarray(warped, np.float32), new_start)
 
 
 class Stage1WindowDataset(Dataset):
@@ -118,6 +154,9 @@ class Stage1WindowDataset(Dataset):
             docstring); the shifted sequence never runs past the clip's range.
         center_expression: expression targets relative to each clip's reference expression
             (see the module docstring).
+        cmvn: per-utterance cepstral mean/variance normalisation of each clip's windows.
+        augment: channel/room augmentation (``AugmentConfig`` or its mapping; ``copies``
+            versions per clip, 0 = off), seeded from ``seed``.
     """
 
     def __init__(
@@ -128,6 +167,9 @@ class Stage1WindowDataset(Dataset):
         frames: slice | None = None,
         random_offset: bool = False,
         center_expression: bool = False,
+        cmvn: bool = False,
+        augment: AugmentConfig | dict | None = None,
+        seed: int = 0,
     ):
         if not isinstance(window, int) or window < 1:
             raise ConfigError(f"audio2coeff window={window!r} must be a positive number of frames (e.g. 16)")
@@ -138,9 +180,18 @@ class Stage1WindowDataset(Dataset):
         self.random_offset = bool(random_offset)
         self.center_expression = bool(center_expression)
 
-        parts = [load_clip_frames(clip, frames, self.center_expression) for clip in clips]
+        self.cmvn = bool(cmvn)
+        augment = AugmentConfig.coerce(augment)
+        self.copies = augment.copies
+        parts = []
+        for index, clip in enumerate(clips):
+            clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
+            parts.append(load_clip_frames(clip, frames, self.center_expression, self.cmvn))
+            for copy in range(1, augment.copies + 1):
+                rng = np.random.default_rng([int(seed), index, copy])
+                parts.append(augmented_clip_frames(clip, rng, augment, frames, self.center_expression, self.cmvn))
         usable = [p for p in parts if len(p.target) >= window]
-        self.clip_names = [p.name for p in usable]
+        self.clip_names = list(dict.fromkeys(p.name for p in usable))  # augmented copies share a name
         self.skipped = [p.name for p in parts if len(p.target) < window]
         # All clips' frames end to end; sequence starts index into these arrays.
         if usable:
@@ -178,6 +229,7 @@ class Stage1WindowDataset(Dataset):
         return (
             f"{type(self).__name__}({len(self.clip_names)} clips, {len(self)} sequences of {self.window} frames, "
             f"stride {self.stride}{', random offset' if self.random_offset else ''}"
-            f"{', centred expression' if self.center_expression else ''})"
+            f"{', centred expression' if self.center_expression else ''}{', CMVN' if self.cmvn else ''}"
+            f"{f', {self.copies} augmented copies per clip' if self.copies else ''})"
         )
 

@@ -26,6 +26,12 @@ LSTM from a zero state) and compares with the clip's fitted coefficients of thos
                     ``center_expression=model.expression_centered`` so that it gets the
                     person's reference expression exactly when the model does). It tells
                     whether the model learned more than "louder = more open".
+``ridge_lmd``, ``ridge_lipsync_corr``, ``ridge_lipsync_offset``  baseline (default on): the
+                    per-person ridge regression of :func:`fit_ridge_baseline`, fitted on the
+                    clip's own training frames (0-299) and run on the same held-out audio as the
+                    model; mouth LMD and lip sync as above. It is what "learning this person's
+                    audio-to-mouth mapping from 300 frames" achieves with a linear map, so a
+                    fine-tuned model must beat it.
 ``hs_real_train``   reference: HS of the clip's real training-frame angles vs the held-out ones.
 """
 
@@ -38,6 +44,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from talkinghead.audio.features import frame_windows
 from talkinghead.data.clip import PersonClip, read_clip
 from talkinghead.data.stage1_dataset import reference_expression
 from talkinghead.errors import InputError
@@ -47,10 +54,13 @@ from talkinghead.metrics.landmarks import landmarks_from_coeffs, mouth_landmark_
 from talkinghead.metrics.lipsync import lip_sync_score, mouth_opening
 from talkinghead.metrics.pose import head_pose_similarity
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM
+from talkinghead.models.linear import ridge_fit
 from talkinghead.pipeline.pose import smooth_pose
 from talkinghead.pipeline.stage1 import predict_expression_pose
 
 __all__ = [
+    "RidgeBaseline",
+    "fit_ridge_baseline",
     "LoudnessBaseline",
     "fit_loudness_baseline",
     "loudness_features",
@@ -132,13 +142,51 @@ def fit_loudness_baseline(clips: Sequence[PersonClip | str | os.PathLike], ridge
     if not features:
         raise InputError("fit_loudness_baseline needs at least one clip with audio")
     x, y = np.concatenate(features), np.concatenate(targets)  # [M, F], [M, 64]
-    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-8
-    design = np.concatenate([(x - mean) / std, np.ones((len(x), 1))], axis=1)  # [M, F+1]
-    penalty = ridge * np.eye(design.shape[1])
-    penalty[-1, -1] = 0.0  # the intercept is not shrunk
-    weights = np.linalg.solve(design.T @ design + penalty, design.T @ y)  # [F+1, 64]
+    mean, std, weights = ridge_fit(x, y, ridge)  # [F], [F], [F+1, 64]
     corpus_mean = np.concatenate(absolute).mean(axis=0).astype(np.float32)
     return LoudnessBaseline(mean, std, weights, corpus_mean, bool(center_expression))
+
+
+@dataclass
+class RidgeBaseline:
+    """Per-person linear map ``expression [N, 64] = [standardised window, 1] @ weights``.
+
+    The input is the flattened 28 x 12 MFCC window of each frame (336 values, the model's own
+    input); each of the 336 columns is standardised with the mean and deviation over the
+    frames it was fitted on (``mean``/``std`` ``[336]``); ``weights [337, 64]`` include the
+    (unshrunk) intercept, so absolute expressions come out.
+    """
+
+    mean: np.ndarray  # [336]
+    std: np.ndarray  # [336]
+    weights: np.ndarray  # [337, 64]
+
+    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
+        """``windows [N, 28, 12]`` -> expression float32 ``[N, 64]``."""
+        x = (np.asarray(windows, np.float64).reshape(len(windows), -1) - self.mean) / self.std  # [N, 336]
+        return (np.concatenate([x, np.ones((len(x), 1))], axis=1) @ self.weights).astype(np.float32)
+
+    def predict(self, audio: np.ndarray, num_frames: int | None = None, sample_rate: int = 16000,
+                fps: int = 25) -> np.ndarray:
+        """Expression ``[N, 64]`` for every video frame of mono ``audio [S]`` (an utterance of its own)."""
+        return self.predict_windows(frame_windows(audio, num_frames, fps=fps, sample_rate=sample_rate))
+
+
+def fit_ridge_baseline(clip: PersonClip | str | os.PathLike, train_frames: slice | None = None,
+                       lam: float = 100.0) -> RidgeBaseline:
+    """Fit the per-person ridge baseline on ``train_frames`` of ``clip`` (default its training
+    frames 0-299): MFCC windows of the clip's whole audio (as fine-tuning sees them) -> the
+    fitted 64 expression coefficients, ``lam`` the ridge penalty on standardised columns."""
+    clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
+    if clip.audio is None:
+        raise InputError(f"{clip.root}: this clip has no audio track; the ridge baseline needs speech")
+    start, stop, _ = (clip.train_slice if train_frames is None else train_frames).indices(clip.num_frames)
+    if stop - start < 2:
+        raise InputError(f"{clip.root}: frames {start}-{stop - 1} are too few to fit the ridge baseline (need >= 2)")
+    windows = frame_windows(clip.audio, clip.num_frames, fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
+    x = windows[start:stop].reshape(stop - start, -1)  # [M, 336]
+    y = np.asarray(clip.coeffs[start:stop, SLICES["expression"]], np.float64)  # [M, 64]
+    return RidgeBaseline(*ridge_fit(x, y, lam))
 
 
 @torch.no_grad()
@@ -149,10 +197,12 @@ def evaluate_audio2coeff(
     frames: slice | None = None,
     loudness_baseline: LoudnessBaseline | None = None,
     smoothing: int = 7,
+    ridge_lam: float | None = 100.0,
     device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Stage-1 metrics of ``model`` on ``frames`` of ``clip`` (default its held-out frames
-    300-399) and the baselines; see the module docstring for each key."""
+    300-399) and the baselines; see the module docstring for each key (``ridge_lam=None``
+    skips the ridge baseline)."""
     clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
     frames = clip.test_slice if frames is None else frames
     start, stop, _ = frames.indices(clip.num_frames)
@@ -187,6 +237,12 @@ def evaluate_audio2coeff(
         results["lmd_mean_expression"] = mouth(np.broadcast_to(mean_expression, (count, EXP_DIM)).copy())[0]
         if len(train_coeffs) >= 2:
             results["hs_real_train"] = head_pose_similarity(train_coeffs[:, SLICES["angles"]], true_angles)
+        if len(train_coeffs) >= 2 and ridge_lam is not None:
+            ridge = fit_ridge_baseline(clip, clip.train_slice, ridge_lam)
+            ridge_lmd, ridge_lm = mouth(ridge.predict(audio, count, clip.meta.sample_rate, clip.meta.fps))
+            ridge_sync = lip_sync_score(mouth_opening(ridge_lm), mouth_opening(true_lm), max_offset=min(5, count - 3))
+            results.update(ridge_lmd=ridge_lmd, ridge_lipsync_corr=ridge_sync.corr_at_zero,
+                           ridge_lipsync_offset=float(ridge_sync.best_offset))
     if loudness_baseline is not None:
         results["lmd_corpus_mean"] = mouth(np.broadcast_to(loudness_baseline.mean_expression, (count, EXP_DIM)).copy())[0]
         results["lmd_loudness"] = mouth(loudness_baseline.predict(audio, count, reference_expression(clip)))[0]

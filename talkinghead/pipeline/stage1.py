@@ -32,10 +32,12 @@ from talkinghead.train.audio2coeff import (
     GENERAL_COMMAND,
     MODEL_NAME,
     WEIGHTS_FILE,
+    RESIDUAL_FILE,
     NormalizedExpressionPoseLSTM,
     read_model_json,
 )
 from talkinghead.devices import resolve_device
+from talkinghead.models.linear import WindowRidge
 
 __all__ = ["load_audio2coeff", "predict_expression_pose", "creating_command"]
 
@@ -61,6 +63,9 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
     info = read_model_json(model_dir, creating_command(model_dir))
     model = NormalizedExpressionPoseLSTM(**info["model"])
     ckpt.load_weights({MODEL_NAME: model}, model_dir / WEIGHTS_FILE)
+    model.cmvn = bool(info.get("cmvn", False))
+    residual = model_dir / RESIDUAL_FILE
+    model.residual = WindowRidge.load(residual) if residual.is_file() else None  # per-person ridge + blend
     return model.to(resolve_device(device)).eval()
 
 
@@ -109,9 +114,14 @@ def predict_expression_pose(
     try:
         state = None
         outputs = []
-        for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames):  # [n, 28, 12]
+        cmvn = bool(getattr(model, "cmvn", False))  # per-utterance CMVN (model.json)
+        residual = getattr(model, "residual", None)  # fine-tuned: the person's ridge, blended
+        corrections = []
+        for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=cmvn):  # [n, 28, 12]
             pred, state = model(torch.from_numpy(block)[None].to(device), state)  # [1, n, 70]
             outputs.append(pred[0].float().cpu())
+        if residual is not None:  # on the network's windows
+            corrections = [residual.predict_windows(b) for b in iter_frame_windows(audio, chunk_frames, num_frames, cmvn=cmvn)]
     finally:
         model.train(was_training)
     if not outputs:
@@ -119,4 +129,6 @@ def predict_expression_pose(
     expression, pose = from_stage1_output(torch.cat(outputs).numpy())
     if centered:
         expression = expression + expression_reference
+    if corrections:  # blend * network + (1 - blend) * ridge
+        expression = residual.blend * expression + (1.0 - residual.blend) * np.concatenate(corrections)
     return np.ascontiguousarray(expression, np.float32), np.ascontiguousarray(pose, np.float32)

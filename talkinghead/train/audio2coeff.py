@@ -19,10 +19,20 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     with a random offset; validation on held-out persons' frames ``val_frames`` (0-299: their
     300-399 stay unseen for evaluation). The architecture comes from ``audio2coeff.model``.
 ``finetune``
-    One person's frames 0-299 as 16-frame windows with stride 1 (285 windows), lr 1e-4, all
-    layers, starting from the general run in ``init_dir`` whose ``model.json`` fixes the
-    architecture (the config's ``audio2coeff.model`` is ignored). Validation on the person's
-    held-out frames 300-399, logged only (nothing is selected by it).
+    One person's frames 0-299 as 16-frame windows with stride 1 (285 windows), starting from
+    the general run in ``init_dir`` whose ``model.json`` fixes the architecture (the config's
+    ``audio2coeff.model`` is ignored). The recipe's levers (``audio2coeff.finetune``):
+    ``train_layers`` (the parts that learn; the others keep their weights and BatchNorm
+    statistics), ``anchor_weight`` (L2-SP: ``w * sum (p - p_general)^2`` added to the loss, a
+    pull toward the general weights), ``early_stop: {holdout, patience, every, metric}``
+    (``holdout`` [250, 300] or a fraction of the person's training frames, 0.167 = the last
+    sixth: 250-299 of 300, 125-149 of a 150-frame clip; training on the rest, validation every
+    ``every`` steps on the holdout, never on 300-399; stop after ``patience`` validations without
+    a lower ``metric`` loss and export the best validated weights; a resumed run restarts this
+    bookkeeping), ``person_ridge`` (a per-person ridge blended with the network, fitted after
+    training, :func:`fit_person_ridge`, saved as ``person_ridge.npz`` and applied by inference).
+    Without early stopping the held-out frames 300-399 are validated and logged only (nothing
+    is selected by them). CMVN and centring are the general model's.
 
 Rerunning the same call resumes from the newest checkpoint; a run whose ``done.json``
 fingerprint (architecture, schedule, seed, data) matches is not repeated.
@@ -42,7 +52,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from talkinghead.cli import cfg_get, to_plain
-from talkinghead.data.clip import PersonClip
+from talkinghead.data.clip import PersonClip, read_clip
 from talkinghead.data.stage1_dataset import Stage1WindowDataset
 from talkinghead.errors import ConfigError, TrainingError
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM, make_optimizer, stage1_loss
@@ -71,6 +81,8 @@ EMA_NAME = "ema"
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 DONE_FILE = "done.json"
+#: The fine-tuned model's per-person ridge and its blend (audio2coeff.finetune.person_ridge).
+RESIDUAL_FILE = "person_ridge.npz"
 #: The command that produces a general Stage-1 model (quoted in errors).
 GENERAL_COMMAND = "python scripts/train.py stage=audio2coeff data.root=DATA out={out}"
 #: ExpressionPoseLSTM constructor arguments a config may set.
@@ -96,6 +108,10 @@ class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
     from its training windows (``audio2coeff.train.input_norm``); fine-tuning keeps the
     general model's.
 
+    The attribute ``cmvn`` (from ``model.json``; default False) says whether the windows are
+    standardised per utterance before that (:func:`talkinghead.audio.features.frame_windows`
+    ``cmvn=True``); whoever computes the windows applies it (training data, inference).
+
     The buffer ``expression_centered`` records whether the expression output is relative to
     the person's reference expression (``audio2coeff.train.center_expression``; see
     :mod:`talkinghead.data.stage1_dataset`); fine-tuning inherits it with the weights.
@@ -109,6 +125,7 @@ class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
         # True: the expression output is relative to the person's reference expression
         # (trained with Stage1WindowDataset(center_expression=True); inference adds it back).
         self.register_buffer("expression_centered", torch.tensor(False))
+        self.cmvn = False  # per-utterance CMVN of the windows (model.json "cmvn"; applied by the caller)
 
     @torch.no_grad()
     def set_input_stats(self, windows: torch.Tensor) -> None:
@@ -154,6 +171,10 @@ class Audio2CoeffTask:
         min_lr_ratio: float = 0.05,
         loss_weights: Mapping[str, float] | None = None,
         ema_decay: float | None = None,
+        anchor_weight: float = 0.0,
+        frozen: Sequence[str] = (),
+        patience: int | None = None,
+        monitor: str = "total",
     ):
         if lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"audio2coeff lr_schedule={lr_schedule!r}; use constant or cosine")
@@ -174,6 +195,23 @@ class Audio2CoeffTask:
         self.total_steps = 1
         self.grad_clip: float | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        # Fine-tuning recipe: frozen parts, a pull toward the starting weights, early stopping.
+        unknown = sorted(set(frozen) - {name for name, _ in model.named_children()})
+        if unknown:
+            raise ConfigError(f"audio2coeff.finetune.train_layers leaves unknown part {unknown[0]!r} frozen; "
+                              f"parts: {', '.join(name for name, _ in model.named_children())}")
+        self.frozen = [getattr(model, name) for name in frozen]
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.anchor_weight = float(anchor_weight)
+        self.anchor = ([p.detach().clone() for p in model.parameters() if p.requires_grad]
+                       if self.anchor_weight > 0 else None)  # the starting (general) weights
+        self.patience = patience
+        self.monitor = monitor  # the validation loss early stopping watches
+        self.best: tuple[float, int] | None = None  # (validation expression loss, step)
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_validations = 0
+        self.should_stop = False
 
     @property
     def inference_model(self) -> ExpressionPoseLSTM:
@@ -213,10 +251,17 @@ class Audio2CoeffTask:
         model = self.models[MODEL_NAME]
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
+        for module in self.frozen:  # frozen parts keep their BatchNorm statistics
+            module.eval()
         pred, _ = model(batch["windows"])  # [B, T, 70]
         losses = stage1_loss(pred, batch["target"], **self.loss_weights)
+        total = losses["total"]
+        if self.anchor is not None:  # L2-SP: squared distance to the starting weights
+            params = [p for p in unwrap(model).parameters() if p.requires_grad]
+            losses["anchor"] = sum((p - p0).square().sum() for p, p0 in zip(params, self.anchor))
+            total = total + self.anchor_weight * losses["anchor"]
         self.optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        total.backward()
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -227,6 +272,27 @@ class Audio2CoeffTask:
     def validation_step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         pred, _ = self.inference_model(batch["windows"])  # [B, T, 70]
         return stage1_loss(pred, batch["target"], **self.loss_weights)
+
+    def on_validation_end(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Early stopping (``patience`` set): remember the inference weights with the lowest
+        validation loss ``monitor``; stop after ``patience`` validations without improvement."""
+        if self.patience is None or self.monitor not in metrics:
+            return
+        value = float(metrics[self.monitor])
+        if self.best is None or value < self.best[0]:
+            self.best = (value, step)
+            self.best_state = {k: v.detach().clone() for k, v in self.inference_model.state_dict().items()}
+            self.bad_validations = 0
+        else:
+            self.bad_validations += 1
+            self.should_stop = self.bad_validations >= self.patience
+
+    def restore_best(self) -> int | None:
+        """Load the best weights seen by early stopping into the inference model; their step."""
+        if self.best_state is None:
+            return None
+        self.inference_model.load_state_dict(self.best_state)
+        return self.best[1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,13 +343,20 @@ def _schedule(cfg, mode: str) -> dict[str, Any]:
         "window": 16,
         "stride": 1,
         "random_offset": False,
-        "frames": None if mode == "general" else [0, 300],
-        "val_frames": [0, 300] if mode == "general" else [300, 400],
+        "frames": None,  # general: all frames; finetune: the person's fine-tuning frames (meta.json train_frames)
+        "val_frames": [0, 300] if mode == "general" else None,  # finetune: the person's held-out frames (logged only)
         "max_steps": 1000,
         "grad_clip": None,
         "input_norm": mode == "general",
         "ema_decay": None,
         "center_expression": False if mode == "general" else None,  # finetune: the general model's
+        "cmvn": False if mode == "general" else None,  # finetune: the general model's
+        "augment": None,  # channel/room augmentation (talkinghead.audio.augment.AugmentConfig)
+        "extra_speakers": None,  # general: {count, speech, seed, frames} in-memory speakers (world.speech_clips)
+        "train_layers": None,  # parts that learn (null: all): audio_encoder, audio_fc, lstm, head
+        "anchor_weight": 0.0,  # L2-SP pull toward the starting weights
+        "early_stop": None,  # {holdout: [start, stop] of the training frames, patience, every}
+        "person_ridge": False,  # finetune: blend with a per-person ridge (talkinghead.models.linear)
     }
     values = to_plain(node) or {}
     unknown = sorted(set(values) - set(sched))
@@ -316,6 +389,40 @@ def _clip_name(clip: PersonClip | str | os.PathLike) -> str:
 
 def _fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def fit_person_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | str | os.PathLike],
+                     frames: slice | None, path: Path):
+    """Fit the fine-tuned ``model``'s per-person ridge and blend (see
+    :mod:`talkinghead.models.linear`): ridge regression from the network's MFCC windows of
+    ``frames`` (default 0-299; per-utterance CMVN when the model uses it, so that the ridge,
+    too, ignores the recording channel) to the expression; its penalty and the blend weight of the
+    network are chosen on the last sixth of the frames (250-299) after fitting on the rest, then
+    the ridge is refitted on all of them and written to ``path``. Returns the ridge."""
+    import numpy as np
+
+    from talkinghead.audio.features import frame_windows
+    from talkinghead.data.stage1_dataset import reference_expression
+    from talkinghead.face.coeffs import EXP_DIM, SLICES
+    from talkinghead.models.audio2coeff import predict_sequence
+    from talkinghead.models.linear import select_person_blend
+
+    plain, truth, network = [], [], []
+    for clip in clips:
+        clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
+        start, stop, _ = (frames or slice(0, clip.num_frames)).indices(clip.num_frames)
+        kwargs = dict(fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
+        windows = frame_windows(clip.audio, clip.num_frames, cmvn=bool(getattr(model, "cmvn", False)), **kwargs)
+        pred = predict_sequence(model, torch.from_numpy(windows))[:, :EXP_DIM].numpy()  # [N, 64], one utterance
+        if bool(model.expression_centered):
+            pred = pred + reference_expression(clip)
+        plain.append(windows[start:stop])  # the network's own input (CMVN when it uses it)
+        truth.append(np.asarray(clip.coeffs[start:stop, SLICES["expression"]], np.float64))
+        network.append(pred[start:stop])
+    x, y, net = np.concatenate(plain), np.concatenate(truth), np.concatenate(network)  # [M, 28, 12], [M, 64] x2
+    ridge = select_person_blend(x, y, net, split=len(x) - max(len(x) // 6, 1))
+    ridge.save(path)
+    return ridge
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,6 +481,11 @@ def train_audio2coeff(
     if val_clips is None:
         val_clips = clips if mode == "finetune" else []
     frames, val_frames = _frame_slice(sched["frames"], "frames"), _frame_slice(sched["val_frames"], "val_frames")
+    if mode == "finetune" and (frames is None or val_frames is None):  # the person's own split (meta.json)
+        person = clips[0] if isinstance(clips[0], PersonClip) else read_clip(clips[0], load_audio=False)
+        frames = frames if frames is not None else person.train_slice
+        val_frames = val_frames if val_frames is not None else person.test_slice
+    trained_frames = None if frames is None else [frames.start, frames.stop]  # recorded in model.json
     fingerprint = _fingerprint({
         "mode": mode, "model": model_kwargs, "sched": sched, "loss": loss_weights, "seed": seed,
         "clips": [_clip_name(c) for c in clips], "init": str(init_weights) if init_weights else None,
@@ -403,20 +515,76 @@ def train_audio2coeff(
             f"was trained with center_expression={bool(model.expression_centered)}; remove the override"
         )
     center = bool(model.expression_centered)
+    # Per-utterance CMVN of the input: chosen by general training, inherited by fine-tuning.
+    if mode == "general":
+        model.cmvn = bool(sched["cmvn"])
+    else:
+        model.cmvn = bool(init_info.get("cmvn", False))
+        if sched["cmvn"] is not None and bool(sched["cmvn"]) != model.cmvn:
+            raise ConfigError(f"audio2coeff.finetune.cmvn={sched['cmvn']} but the general model in {init_dir} was trained "
+                              f"with cmvn={model.cmvn}; remove the override")
 
+    # Early stopping validates on a slice of the training frames (never on the held-out 300-399).
+    early = dict(to_plain(sched["early_stop"]) or {})
+    if early:
+        unknown = sorted(set(early) - {"holdout", "patience", "every", "metric"})
+        if unknown:
+            raise ConfigError(f"unknown config key {STAGE}.early_stop.{unknown[0]}; valid keys: every, holdout, metric, patience")
+        if early.get("metric", "total") not in ("total", "expression", "pose"):
+            raise ConfigError(f"{STAGE}.early_stop.metric={early['metric']!r}; use total, expression or pose")
+        holdout = early.get("holdout", [250, 300])
+        if isinstance(holdout, (int, float)) and not isinstance(holdout, bool):  # a fraction of the person's frames
+            if not 0.0 < float(holdout) < 1.0:
+                raise ConfigError(f"{STAGE}.early_stop.holdout={holdout} must be a fraction in (0, 1) or [start, stop]")
+            first = read_clip(clips[0], load_audio=False) if not isinstance(clips[0], PersonClip) else clips[0]
+            lo, hi, _ = (frames or slice(0, first.num_frames)).indices(first.num_frames)
+            cut = hi - max(1, int(round((hi - lo) * float(holdout))))
+            holdout = [cut, frames.stop if frames is not None else hi]
+        holdout = _frame_slice(list(holdout), "early_stop.holdout")
+        if frames is None or not (frames.start <= holdout.start < holdout.stop == frames.stop):
+            raise ConfigError(f"{STAGE}.early_stop.holdout={early.get('holdout')} must be the last frames of "
+                              f"frames={sched['frames']} (e.g. [250, 300] of [0, 300], or a fraction such as 0.167)")
+        frames, val_frames = slice(frames.start, holdout.start), holdout
+        val_clips = clips
+    corpus_names = {_clip_name(c) for c in clips}
+    extra = dict(to_plain(sched["extra_speakers"]) or {})
+    if extra and mode == "general" and int(extra.get("count", 0)) > 0:
+        unknown = sorted(set(extra) - {"count", "speech", "seed", "frames"})
+        if unknown:
+            raise ConfigError(f"unknown config key {STAGE}.train.extra_speakers.{unknown[0]}; valid keys: count, frames, seed, speech")
+        from talkinghead.data.synthetic.world import speech_clips
+
+        speech = str(extra.get("speech", "espeak"))
+        if speech != "source_filter":
+            from talkinghead.data.synthetic.espeak import available
+
+            problem = available()
+            if problem is not None:  # degrade: the world's own voices instead of eSpeak's
+                log.warning("audio2coeff.train.extra_speakers: %s; using speech=source_filter instead", problem)
+                speech = "source_filter"
+        clips = list(clips) + speech_clips(int(extra["count"]), int(extra.get("frames", 400)), int(extra.get("seed", 1)),
+                                           speech)
     window, stride = int(sched["window"]), int(sched["stride"])
     train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]),
-                                    center_expression=center)
+                                    center_expression=center, cmvn=model.cmvn, augment=sched["augment"], seed=seed)
     if len(train_set) == 0:
         raise ConfigError(
             f"no {window}-frame windows in the training clips' frames {sched['frames']}; "
             "check data.root or lower audio2coeff window"
         )
-    val_set = Stage1WindowDataset(val_clips, window, window, val_frames, center_expression=center) if val_clips else None
+    val_set = (Stage1WindowDataset(val_clips, window, window, val_frames, center_expression=center, cmvn=model.cmvn)
+               if val_clips else None)
+    if early and (val_set is None or len(val_set) == 0):
+        log.warning("%s: early stopping has no %d-frame window in frames %s; training without it", out_dir, window, val_frames)
+        early, val_set = {}, None
     if init_weights is None and sched["input_norm"]:
         model.set_input_stats(train_set.windows)
+    layers = sched["train_layers"]
+    frozen = [] if layers is None else [name for name, _ in model.named_children() if name not in list(layers)]
     task = Audio2CoeffTask(model, sched["lr"], sched["lr_schedule"], sched["min_lr_ratio"], loss_weights,
-                           ema_decay=sched["ema_decay"])
+                           ema_decay=sched["ema_decay"], anchor_weight=float(sched["anchor_weight"] or 0.0),
+                           frozen=frozen, patience=int(early.get("patience", 5)) if early else None,
+                           monitor=str(early.get("metric", "total")))
 
     trainer_overrides = dict(
         out_dir=str(out_dir),
@@ -429,10 +597,16 @@ def train_audio2coeff(
         trainer_overrides["val_batch_size"] = int(sched["val_batch_size"])
     if sched["grad_clip"]:
         trainer_overrides["grad_clip"] = float(sched["grad_clip"])
+    if early:
+        trainer_overrides["val_every"] = int(early.get("every", 10))
     trainer_cfg = TrainerConfig.coerce(to_plain(cfg_get(cfg, "trainer", {})) or {}, **trainer_overrides)
     trainer = Trainer(task, train_set, val_set, trainer_cfg)
     log.info("training %s: %s; validation: %s", STAGE, train_set, val_set)
     metrics = trainer.fit()
+    best_step = task.restore_best()  # early stopping: export the best validated weights
+    if best_step is not None:
+        metrics = {**metrics, "best_step": best_step, f"best_val_{task.monitor}": task.best[0]}
+        log.info("early stopping: best validation at step %d of %d", best_step, trainer.step)
 
     if trainer.is_main:
         info = {
@@ -443,12 +617,20 @@ def train_audio2coeff(
             "input_norm": bool(model.input_std.ne(1).any() or model.input_mean.ne(0).any()),
             "ema_decay": sched["ema_decay"],
             "center_expression": center,
-            "trained_on": train_set.clip_names,
-            "frames": sched["frames"],
+            "cmvn": model.cmvn,
+            "trained_on": [name for name in train_set.clip_names if name in corpus_names],
+            "extra_speakers": len(train_set.clip_names) - len(corpus_names & set(train_set.clip_names)),
+            "frames": trained_frames,
             "init": str(init_weights) if init_weights else None,
             "format_version": 1,
         }
         ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
+        if mode == "finetune" and sched["person_ridge"]:
+            ridge = fit_person_ridge(task.inference_model, clips, _frame_slice(sched["frames"], "frames"),
+                                     out_dir / RESIDUAL_FILE)
+            info["person_ridge"] = {"lam": ridge.lam, "blend": ridge.blend}
+        elif (out_dir / RESIDUAL_FILE).exists():
+            (out_dir / RESIDUAL_FILE).unlink()
         write_json_atomic(out_dir / MODEL_FILE, info)
         write_json_atomic(done_path, {"fingerprint": fingerprint, "metrics": metrics, "steps": trainer.step})
     barrier()

@@ -567,11 +567,11 @@ class Trainer:
             self._setup()
             loader = self._loader(self.train_dataset, self.train_sampler)
             meter = _LossMeter()
-            while self.step < self.total_steps:
+            while self.step < self.total_steps and not self._stop_requested():
                 self.train_sampler.set_epoch(self.epoch, self.batch_in_epoch)
                 for batch in loader:
                     self._train_step(batch, meter)
-                    if self.step >= self.total_steps:
+                    if self.step >= self.total_steps or self._stop_requested():
                         break
             result = {"step": self.step}
             if self.val_dataset is not None:
@@ -585,6 +585,11 @@ class Trainer:
             return result
         finally:
             self._teardown()
+
+    def _stop_requested(self) -> bool:
+        """A task may end training early by setting ``should_stop`` (e.g. from its
+        ``on_validation_end(step, metrics)`` hook, called after every periodic validation)."""
+        return bool(getattr(self.task, "should_stop", False))
 
     def _train_step(self, batch: Any, meter: _LossMeter) -> None:
         batch = move_to_device(batch, self.device, non_blocking=self.device.type == "cuda")
@@ -607,7 +612,10 @@ class Trainer:
         if cfg.log_every and self.step % cfg.log_every == 0:
             self._log_train(meter)
         if cfg.val_every and self.val_dataset is not None and self.step % cfg.val_every == 0:
-            self.validate()
+            result = self.validate()
+            on_validation_end = getattr(self.task, "on_validation_end", None)  # e.g. early stopping
+            if on_validation_end is not None:
+                on_validation_end(self.step, result)
         if cfg.image_every and self.step % cfg.image_every == 0:
             self._log_images(batch)
         if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:

@@ -81,10 +81,35 @@ def _slow_noise(rng: np.random.Generator, n: int, dims: int, seconds: float) -> 
     return convolve1d(white, kernel, axis=0, mode="constant")[half:half + n]
 
 
-def person_signals(person: Person, num_frames: int) -> PersonSignals:
-    """Audio, phoneme timeline, mouth units and per-frame coefficients ``[N, 257]``."""
+#: Speech sources of the world (``make_synthetic.py speech=...``).
+SPEECH_SOURCES = ("source_filter", "espeak", "mix")
+
+
+def person_speech(person: Person, num_frames: int, speech: str = "source_filter") -> tuple[np.ndarray, Timeline, str]:
+    """The person's audio ``[num_frames * 640]`` and phoneme timeline, and which synthesiser
+    spoke: ``source_filter`` (the world's own, :mod:`.speech`), ``espeak`` (eSpeak NG in a random
+    language and voice, :mod:`.espeak`) or ``mix`` (each person one of the two, even odds,
+    drawn from the person's speech stream)."""
+    if speech not in SPEECH_SOURCES:
+        raise ConfigError(f"speech={speech!r}; use one of {', '.join(SPEECH_SOURCES)}")
+    rng = person.streams()["speech"]
+    if speech == "mix":
+        speech = "espeak" if rng.random() < 0.5 else "source_filter"
+    if speech == "espeak":
+        from talkinghead.data.synthetic.espeak import espeak_speech
+
+        audio, timeline, _ = espeak_speech(num_frames / FPS, rng)
+        audio = np.clip(audio * 10.0 ** (person.voice.gain_db / 20.0), -0.99, 0.99) + rng.normal(0.0, 2e-4, len(audio))
+        return audio.astype(np.float32), timeline, speech
+    audio, timeline = make_speech(num_frames / FPS, person.voice, rng)
+    return audio, timeline, speech
+
+
+def person_signals(person: Person, num_frames: int, speech: str = "source_filter") -> PersonSignals:
+    """Audio, phoneme timeline, mouth units and per-frame coefficients ``[N, 257]``
+    (``speech``: the synthesiser, see :func:`person_speech`)."""
     streams = person.streams()
-    audio, timeline = make_speech(num_frames / FPS, person.voice, streams["speech"])
+    audio, timeline, _ = person_speech(person, num_frames, speech)
     stress = timeline.stress_onsets()
     angles, translation = head_motion(person.pose_style, num_frames, stress, streams["motion"])
 
@@ -110,6 +135,32 @@ def person_signals(person: Person, num_frames: int) -> PersonSignals:
     coeffs[:, SLICES["lighting"]] = lighting
     coeffs[:, SLICES["translation"]] = translation
     return PersonSignals(audio=audio[: num_frames * SAMPLES_PER_FRAME], timeline=timeline, mouth=mouth, coeffs=coeffs)
+
+
+def speech_clips(count: int, frames: int = 400, seed: int = 1, speech: str = "espeak") -> list:
+    """``count`` extra speakers for Stage-1 training, in memory and without images: person clips
+    (:class:`~talkinghead.data.clip.PersonClip`, frame arrays ``[N, 1, 1, 3]`` of zeros) holding
+    the world's audio and coefficients of persons sampled from ``seed`` speaking with
+    ``speech`` (default eSpeak NG). About half a second each: a general Stage-1 model hears far
+    more voices and languages than the rendered corpus holds (``audio2coeff.train.extra_speakers``)."""
+    from talkinghead.data.clip import ClipMeta, PersonClip
+
+    if count < 1:
+        return []
+    people = sample_people(count, seed, 0)
+    train, test = default_split(frames)
+    eye = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    empty = np.zeros((frames, 1, 1, 3), np.uint8)
+    clips = []
+    for person in people:
+        signals = person_signals(person, frames, speech)
+        meta = ClipMeta(name=f"{speech}_{seed}_{person.name}", num_frames=frames, crop_size=1, sample_rate=SAMPLE_RATE,
+                        source="synthetic", split="train", train_frames=train, test_frames=test)
+        clips.append(PersonClip(root=Path(f"<memory>/{meta.name}"), meta=meta, coeffs=signals.coeffs,
+                                landmarks=np.zeros((frames, 68, 2), np.float32), fixed=empty, aligned=empty,
+                                fixed_transform=eye, aligned_transforms=np.repeat(eye[None], frames, 0),
+                                audio=signals.audio))
+    return clips
 
 
 # --------------------------------------------------------------------------------- clips
@@ -142,21 +193,23 @@ def aligned_crops(frames: np.ndarray, landmarks: np.ndarray, crop_size: int = 22
 
 
 def make_person(out: str | os.PathLike, person: Person, num_frames: int, face_model: dict | None = None,
-                crop_size: int = 224, on_chunk: Callable[[int], None] | None = None) -> Path:
+                crop_size: int = 224, on_chunk: Callable[[int], None] | None = None,
+                speech: str = "source_filter") -> Path:
     """Generate ``person``'s clip of ``num_frames`` frames into ``out`` (a clip directory)."""
     from talkinghead.data.synthetic.frames import FaceAttributes
     from talkinghead.face.factory import make_face_model
 
     spec = dict(face_model or DEFAULT_FACE_MODEL)
     model = make_face_model(spec)
-    signals = person_signals(person, num_frames)
+    signals = person_signals(person, num_frames, speech)
     frames, landmarks = render_frames(model, person, signals.coeffs, crop_size, FaceAttributes.from_model(model), on_chunk)
     aligned, transforms = aligned_crops(frames, landmarks, crop_size)
     train, test = default_split(num_frames)
     meta = ClipMeta(
         name=person.name, num_frames=num_frames, crop_size=crop_size, sample_rate=SAMPLE_RATE, source="synthetic",
         split=person.split, train_frames=train, test_frames=test, face_model=spec,
-        extra={"generator": "talkinghead.data.synthetic", "generator_version": GENERATOR_VERSION, **person.describe()},
+        extra={"generator": "talkinghead.data.synthetic", "generator_version": GENERATOR_VERSION, **person.describe(),
+               **({"speech": speech} if speech != "source_filter" else {})},
     )
     identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
     return write_clip(out, meta, signals.coeffs, landmarks, frames, aligned, identity, transforms, audio=signals.audio)
@@ -165,19 +218,27 @@ def make_person(out: str | os.PathLike, person: Person, num_frames: int, face_mo
 # -------------------------------------------------------------------------------- corpus
 def _make_person_job(args: tuple) -> str:
     """Worker entry (top level so it pickles): one thread, one person."""
-    out, count, seed, heldout, index, num_frames, face_model, crop_size = args
+    out, count, seed, heldout, index, num_frames, face_model, crop_size, speech = args
     torch.set_num_threads(1)
     person = sample_people(count, seed, heldout)[index]
-    return str(make_person(Path(out) / person.name, person, num_frames, face_model, crop_size))
+    return str(make_person(Path(out) / person.name, person, num_frames, face_model, crop_size, speech=speech))
 
 
 def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0, heldout: int = 4,
                 workers: int = 0, preview: bool = False, progress: bool = True, face_model: dict | None = None,
-                crop_size: int = 224) -> Path:
+                crop_size: int = 224, speech: str = "source_filter") -> Path:
     """Write ``persons`` synthetic clips of ``frames`` frames to ``out`` with ``corpus.json``;
     the last ``heldout`` persons are held out. ``workers``: processes (0 = one per CPU core).
-    Returns ``out``."""
+    ``speech``: who speaks (:func:`person_speech`). Returns ``out``."""
     _check_sizes(persons, heldout, frames)
+    if speech not in SPEECH_SOURCES:
+        raise ConfigError(f"speech={speech!r}; use one of {', '.join(SPEECH_SOURCES)}")
+    if speech != "source_filter":
+        from talkinghead.data.synthetic.espeak import available
+
+        problem = available()
+        if problem is not None:
+            raise ConfigError(f"speech={speech} needs eSpeak NG: {problem}; or use speech=source_filter")
     spec = dict(face_model or DEFAULT_FACE_MODEL)
     if spec.get("kind") != "procedural":
         raise ConfigError(f"face_model.kind={spec.get('kind')!r}: the synthetic world drives the procedural face "
@@ -186,7 +247,7 @@ def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     people = sample_people(persons, seed, heldout)
     workers = min(persons, workers if workers > 0 else (os.cpu_count() or 1))
-    jobs = [(str(out), persons, seed, heldout, i, frames, spec, crop_size) for i in range(persons)]
+    jobs = [(str(out), persons, seed, heldout, i, frames, spec, crop_size, speech) for i in range(persons)]
     from tqdm import tqdm
 
     with tqdm(total=persons * frames, unit="frame", desc="synthetic corpus", disable=not progress) as bar:
@@ -195,7 +256,7 @@ def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0
             torch.set_num_threads(1)
             try:
                 for person in people:
-                    make_person(out / person.name, person, frames, spec, crop_size, on_chunk=bar.update)
+                    make_person(out / person.name, person, frames, spec, crop_size, on_chunk=bar.update, speech=speech)
             finally:
                 torch.set_num_threads(threads)
         else:
@@ -213,6 +274,7 @@ def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0
         "face_model": spec,
         "fps": FPS,
         "sample_rate": SAMPLE_RATE,
+        "speech": speech,
     }
     write_corpus_index(out, [{"name": p.name, "split": p.split} for p in people], info)
     if preview:
@@ -284,6 +346,7 @@ def main(cfg: Any) -> Path:
         preview=bool(cfg_get(cfg, "preview", False)),
         progress=bool(cfg_get(cfg, "progress", True)),
         face_model=to_plain(face_model) if face_model is not None else None,
+        speech=str(cfg_get(cfg, "speech", "source_filter")),
     )
     index = json.loads((out / "corpus.json").read_text())
     n_held = sum(p["split"] == "heldout" for p in index["persons"])
