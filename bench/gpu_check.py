@@ -463,7 +463,7 @@ def _fitting_config(sizes: Sizes):
 def _preprocess_with_saved_landmarks(check: Check, inputs: dict, frames: int, config) -> tuple[dict, object]:
     """``preprocess_video`` of the carried video with ``detector=saved`` (the carried landmarks
     mapped back into the frame): decode, crops, the fit on ``check.device``, clip writing."""
-    from talkinghead.preprocess.align import apply_transform, invert_transform
+    from talkinghead.face.align import apply_transform, invert_transform
     from talkinghead.preprocess.landmarks import SavedLandmarksDetector
     from talkinghead.preprocess.pipeline import preprocess_video
 
