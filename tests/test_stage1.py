@@ -545,3 +545,24 @@ def test_two_processes_match_one_process(corpus, tmp_path):
     # half batch) 0.0132 and 2.1 %. The bounds sit between.
     assert weight_gap < 0.009
     assert two_loss == pytest.approx(one_loss, rel=0.017)
+
+
+def test_finetune_on_a_short_clip_uses_only_its_own_training_frames(corpus, general_run, tmp_path):
+    """An 8 s clip (200 frames) holds out its last quarter (data.clip.default_split): fine-tuning
+    trains and early-stops inside frames 0-149 and never reads 150-199."""
+    from talkinghead.data.clip import default_split
+
+    clip = read_clip(corpus / "heldout_0")
+    n = 200
+    train, test = default_split(n)
+    assert (train, test) == ((0, 150), (150, 200))
+    meta = ClipMeta(name="short", num_frames=n, source="synthetic", train_frames=train, test_frames=test,
+                    crop_size=clip.meta.crop_size, face_model=clip.meta.face_model)
+    eye = np.array([[1, 0, 0], [0, 1, 0]], np.float32)
+    short = write_clip(tmp_path / "short", meta, np.asarray(clip.coeffs[:n]), np.asarray(clip.landmarks[:n]),
+                       np.asarray(clip.fixed[:n]), np.asarray(clip.aligned[:n]), eye, np.asarray(clip.aligned_transforms[:n]),
+                       clip.audio_for_frames(slice(0, n)))
+    cfg = tiny_cfg("audio2coeff.finetune.early_stop={holdout: 0.2, patience: 50, every: 1, metric: expression}")
+    out = train_audio2coeff([short], tmp_path / "ft", cfg, mode="finetune", init_dir=general_run)
+    info = json.loads((out / "model.json").read_text())
+    assert info["frames"] == [0, 150]
