@@ -124,7 +124,7 @@ def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cp
     """All metrics of one fine-tuned person on their held-out frames (see the module docstring)."""
     from talkinghead.metrics.image import sharpness
     from talkinghead.pipeline.frames import SourceFrames
-    from talkinghead.pipeline.evaluate import (_plain, evaluate_mouth, evaluate_pose_modes, evaluate_stage1,
+    from talkinghead.pipeline.evaluate import (_bilinear, _plain, evaluate_mouth, evaluate_pose_modes, evaluate_stage1,
                                                held_out_frames)
     from talkinghead.pipeline.infer import load_person
     from talkinghead.render.blend import to_unit
@@ -138,10 +138,11 @@ def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cp
     stage2 = evaluate_refiner(models.refiner, clip, models.face_model, models.renderer, frames=frames, return_frames=True)
     real224 = to_unit(np.array(clip.fixed[frames]))
     real_full = to_unit(SourceFrames(clip, frames.stop).crops(np.arange(frames.start, frames.stop)))  # the source's resolution
-    refined = sharpness(stage2.pop("refined"))
+    refined_frames = stage2.pop("refined")
+    refined = sharpness(refined_frames)
     stage2["size"] = int(models.refiner.image_size)
     stage2["sharpness_ratio"] = float((refined / sharpness(real_full).clamp_min(1e-6)).median())
-    stage2["sharpness_ratio_fixed"] = float((refined / sharpness(real224).clamp_min(1e-6)).median())
+    stage2["sharpness_ratio_fixed"] = float((sharpness(_bilinear(refined_frames, 224)) / sharpness(real224).clamp_min(1e-6)).median())
     for key in ("input", "real"):
         stage2.pop(key)
     return {
