@@ -14,7 +14,7 @@ import torch
 from talkinghead.data.clip import read_clip
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
 from talkinghead.face.factory import make_face_model
-from talkinghead.preprocess import align
+from talkinghead.face import align
 from talkinghead.preprocess.landmarks import (
     MEDIAPIPE_TO_IBUG68,
     FaceAlignmentDetector,
