@@ -193,3 +193,44 @@ def test_ssim_matches_skimage():
         ssim(a[..., :8, :8], b[..., :8, :8])
     with pytest.raises(InputError):
         psnr(a, b[:2])
+
+
+def test_mouth_opening_input_checks_and_scale_invariance():
+    lm = np.zeros((2, 68, 2))
+    lm[:, 48], lm[:, 54] = [100, 150], [140, 150]
+    lm[:, 62], lm[:, 66] = [120, 145], [120, 155]
+    # normalised opening is unitless: a face 100x smaller (width 0.4 px) gives the same values
+    np.testing.assert_allclose(mouth_opening(lm * 0.01), mouth_opening(lm), rtol=1e-12)
+    for bad in (np.zeros((2, 68, 3)), np.zeros((68, 2)), np.zeros((2, 67, 2))):
+        with pytest.raises(InputError, match=r"landmarks must be \[N, 68, 2\], got shape"):
+            mouth_opening(bad)
+
+
+def test_lip_sync_score_edges():
+    rng = np.random.default_rng(4)
+    signal = gaussian_filter1d(rng.standard_normal(120), 2.0)
+    # tiny amplitudes still correlate (no absolute floor on the variance beyond 1e-12)
+    tiny = lip_sync_score(1e-3 * signal, 1e-3 * signal, max_offset=2)
+    assert tiny.corr_at_zero == pytest.approx(1.0) and tiny.best_offset == 0
+    # a constant prediction: every offset correlates 0, the tie goes to offset 0
+    flat = lip_sync_score(np.ones(50), signal[:50], max_offset=5)
+    assert flat == (0.0, 0, 0.0)
+    # ties between -k and +k go to the negative one (order |k|, then k)
+    sym = np.array([0, 0, 0, 1, 0, 0, 0], float)
+    assert lip_sync_score(sym, np.roll(sym, 1) + np.roll(sym, -1), max_offset=1).best_offset == -1
+    # the offsets searched are exactly -max_offset .. +max_offset
+    for lag in (5, -5):
+        pred = signal[10 - lag:110 - lag]
+        assert lip_sync_score(pred, signal[10:110], max_offset=5).best_offset == lag
+    far = lip_sync_score(signal[4:104], signal[10:110], max_offset=5)  # true lag 6: out of range
+    assert abs(far.best_offset) <= 5 and far.corr_at_best < 0.999
+    # sizes: max_offset 0 and exactly max_offset + 3 frames are fine; less is a one-line error
+    assert lip_sync_score(signal[:3], signal[:3], max_offset=0).best_offset == 0
+    assert lip_sync_score(signal[:8], signal[:8], max_offset=5).corr_at_zero == pytest.approx(1.0)
+    with pytest.raises(InputError, match="at least max_offset \\+ 3 frames, got 7 frames"):
+        lip_sync_score(signal[:7], signal[:7], max_offset=5)
+    with pytest.raises(InputError, match="max_offset >= 0"):
+        lip_sync_score(signal[:50], signal[:50], max_offset=-1)
+    for pred, true in ((signal[:50], signal[:49]), (np.ones((5, 10)), np.ones((5, 10)))):
+        with pytest.raises(InputError, match="must be 1-D of equal length"):
+            lip_sync_score(pred, true)
