@@ -201,6 +201,8 @@ def test_mouth_opening_input_checks_and_scale_invariance():
     lm[:, 62], lm[:, 66] = [120, 145], [120, 155]
     # normalised opening is unitless: a face 100x smaller (width 0.4 px) gives the same values
     np.testing.assert_allclose(mouth_opening(lm * 0.01), mouth_opening(lm), rtol=1e-12)
+    # tensors that require grad (a model's output) are read without autograd
+    np.testing.assert_allclose(mouth_opening(torch.tensor(lm, requires_grad=True)), mouth_opening(lm))
     for bad in (np.zeros((2, 68, 3)), np.zeros((68, 2)), np.zeros((2, 67, 2))):
         with pytest.raises(InputError, match=r"landmarks must be \[N, 68, 2\], got shape"):
             mouth_opening(bad)
@@ -227,6 +229,7 @@ def test_lip_sync_score_edges():
     # sizes: max_offset 0 and exactly max_offset + 3 frames are fine; less is a one-line error
     assert lip_sync_score(signal[:3], signal[:3], max_offset=0).best_offset == 0
     assert lip_sync_score(signal[:8], signal[:8], max_offset=5).corr_at_zero == pytest.approx(1.0)
+    assert lip_sync_score(signal[:8], signal[:8]).best_offset == 0  # the default max_offset is 5
     with pytest.raises(InputError, match="at least max_offset \\+ 3 frames, got 7 frames"):
         lip_sync_score(signal[:7], signal[:7], max_offset=5)
     with pytest.raises(InputError, match="max_offset >= 0"):
