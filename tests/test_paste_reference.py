@@ -23,7 +23,7 @@ def _frame(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     ramp = np.linspace(0, 1, W)[None, :, None] * np.linspace(0.5, 1, H)[:, None, None]
     frame = (40 + 150 * ramp * np.array([1.0, 0.6, 0.3]) + rng.normal(0, 3, (H, W, 3))).clip(0, 255)
-    frame[:4, :4] = 0  # black pixels (the output's lower clip bound must be 0)
+    frame[::7, ::5] = 0  # black dots: where nothing is pasted they must stay 0 (exactly)
     return frame.astype(np.uint8)
 
 
@@ -107,6 +107,8 @@ def test_feathered_paste_equals_the_full_frame_reference(place, mask_kind, feath
     # warp is shifted by the box's integer offset (rotated crops: a few pixels by 1-2 levels)
     diff = np.abs(out.astype(int) - expected.astype(int))
     assert diff.max() <= 2 and (diff > 0).mean() < 0.005, (diff.max(), (diff > 0).mean())
+    untouched = expected == frame  # alpha 0 (and the crop's own colour equal by chance): exact
+    np.testing.assert_array_equal(out[untouched & (frame == 0)], 0)
 
 
 @pytest.mark.parametrize("place", ["inside", "half-pixel"])
@@ -141,6 +143,12 @@ def test_outside_the_frame_and_input_errors():
     frame, crop = _frame(), _crop()
     for seamless in (True, False):
         np.testing.assert_array_equal(paste_back(frame, crop, PLACES["outside"], seamless=seamless), frame)
+    # the working box (footprint + margin 2 * 3 + 2 for feather 2.6) starts exactly at the frame's
+    # right edge: an empty box, the frame comes back unchanged
+    np.testing.assert_array_equal(paste_back(frame, crop, _matrix(1.0, 0.0, 104.5, 10.0), seamless=False, feather=2.6),
+                                  frame)
+    np.testing.assert_array_equal(paste_back(frame, crop, _matrix(1.0, 0.0, 10.0, 80.5), seamless=False, feather=2.6),
+                                  frame)
     with pytest.raises(InputError, match=r"frame must be a uint8 image \[H, W, 3\]"):
         paste_back(frame[..., 0], crop, PLACES["inside"])
     with pytest.raises(InputError, match=r"frame must be a uint8 image"):
