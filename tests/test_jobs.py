@@ -22,7 +22,7 @@ import torch
 from talkinghead.cli import compose_config
 from talkinghead.data.clip import ClipMeta, read_clip
 
-from _clips import write_stand_in_clip
+from _clips import speech_like, write_stand_in_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -66,11 +66,7 @@ def run_script(name: str, *args: str, kill: tuple[str, int, Path] | None = None,
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
-    return (0.3 * envelope * np.sin(2 * np.pi * 180 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+_speech_like = speech_like  # tests/_clips.py
 
 
 def _person(path: Path, seed: int = 0) -> Path:
