@@ -270,7 +270,7 @@ def test_hs_input_errors_name_the_sequence():
     with pytest.raises(InputError, match=r"^angles_a\[0\] contains NaN or inf angles"):
         head_pose_similarity_matrix([np.full((5, 3), np.nan)], [good])
     for a, b in (([], [good]), ([good], [])):
-        with pytest.raises(InputError, match="needs at least one angle sequence on each side"):
+        with pytest.raises(InputError, match="^head_pose_similarity_matrix needs at least one angle sequence on each side$"):
             head_pose_similarity_matrix(a, b)
     # tensors that require grad (a model's output) are read without autograd
     assert head_pose_similarity(torch.tensor(good, requires_grad=True), good) == pytest.approx(1.0)
@@ -345,3 +345,5 @@ def test_landmark_distance_single_frame_tensors_and_errors():
         landmark_distance(a[:, 0], b[:, 0])
     with pytest.raises(InputError, match=r"^true_landmarks must be 2-D landmarks"):
         landmark_distance(a, b[:60])
+    with pytest.raises(InputError, match=r"^pred_landmarks \(1, 68, 2\) and true_landmarks \(2, 68, 2\) must have the same"):
+        landmark_distance(a[None], np.stack([b, b]))
