@@ -29,6 +29,14 @@ def write_stand_in_clip(path: Path, meta: ClipMeta, coeffs: np.ndarray, frames: 
     return write_clip(path, meta, coeffs, landmarks, frames, frames, EYE, np.repeat(EYE[None], n, 0), audio)
 
 
+def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
+    """A loud, amplitude-modulated 16 kHz tone [S] (not silent; speech content is irrelevant)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * 16000)) / 16000
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
+    return (0.3 * envelope * np.sin(2 * np.pi * 180 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
 def random_frame_clip(root: Path, n: int = 12, with_audio: bool = True, seed: int = 0) -> Path:
     """``n`` frames of 224 px uniform noise, zero coefficients, noise audio; train 0-9, test 9-n."""
     rng = np.random.default_rng(seed)

@@ -28,7 +28,7 @@ from talkinghead.pipeline.infer import (
 )
 from talkinghead.video import probe_media
 
-from _clips import write_stand_in_clip
+from _clips import speech_like, write_stand_in_clip
 
 NUM_FRAMES = 24
 ONE_STEP = [
@@ -41,12 +41,7 @@ ONE_STEP = [
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
-def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
-    """A loud, amplitude-modulated tone (not silent; speech content is irrelevant here)."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
-    return (0.3 * envelope * np.sin(2 * np.pi * 180 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+_speech_like = speech_like  # tests/_clips.py
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import torch
 from talkinghead.cli import compose_config
 from talkinghead.data.clip import ClipMeta, read_clip
 
-from _clips import write_stand_in_clip
+from _clips import speech_like, write_stand_in_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -66,11 +66,7 @@ def run_script(name: str, *args: str, kill: tuple[str, int, Path] | None = None,
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _speech_like(seconds: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)
-    return (0.3 * envelope * np.sin(2 * np.pi * 180 * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+_speech_like = speech_like  # tests/_clips.py
 
 
 def _person(path: Path, seed: int = 0) -> Path:
@@ -163,7 +159,12 @@ def test_finetune_from_a_video_preprocesses_then_fine_tunes(general, tmp_path):
     assert made.num_frames == 30 and made.meta.source == "video" and made.meta.has_audio
     for name in ("audio2coeff", "refiner"):
         assert (person / "finetuned" / name / "done.json").is_file()
-    assert "ran preprocess, audio2coeff, refiner" in first.stdout
+    assert first.stdout.strip().splitlines()[-1] == f"fine-tuned {person}: ran preprocess, audio2coeff, refiner; " \
+                                                    f"models in {person / 'finetuned'}"
+    # Output to a pipe, so no progress bar: a progress line every trainer.log_every steps instead.
+    for stage in ("audio2coeff (finetune)", "refiner (finetune)"):
+        assert any(line.startswith(f"{stage} step 2/") and "steps/s | ETA" in line for line in first.stderr.splitlines()), \
+            first.stderr[-2000:]
     again = run_script("finetune", *args)
     assert again.returncode == 0 and "ran nothing" in again.stdout, again.stdout + again.stderr[-2000:]
 
@@ -299,3 +300,29 @@ def test_make_synthetic_bad_heldout_suggests_one_that_works(tmp_path, capsys):
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "e.g. heldout=2" in lines[0], err
     assert not (tmp_path / "c").exists()
+
+
+# ------------------------------------------------------------------------------------ progress
+def test_train_script_to_a_file_prints_progress_lines_and_what_it_wrote(tmp_path):
+    """``scripts/train.py ... > log 2>&1``: no progress bar (not a terminal), so a line every
+    ``trainer.log_every`` steps with step, losses, steps/s and ETA; the last line says what was
+    written where."""
+    from _clips import write_tiny_corpus
+
+    corpus = write_tiny_corpus(tmp_path / "corpus", lambda root, name, n, seed, split: _person(root / name, seed),
+                               2, NUM_FRAMES, NUM_FRAMES)
+    out = tmp_path / "run"
+    log = tmp_path / "log"
+    with open(log, "w") as handle:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        code = subprocess.call([sys.executable, str(ROOT / "scripts" / "train.py"), "stage=audio2coeff", *TINY,
+                                f"data.root={corpus}", f"out={out}"], cwd=ROOT, env=env, stdout=handle,
+                               stderr=subprocess.STDOUT, timeout=600)
+    lines = log.read_text().strip().splitlines()
+    assert code == 0, lines[-20:]
+    cfg = compose_config("train", TINY)
+    total, every = cfg.audio2coeff.train.max_steps, cfg.trainer.log_every
+    progress = [line for line in lines if line.startswith("audio2coeff (general) step ")]
+    assert [line.split()[3] for line in progress] == [f"{s}/{total}" for s in range(every, total + 1, every)]
+    assert all(" total=" in line and " steps/s | ETA " in line for line in progress), progress
+    assert lines[-1].startswith(f"wrote {out}: the general audio2coeff model")

@@ -193,3 +193,157 @@ def test_ssim_matches_skimage():
         ssim(a[..., :8, :8], b[..., :8, :8])
     with pytest.raises(InputError):
         psnr(a, b[:2])
+
+
+def test_mouth_opening_input_checks_and_scale_invariance():
+    lm = np.zeros((2, 68, 2))
+    lm[:, 48], lm[:, 54] = [100, 150], [140, 150]
+    lm[:, 62], lm[:, 66] = [120, 145], [120, 155]
+    # normalised opening is unitless: a face 100x smaller (width 0.4 px) gives the same values
+    np.testing.assert_allclose(mouth_opening(lm * 0.01), mouth_opening(lm), rtol=1e-12)
+    # tensors that require grad (a model's output) are read without autograd
+    np.testing.assert_allclose(mouth_opening(torch.tensor(lm, requires_grad=True)), mouth_opening(lm))
+    for bad in (np.zeros((2, 68, 3)), np.zeros((68, 2)), np.zeros((2, 67, 2))):
+        with pytest.raises(InputError, match=r"landmarks must be \[N, 68, 2\], got shape"):
+            mouth_opening(bad)
+
+
+def test_lip_sync_score_edges():
+    rng = np.random.default_rng(4)
+    signal = gaussian_filter1d(rng.standard_normal(120), 2.0)
+    # tiny amplitudes still correlate (no absolute floor on the variance beyond 1e-12)
+    tiny = lip_sync_score(1e-3 * signal, 1e-3 * signal, max_offset=2)
+    assert tiny.corr_at_zero == pytest.approx(1.0) and tiny.best_offset == 0
+    # a constant prediction: every offset correlates 0, the tie goes to offset 0
+    flat = lip_sync_score(np.ones(50), signal[:50], max_offset=5)
+    assert flat == (0.0, 0, 0.0)
+    # ties between -k and +k go to the negative one (order |k|, then k)
+    sym = np.array([0, 0, 0, 1, 0, 0, 0], float)
+    assert lip_sync_score(sym, np.roll(sym, 1) + np.roll(sym, -1), max_offset=1).best_offset == -1
+    # the offsets searched are exactly -max_offset .. +max_offset
+    for lag in (5, -5):
+        pred = signal[10 - lag:110 - lag]
+        assert lip_sync_score(pred, signal[10:110], max_offset=5).best_offset == lag
+    far = lip_sync_score(signal[4:104], signal[10:110], max_offset=5)  # true lag 6: out of range
+    assert abs(far.best_offset) <= 5 and far.corr_at_best < 0.999
+    # sizes: max_offset 0 and exactly max_offset + 3 frames are fine; less is a one-line error
+    assert lip_sync_score(signal[:3], signal[:3], max_offset=0).best_offset == 0
+    assert lip_sync_score(signal[:8], signal[:8], max_offset=5).corr_at_zero == pytest.approx(1.0)
+    assert lip_sync_score(signal[:8], signal[:8]).best_offset == 0  # the default max_offset is 5
+    with pytest.raises(InputError, match="at least max_offset \\+ 3 frames, got 7 frames"):
+        lip_sync_score(signal[:7], signal[:7], max_offset=5)
+    with pytest.raises(InputError, match="max_offset >= 0"):
+        lip_sync_score(signal[:50], signal[:50], max_offset=-1)
+    for pred, true in ((signal[:50], signal[:49]), (np.ones((5, 10)), np.ones((5, 10)))):
+        with pytest.raises(InputError, match="must be 1-D of equal length"):
+            lip_sync_score(pred, true)
+
+
+def test_gaussian_window_is_centred_and_normalised():
+    from talkinghead.metrics.image import gaussian_window
+
+    taps = gaussian_window()  # 11 taps, sigma 1.5
+    x = np.arange(11) - 5.0
+    expected = np.exp(-(x**2) / (2 * 1.5**2))
+    np.testing.assert_allclose(taps.numpy(), expected / expected.sum(), rtol=1e-6)
+    assert taps.dtype == torch.float32 and gaussian_window(dtype=torch.float64).dtype == torch.float64
+
+
+def test_ssim_in_double_precision():
+    g = torch.Generator().manual_seed(3)
+    a = torch.rand(2, 3, 24, 20, generator=g, dtype=torch.float64)
+    b = (a + 0.1 * torch.randn(2, 3, 24, 20, generator=g, dtype=torch.float64)).clamp(0, 1)
+    double = ssim(a, b)
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), ssim(a.float(), b.float()), atol=1e-5, rtol=0)
+
+
+def test_hs_input_errors_name_the_sequence():
+    from talkinghead.metrics.pose import pose_gaussian_summary
+
+    good = angles(n=20)
+    with pytest.raises(InputError, match=r"^angles must be Euler angles \[N, 3\] in radians with N >= 2 frames"):
+        pose_gaussian_summary(good[:1])
+    assert head_pose_similarity(good[:2], good[:2]) == pytest.approx(1.0)  # two frames are enough
+    with pytest.raises(InputError, match=r"^angles_b\[1\] must be Euler angles .* got shape \(1, 3\)"):
+        head_pose_similarity_matrix([good], [good, good[:1]])
+    with pytest.raises(InputError, match=r"^angles_a\[0\] contains NaN or inf angles"):
+        head_pose_similarity_matrix([np.full((5, 3), np.nan)], [good])
+    for a, b in (([], [good]), ([good], [])):
+        with pytest.raises(InputError, match="^head_pose_similarity_matrix needs at least one angle sequence on each side$"):
+            head_pose_similarity_matrix(a, b)
+    # tensors that require grad (a model's output) are read without autograd
+    assert head_pose_similarity(torch.tensor(good, requires_grad=True), good) == pytest.approx(1.0)
+
+
+def test_psnr_ssim_input_errors_and_integer_images():
+    a = torch.rand(1, 3, 16, 16)
+    with pytest.raises(InputError, match=r"^psnr/ssim expect torch tensors \[B, C, H, W\]$"):
+        psnr(a, a.numpy())
+    with pytest.raises(InputError, match=r"of the same shape, got \(1, 3, 16, 16\) and \(1, 3, 16, 15\)"):
+        psnr(a, a[..., :15])
+    with pytest.raises(InputError, match=r"at least 11 x 11 pixels for this metric, got \(10, 16\)"):
+        ssim(a[:, :, :10], a[:, :, :10])
+    assert torch.isfinite(ssim(a[:, :, :11, :11], a[:, :, :11, :11].flip(-1))).all()  # 11 x 11 is enough
+    assert torch.isinf(psnr(a[:, :, :1, :1], a[:, :, :1, :1])).all()  # 1 x 1 images for PSNR
+    # uint8 images with data_range 255 give the float figures (no wrap-around in the difference)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (2, 3, 16, 16), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 256, (2, 3, 16, 16), generator=g, dtype=torch.uint8)
+    torch.testing.assert_close(psnr(x, y, data_range=255.0), psnr(x / 255.0, y / 255.0), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ssim(x, y, data_range=255.0), ssim(x / 255.0, y / 255.0), atol=1e-5, rtol=0)
+
+
+def test_ssim_constants_on_dark_low_contrast_images():
+    """Where the means and variances are small, C1 = (0.01 L)^2 and C2 = (0.03 L)^2 decide the
+    value: compare with scikit-image, and with the same images scaled to [0, 255]."""
+    rng = np.random.default_rng(6)
+    a = 0.02 + 0.005 * rng.standard_normal((1, 1, 20, 20))
+    b = a + 0.004 * rng.standard_normal(a.shape)
+    ours = float(ssim(torch.from_numpy(a), torch.from_numpy(b))[0])
+    ref = structural_similarity(a[0, 0], b[0, 0], gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                data_range=1.0)
+    assert ours == pytest.approx(ref, abs=1e-9)
+    scaled = float(ssim(torch.from_numpy(a * 255), torch.from_numpy(b * 255), data_range=255.0)[0])
+    assert scaled == pytest.approx(ours, abs=1e-9)
+
+
+class ScaledStandIn(StandInFaceModel):
+    """The stand-in, with landmarks scaled by ``camera.scale`` (the camera must be passed on),
+    recording the batch sizes it is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def landmarks_2d(self, coeffs, camera):
+        self.batches.append(coeffs.shape[0])
+        return super().landmarks_2d(coeffs, camera) * camera.scale
+
+
+def test_stage1_mouth_lmd_projects_with_the_given_camera_in_batches():
+    from types import SimpleNamespace
+
+    coeffs = torch.randn(7, 257, generator=torch.Generator().manual_seed(2))
+    pred = coeffs[:, 80:144] + 0.3
+    model = ScaledStandIn()
+    one = stage1_mouth_lmd(model, pred, coeffs, camera=SimpleNamespace(scale=1.0), batch=3)
+    assert model.batches == [3, 3, 1, 3, 3, 1]  # predicted, then true landmarks, 3 frames at a time
+    two = stage1_mouth_lmd(model, pred, coeffs, camera=SimpleNamespace(scale=2.0), batch=3)
+    assert one > 0 and two == pytest.approx(2 * one)
+    with pytest.raises(InputError, match=r"pred_expression must be \[N, 64\] with N = 7 frames of true_coeffs, got \(7, 60\)"):
+        stage1_mouth_lmd(model, coeffs[:, 80:140], coeffs, camera=SimpleNamespace(scale=1.0))
+
+
+def test_landmark_distance_single_frame_tensors_and_errors():
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(100, 10, (68, 2)), rng.normal(100, 10, (68, 2))
+    expected = np.linalg.norm(a - b, axis=-1).mean()
+    assert landmark_distance(a, b) == pytest.approx(expected)  # one frame [68, 2]
+    assert landmark_distance(torch.tensor(a, requires_grad=True), b) == pytest.approx(expected)
+    with pytest.raises(InputError, match=r"^pred_landmarks must be 2-D landmarks \[N, 68, 2\], got shape \(68,\)"):
+        landmark_distance(a[:, 0], b[:, 0])
+    with pytest.raises(InputError, match=r"^true_landmarks must be 2-D landmarks"):
+        landmark_distance(a, b[:60])
+    with pytest.raises(InputError, match=r"^pred_landmarks \(1, 68, 2\) and true_landmarks \(2, 68, 2\) must have the same"):
+        landmark_distance(a[None], np.stack([b, b]))

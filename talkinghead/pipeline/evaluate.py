@@ -261,4 +261,6 @@ def evaluate_from_config(cfg) -> dict:
     out = cfg_get(cfg, "out")
     if out:
         print(f"wrote {write_json(out, result)}")
+    else:
+        print("wrote nothing: the metrics are above (out=FILE.json saves them)")
     return result

@@ -187,6 +187,6 @@ def finetune_from_config(cfg) -> FinetuneResult:
         progress=bool(cfg_get(cfg, "progress", True)),
     )
     done = ", ".join(result.ran) or "nothing (all steps were already done)"
-    print(f"fine-tuned {result.person}: ran {done}; models in {result.out}")
     print(f"next: python scripts/infer.py person={result.person} audio=FILE out=FILE.mp4")
+    print(f"fine-tuned {result.person}: ran {done}; models in {result.out}")
     return result

@@ -15,7 +15,7 @@ from pathlib import Path
 from talkinghead.cli import cfg_get
 from talkinghead.data.clip import list_clips
 from talkinghead.errors import ConfigError, InputError
-from talkinghead.train.distributed import cleanup
+from talkinghead.train.distributed import cleanup, is_main
 
 __all__ = ["STAGES", "train_from_config"]
 
@@ -46,9 +46,14 @@ def train_from_config(cfg) -> Path:
         if stage == "audio2coeff":
             from talkinghead.train.audio2coeff import train_audio2coeff
 
-            return train_audio2coeff(clips, out, cfg, mode="general", val_clips=_heldout_clips(root))
-        from talkinghead.train.refiner import train_refiner
+            written = train_audio2coeff(clips, out, cfg, mode="general", val_clips=_heldout_clips(root))
+        else:
+            from talkinghead.train.refiner import train_refiner
 
-        return train_refiner(clips, out, cfg, mode="general")
+            written = train_refiner(clips, out, cfg, mode="general")
+        if is_main():
+            print(f"wrote {written}: the general {stage} model (weights.safetensors, model.json, done.json; "
+                  f"checkpoints in {Path(written) / 'checkpoints'})", flush=True)
+        return written
     finally:
         cleanup()
