@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 24
 #: Tiny runs sized for a 24-frame clip (refiner validation on its frames 18-23).
 TINY = ["debug=tiny", "device=cpu", "renderer=torch", "progress=false",
-        "refiner.train.val_frames=[18,24]", "refiner.finetune.val_frames=[18,24]"]
+        "refiner.train.val_frames=[18,24]", "refiner.finetune.val_frames=[18,24]",
+        "audio2coeff.finetune.early_stop=null", "audio2coeff.finetune.batch_size=2"]  # 18 fine-tuning frames: 3 windows
 
 # A script run with kill -9 at a given training step of a given stage, once (when that stage has
 # no checkpoint yet): the process dies in the middle of its work, as with `kill -9 PID`.
@@ -214,7 +215,7 @@ def bad_inputs(tmp_path_factory) -> Path:
 PREPROCESS_ERRORS = {
     "missing video": (["video={root}/nothing.mp4", "out={root}/a"], "video not found"),
     "corrupt video": (["video={root}/corrupt.mp4", "out={root}/b"], "not a readable video"),
-    "short video": (["video={root}/short.mp4", "out={root}/c"], "at least 300 frames"),
+    "short video": (["video={root}/short.mp4", "out={root}/c"], "at least 150 frames"),
     "out exists": (["video={root}/flat.mp4", "out={root}/taken", "min_frames=25"], "taken"),
     "out under a file": (["video={root}/flat.mp4", "out={root}/notes.txt/p", "min_frames=25"], "is a file, not a folder"),
     "unknown detector": (["video={root}/flat.mp4", "out={root}/e", "detector=nope"], "detector/nope"),

@@ -569,8 +569,9 @@ def train_audio2coeff(
                                     center_expression=center, cmvn=model.cmvn, augment=sched["augment"], seed=seed)
     if len(train_set) == 0:
         raise ConfigError(
-            f"no {window}-frame windows in the training clips' frames {sched['frames']}; "
-            "check data.root or lower audio2coeff window"
+            f"no {window}-frame windows in the training clips' frames "
+            f"{'all' if frames is None else f'{frames.start}-{frames.stop - 1}'}; "
+            "check data.root, use a longer clip, or lower audio2coeff window"
         )
     val_set = (Stage1WindowDataset(val_clips, window, window, val_frames, center_expression=center, cmvn=model.cmvn)
                if val_clips else None)
