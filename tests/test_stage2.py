@@ -207,7 +207,7 @@ def test_dataset_render_cache_is_reused_and_keyed_by_the_settings(corpus, tmp_pa
     def no_rendering(*args, **kwargs):
         raise AssertionError("rendered again instead of using the cache")
 
-    monkeypatch.setattr("talkinghead.pipeline.stage2.render_blended", no_rendering)
+    monkeypatch.setattr("talkinghead.data.stage2_dataset.render_blended", no_rendering)
     again = RefinerDataset([corpus / "train_0"], SIZE, **args)
     assert torch.equal(again.inputs[0], first.inputs[0]) and torch.equal(again.targets[0], first.targets[0])
     with pytest.raises(AssertionError, match="rendered again"):  # other settings, other cache entry
