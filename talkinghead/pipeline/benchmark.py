@@ -120,8 +120,9 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cpu") -> dict:
-    """All metrics of one fine-tuned person on their held-out frames (see the module docstring)."""
+def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cpu", source=None) -> dict:
+    """All metrics of one fine-tuned person on their held-out frames (see the module docstring);
+    ``source``: the clip's decoded :class:`~talkinghead.pipeline.frames.SourceFrames` (made here if None)."""
     from talkinghead.metrics.image import sharpness
     from talkinghead.pipeline.frames import SourceFrames
     from talkinghead.pipeline.evaluate import (_bilinear, _plain, evaluate_mouth, evaluate_pose_modes, evaluate_stage1,
@@ -137,7 +138,8 @@ def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cp
     general_stage1 = load_audio2coeff(general / "audio2coeff", device=models.device)
     stage2 = evaluate_refiner(models.refiner, clip, models.face_model, models.renderer, frames=frames, return_frames=True)
     real224 = to_unit(np.array(clip.fixed[frames]))
-    real_full = to_unit(SourceFrames(clip, frames.stop).crops(np.arange(frames.start, frames.stop)))  # the source's resolution
+    source = source or SourceFrames(clip, clip.num_frames)
+    real_full = to_unit(source.crops(np.arange(frames.start, frames.stop)))  # the source's resolution
     refined_frames = stage2.pop("refined")
     refined = sharpness(refined_frames)
     stage2["size"] = int(models.refiner.image_size)
@@ -150,7 +152,7 @@ def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cp
         "train_frames": [clip.train_slice.start, clip.train_slice.stop],
         "stage1_general": evaluate_stage1(general_stage1, clip, models.face_model, frames),
         "stage1": evaluate_stage1(models.stage1, clip, models.face_model, frames),
-        "mouth": _plain(evaluate_mouth(clip, models.face_model, models.renderer, frames)),
+        "mouth": _plain(evaluate_mouth(clip, models.face_model, models.renderer, frames, source=source)),
         "refiner": _plain(stage2),
         "pose": evaluate_pose_modes(models.stage1, clip, models.ref_frames, frames, device=models.device),
     }
@@ -178,10 +180,11 @@ def run_video(video: Path, out: Path, general: Path, cfg, foreign: Path | None =
     for stage in ("audio2coeff", "refiner"):
         with watch(f"finetune_{stage}"):
             finetune_person(person, cfg, stages=(stage,), general=general, out=weights, progress=False)
-    with watch("evaluate"):
-        metrics = evaluate_video(person, general, weights, device=device)
-
     clip = read_clip(person)
+    with watch("evaluate"):
+        source = SourceFrames(clip, clip.num_frames)  # decoded once: evaluation and the contact sheet
+        metrics = evaluate_video(person, general, weights, device=device, source=source)
+
     frames = slice(*metrics["frames"])
     models = load_person(person, weights, device=device)
     files: dict[str, str] = {}
@@ -202,7 +205,6 @@ def run_video(video: Path, out: Path, general: Path, cfg, foreign: Path | None =
     # Contact sheet: the real held-out frames above the frames generated from their audio.
     generated = read_video(files["heldout"])  # [n, S, S, 3]
     positions = sheet_frames(_mouth_opening_of_clip(clip, frames))
-    source = SourceFrames(clip, frames.stop)
     real = source.crops(np.arange(frames.start, frames.stop)[positions])
     rows = [real, generated[positions]]
     if foreign is not None:

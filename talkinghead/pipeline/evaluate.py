@@ -96,7 +96,7 @@ def _bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def evaluate_mouth(clip, face_model, renderer, frames: slice | None = None, options=None, batch_size: int = 16,
-                   return_frames: bool = False) -> dict:
+                   return_frames: bool = False, source=None) -> dict:
     """The mouth synthesis (:mod:`talkinghead.pipeline.mouth`) on held-out frames with their true
     coefficients (a perfect Stage 1): every held-out frame is its own reference frame, its lower
     face is made from the donors (the fine-tuning frames only) and composited at the source's
@@ -113,6 +113,7 @@ def evaluate_mouth(clip, face_model, renderer, frames: slice | None = None, opti
                       antialiasing, which keeps aliased detail);
     ``size``          the output crop side in pixels; ``frames``.
     With ``return_frames`` also ``output``, ``real`` ``[n, 3, S, S]`` and ``region`` ``[n, 1, S, S]``.
+    ``source``: the clip's :class:`~talkinghead.pipeline.frames.SourceFrames` if already decoded.
     """
     from talkinghead.metrics.image import masked_psnr, sharpness, ssim
     from talkinghead.pipeline.frames import SourceFrames
@@ -120,7 +121,7 @@ def evaluate_mouth(clip, face_model, renderer, frames: slice | None = None, opti
     from talkinghead.render.blend import to_unit
 
     frames = held_out_frames(clip, frames)
-    source = SourceFrames(clip, max(frames.stop, clip.train_slice.stop))
+    source = source or SourceFrames(clip, max(frames.stop, clip.train_slice.stop))
     donors = np.arange(clip.train_slice.start, clip.train_slice.stop)
     compositor = MouthCompositor(face_model, renderer, np.asarray(clip.coeffs[donors]), source.crops(donors), options)
     index = np.arange(frames.start, frames.stop)

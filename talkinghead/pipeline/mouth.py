@@ -147,12 +147,6 @@ class MouthCompositor:
         self._donor_mouths = self.mouth_shape(self.donor_coeffs[:, SLICES["identity"]],
                                               self.donor_coeffs[:, SLICES["expression"]])  # [M, K, 3]
 
-    @property
-    def image_size(self) -> int:
-        images = self.donor_images
-        return int(images.shape[-1] if isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == 3
-                   else images.shape[2])
-
     # ------------------------------------------------------------------ 1. donor retrieval
     def mouth_shape(self, identity: torch.Tensor, expression: torch.Tensor) -> torch.Tensor:
         """Model-space mouth/jaw landmark positions ``[B, K, 3]`` in 224-crop pixels at the
