@@ -32,7 +32,8 @@ from talkinghead.models.audio2coeff import ExpressionPoseLSTM
 from talkinghead.pipeline.evaluate_stage1 import (evaluate_audio2coeff, fit_loudness_baseline, fit_ridge_baseline,
                                                   loudness_features)
 from talkinghead.pipeline.stage1 import load_audio2coeff, predict_expression_pose
-from talkinghead.train.audio2coeff import Audio2CoeffTask, NormalizedExpressionPoseLSTM, train_audio2coeff
+from talkinghead.models.audio2coeff import NormalizedExpressionPoseLSTM
+from talkinghead.train.audio2coeff import Audio2CoeffTask, train_audio2coeff
 from talkinghead.train.stages import train_from_config
 from _clips import write_stand_in_clip, write_tiny_corpus
 

@@ -26,16 +26,16 @@ import torch
 from talkinghead.audio.features import iter_frame_windows
 from talkinghead.errors import InputError
 from talkinghead.face.coeffs import EXP_DIM, from_stage1_output
-from talkinghead.models.audio2coeff import ExpressionPoseLSTM
-from talkinghead.train import checkpoint as ckpt
-from talkinghead.train.audio2coeff import (
+from talkinghead.models.audio2coeff import (
     GENERAL_COMMAND,
     MODEL_NAME,
-    WEIGHTS_FILE,
     RESIDUAL_FILE,
+    ExpressionPoseLSTM,
     NormalizedExpressionPoseLSTM,
     read_model_json,
 )
+from talkinghead.stagedir import WEIGHTS_FILE
+from talkinghead.weights import load_weights
 from talkinghead.devices import resolve_device
 from talkinghead.models.linear import WindowRidge
 
@@ -53,7 +53,7 @@ def creating_command(model_dir: str | os.PathLike) -> str:
 
 def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = "cpu") -> ExpressionPoseLSTM:
     """Rebuild a trained :class:`ExpressionPoseLSTM` (the input-standardising subclass
-    :class:`~talkinghead.train.audio2coeff.NormalizedExpressionPoseLSTM`) from
+    :class:`~talkinghead.models.audio2coeff.NormalizedExpressionPoseLSTM`) from
     ``DIR/model.json`` and ``DIR/weights.safetensors``, in eval mode on ``device``.
 
     A missing directory/file is a one-line :class:`TrainingError` naming ``DIR`` and the
@@ -62,7 +62,7 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
     model_dir = Path(model_dir).expanduser()
     info = read_model_json(model_dir, creating_command(model_dir))
     model = NormalizedExpressionPoseLSTM(**info["model"])
-    ckpt.load_weights({MODEL_NAME: model}, model_dir / WEIGHTS_FILE)
+    load_weights({MODEL_NAME: model}, model_dir / WEIGHTS_FILE)
     model.cmvn = bool(info.get("cmvn", False))
     residual = model_dir / RESIDUAL_FILE
     model.residual = WindowRidge.load(residual) if residual.is_file() else None  # per-person ridge + blend

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from talkinghead.stagedir import REFINER, WEIGHTS_FILE, read_model_json
+from talkinghead.weights import load_weights
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.models.features import make_identity_feature
 from talkinghead.models.refiner import MemoryAugmentedGenerator
@@ -116,8 +117,6 @@ def load_refiner(directory: str | Path, device: str | torch.device = "cpu") -> R
     Raises :class:`TrainingError` (one line, naming the directory and the command that creates
     it) when the directory or its files are missing.
     """
-    from talkinghead.train.checkpoint import load_weights
-
     directory = Path(directory).expanduser()
     spec = read_model_spec(directory)
     weights = directory / WEIGHTS_FILE

@@ -222,7 +222,7 @@ def reproduce_tables_from_config(cfg) -> str:
     from talkinghead.pipeline.evaluate_stage1 import fit_loudness_baseline
     from talkinghead.pipeline.finetune import finetune_person
     from talkinghead.stagedir import check_trained, is_done
-    from talkinghead.train.audio2coeff import read_model_json
+    from talkinghead.models.audio2coeff import read_model_json
 
     root = Path(str(cfg_get(cfg, "data.root", "data/synthetic")))
     general = Path(str(cfg_get(cfg, "general", "checkpoints/general")))

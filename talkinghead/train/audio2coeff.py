@@ -54,9 +54,18 @@ import torch
 from talkinghead.cli import cfg_get, to_plain
 from talkinghead.data.clip import PersonClip, read_clip
 from talkinghead.data.stage1_dataset import Stage1WindowDataset
-from talkinghead.errors import ConfigError, TrainingError
+from talkinghead.errors import ConfigError
 from talkinghead.models.audio2coeff import ExpressionPoseLSTM, make_optimizer, stage1_loss
 from talkinghead.train import checkpoint as ckpt
+from talkinghead.models.audio2coeff import (
+    GENERAL_COMMAND,
+    MODEL_KEYS,
+    MODEL_NAME,
+    RESIDUAL_FILE,
+    NormalizedExpressionPoseLSTM,
+    read_model_json,
+)
+from talkinghead.stagedir import AUDIO2COEFF, DONE_FILE, MODEL_FILE, WEIGHTS_FILE, write_json_atomic
 from talkinghead.train.distributed import barrier, is_main, unwrap
 from talkinghead.train.loop import Trainer, TrainerConfig, seed_everything
 
@@ -73,20 +82,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-STAGE = "audio2coeff"
-#: Name of the model inside checkpoints and weights files.
-MODEL_NAME = "audio2coeff"
+STAGE = AUDIO2COEFF
 #: Name of the weight average inside checkpoints (exported under MODEL_NAME).
 EMA_NAME = "ema"
-WEIGHTS_FILE = "weights.safetensors"
-MODEL_FILE = "model.json"
-DONE_FILE = "done.json"
-#: The fine-tuned model's per-person ridge and its blend (audio2coeff.finetune.person_ridge).
-RESIDUAL_FILE = "person_ridge.npz"
-#: The command that produces a general Stage-1 model (quoted in errors).
-GENERAL_COMMAND = "python scripts/train.py stage=audio2coeff data.root=DATA out={out}"
-#: ExpressionPoseLSTM constructor arguments a config may set.
-MODEL_KEYS = ("width", "fc_dim", "embed_dim", "hidden", "layers")
 LOSS_KEYS = ("pose_weight", "pose_smooth_weight", "expression_smooth_weight")
 MODES = ("general", "finetune")
 
@@ -94,49 +92,6 @@ MODES = ("general", "finetune")
 # ----------------------------------------------------------------------------------------------
 # The network with its input standardisation
 # ----------------------------------------------------------------------------------------------
-
-
-class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
-    """:class:`ExpressionPoseLSTM` that first standardises each of the 12 cepstral columns of
-    its MFCC windows: ``(windows - input_mean) / input_std`` (buffers ``[12]``, saved with
-    the weights; identity until :meth:`set_input_stats`).
-
-    Why: raw MFCC columns differ in offset (-17 .. +1) and spread (8 .. 26); the first conv has
-    no bias and its BatchNorm removes one offset per channel, not per column. On the synthetic
-    corpus, standardised inputs raised the held-out correlation of the mouth coefficients after
-    300 steps of the CPU preset from about 0.5 to 0.65. General training sets the statistics
-    from its training windows (``audio2coeff.train.input_norm``); fine-tuning keeps the
-    general model's.
-
-    The attribute ``cmvn`` (from ``model.json``; default False) says whether the windows are
-    standardised per utterance before that (:func:`talkinghead.audio.features.frame_windows`
-    ``cmvn=True``); whoever computes the windows applies it (training data, inference).
-
-    The buffer ``expression_centered`` records whether the expression output is relative to
-    the person's reference expression (``audio2coeff.train.center_expression``; see
-    :mod:`talkinghead.data.stage1_dataset`); fine-tuning inherits it with the weights.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        cepstra = self.window_shape[1]
-        self.register_buffer("input_mean", torch.zeros(cepstra))
-        self.register_buffer("input_std", torch.ones(cepstra))
-        # True: the expression output is relative to the person's reference expression
-        # (trained with Stage1WindowDataset(center_expression=True); inference adds it back).
-        self.register_buffer("expression_centered", torch.tensor(False))
-        self.cmvn = False  # per-utterance CMVN of the windows (model.json "cmvn"; applied by the caller)
-
-    @torch.no_grad()
-    def set_input_stats(self, windows: torch.Tensor) -> None:
-        """Per-cepstrum mean and std of ``windows [..., 12]`` (e.g. all training windows)."""
-        flat = windows.reshape(-1, windows.shape[-1]).double()  # [M, 12]
-        self.input_mean.copy_(flat.mean(dim=0))
-        self.input_std.copy_(flat.std(dim=0).clamp_min(1e-3))
-
-    def encode_audio(self, windows: torch.Tensor) -> torch.Tensor:
-        self._check_windows(windows)
-        return super().encode_audio((windows - self.input_mean) / self.input_std)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,37 +253,6 @@ class Audio2CoeffTask:
 # ----------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as JSON to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp_{path.name}_{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
-
-
-def read_model_json(model_dir: str | os.PathLike, command: str | None = None) -> dict[str, Any]:
-    """``DIR/model.json`` of a Stage-1 run, checked; a missing or foreign file is a one-line
-    :class:`TrainingError` naming the directory and ``command`` (what creates it)."""
-    model_dir = Path(model_dir).expanduser()
-    command = command or GENERAL_COMMAND.format(out=model_dir)
-    path = model_dir / MODEL_FILE
-    if not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
-        raise TrainingError(
-            f"no trained Stage-1 model in {model_dir} (model.json / weights.safetensors missing); create it with `{command}`"
-        )
-    try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise TrainingError(f"{path} is not valid JSON ({err.msg}); re-create it with `{command}`") from None
-    if info.get("stage") != STAGE or not isinstance(info.get("model"), dict):
-        raise TrainingError(f"{path} does not describe a Stage-1 (audio2coeff) model; point at the audio2coeff directory")
-    unknown = sorted(set(info["model"]) - set(MODEL_KEYS))
-    if unknown:
-        raise TrainingError(f"{path}: unknown model key {unknown[0]!r}; it was written by another version, re-train it")
-    return info
 
 
 def _schedule(cfg, mode: str) -> dict[str, Any]:
