@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from talkinghead.errors import ConfigError, InputError
+from talkinghead.face.coeffs import SLICES
 from talkinghead.pipeline.pose import POSE_MODES, PoseControls, resolve_pose
 
 #: Stage-2 identity sources evaluated (see :data:`talkinghead.pipeline.infer.IDENTITY_MODES`).
@@ -126,8 +127,6 @@ def evaluate_mouth(clip, face_model, renderer, frames: slice | None = None, opti
     compositor = MouthCompositor(face_model, renderer, np.asarray(clip.coeffs[donors]), source.crops(donors), options)
     index = np.arange(frames.start, frames.stop)
     coeffs = np.asarray(clip.coeffs[index])  # [n, 257]
-    from talkinghead.face.coeffs import SLICES
-
     donor_index = compositor.select_donors(coeffs[:, SLICES["expression"]], coeffs[:, SLICES["angles"]])
     outputs, regions, reals = [], [], []
     for start in range(0, len(index), batch_size):

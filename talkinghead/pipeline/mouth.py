@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.face.camera import Camera, pose_planes
 from talkinghead.face.coeffs import SLICES, split_coeffs
+from talkinghead.metrics.image import gaussian_window
 
 #: 0-based iBUG-68 landmarks that describe the mouth for retrieval: the lower jaw 5-11 and the
 #: 20 mouth points 48-67.
@@ -85,9 +86,7 @@ def _gaussian_blur(image: torch.Tensor, sigma_px: float) -> torch.Tensor:
         return image
     radius = max(1, int(round(3 * sigma_px)))
     radius = min(radius, image.shape[-1] - 1, image.shape[-2] - 1)
-    x = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
-    kernel = torch.exp(-0.5 * (x / sigma_px) ** 2)
-    kernel = kernel / kernel.sum()
+    kernel = gaussian_window(2 * radius + 1, sigma_px, dtype=image.dtype, device=image.device)  # [2r + 1]
     channels = image.shape[1]
     out = F.conv2d(F.pad(image, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1),
                    groups=channels)
