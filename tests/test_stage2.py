@@ -511,6 +511,16 @@ def test_finetune_needs_the_general_model(corpus, tiny_cfg, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ torchrun
+def test_the_global_batch_must_split_evenly_across_processes(corpus, tiny_cfg, tmp_path, monkeypatch):
+    from talkinghead.train import refiner
+    from talkinghead.train.distributed import DistInfo
+
+    monkeypatch.setattr(refiner, "init_distributed", lambda device: DistInfo(0, 3, 0, torch.device("cpu")))
+    with pytest.raises(ConfigError, match=r"refiner.train.batch_size=2 is the global batch and must be a multiple of the "
+                                          r"3 processes; set refiner.train.batch_size=3$"):
+        train_refiner([corpus / "train_0"], tmp_path / "ddp", tiny_cfg)
+
+
 #: 1 and 2 processes held to a tight tolerance: the per-process noise is switched off -- dropout
 #: (its masks come from each process's own RNG) and BatchNorm in D (batch statistics per process).
 DDP_ARGS = ("refiner.train.max_steps=20", "refiner.train.batch_size=4", "refiner.model.dropout=0",

@@ -7,11 +7,11 @@ Without those variables everything here is a no-op and training runs in one proc
 Why plain ``torch.distributed`` and not Lightning Fabric: Fabric would give us process-group
 setup, DDP wrapping and rank-zero helpers, but it is not installed here, and the part we need
 is small (init from env vars, wrap models that have trainable parameters, average a few
-scalars, a barrier; for Stage 2, whose identity memory and key network live outside any
-wrapped ``forward``: average a list of gradients, gather rows from every rank, broadcast
-tensors, check that tensors agree across ranks). Writing it directly keeps the dependency list short and the behaviour
-visible; the :class:`~talkinghead.train.loop.Trainer` owns the rest (sharded sampling,
-rank-0 checkpoints and logging).
+scalars, a barrier; and for Stage 2, whose key network and identity memory are trained and
+updated outside any wrapped ``forward``: average a list of gradients, gather rows from every
+rank, broadcast tensors, check that tensors agree across ranks). Writing it directly keeps the
+dependency list short and the behaviour visible; the :class:`~talkinghead.train.loop.Trainer`
+owns the rest (sharded sampling, rank-0 checkpoints and logging).
 
 Backends: ``nccl`` when the process drives a CUDA device, ``gloo`` on CPU.
 """
@@ -19,9 +19,9 @@ Backends: ``nccl`` when the process drives a CUDA device, ``gloo`` on CPU.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 from dataclasses import dataclass
-import hashlib
 from typing import Iterable, Mapping
 
 import torch
@@ -195,7 +195,8 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """Replace each parameter's ``.grad`` by its mean over ranks, in one collective (no-op in a
     single process): what DDP does for a wrapped module, for parameters trained by a loss that
     is not computed through a wrapped ``forward``. A parameter without a gradient counts as
-    zero on that rank and receives the mean. Every rank must pass the same parameters."""
+    zero on that rank and receives the mean. Every rank passes the same parameters in the same
+    order."""
     params = list(params)
     if not is_distributed() or not params:
         return
@@ -212,7 +213,7 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
 
 
 def _as_collective(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy on the collective device; bool as uint8 (not every backend reduces bools)."""
+    """A copy on the collective device; bool as uint8 (not every backend takes bools)."""
     return tensor.detach().to(device=_collective_device(), dtype=torch.uint8 if tensor.dtype == torch.bool else None)
 
 
@@ -239,8 +240,8 @@ def check_same_on_all_ranks(tensors: Mapping[str, torch.Tensor], what: str) -> N
     for i, name in enumerate(names):
         values = {rank_digests[i] for rank_digests in gathered}
         if len(values) > 1:
-            raise TrainingError(f"{what}: '{name}' differs between the {len(gathered)} processes; the ranks fell out of "
-                                "step (a non-deterministic op?); rerun to resume from the last checkpoint, which holds rank 0's copy")
+            raise TrainingError(f"{what}: '{name}' differs between the {len(gathered)} processes (a non-deterministic "
+                                "op?); rerun the same command to resume from the last checkpoint (rank 0's copy)")
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo, **ddp_kwargs) -> torch.nn.Module:

@@ -42,7 +42,7 @@ see the samples one process sees. What keeps the ranks in step (:meth:`RefinerTa
   (key, true identity) pairs in rank order -- the order of the global batch -- and applies the
   same update (:meth:`RefinerTask.update_memory`), so keys, values, ages and filled flags stay
   bit-identical without broadcasting the memory. Key network and memory start from rank 0's copy;
-  at the end of training a digest check raises :class:`TrainingError` if they ever diverged.
+  at the end of training a digest check raises :class:`TrainingError` if the ranks' copies differ.
 
 Rank 0 renders the training inputs into ``render_cache/`` first (the others read them), writes
 checkpoints, ``model.json``, the weights and ``done.json``; every rank resumes from the same
@@ -354,7 +354,8 @@ def train_refiner(
     during training on the schedule's ``val_frames`` (general: held-out persons' frames 250-299,
     so their 300-399 stay unseen; fine-tuning: the person's own 300-399, for monitoring only --
     nothing is selected on them); fine-tuning defaults to the training clips.
-    Rerunning the same call resumes from the last checkpoint.
+    Rerunning the same call resumes from the last checkpoint. Under ``torchrun`` every process
+    calls it with the same arguments (see the module docstring).
     """
     from talkinghead.data.stage2_dataset import RefinerDataset
     from talkinghead.models.features import make_identity_feature
@@ -392,7 +393,11 @@ def train_refiner(
                  "max_steps": schedule.get("max_steps"), "max_epochs": schedule.get("max_epochs"),
                  "desc": f"refiner ({mode})"}
     trainer_cfg = TrainerConfig.coerce(_plain(cfg.trainer), **overrides)
-    init_distributed(trainer_cfg.device)  # joins the torchrun group now (the Trainer would later), for the barriers
+    world_size = init_distributed(trainer_cfg.device).world_size  # joins the torchrun group now (for the barriers)
+    if trainer_cfg.batch_size % world_size:
+        key = f"refiner.{'finetune' if mode == 'finetune' else 'train'}.batch_size"
+        raise ConfigError(f"{key}={trainer_cfg.batch_size} is the global batch and must be a multiple of the {world_size} "
+                          f"processes; set {key}={world_size * max(1, trainer_cfg.batch_size // world_size)}")
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / DONE_FILE).unlink(missing_ok=True)  # a rerun is not finished until it says so again
