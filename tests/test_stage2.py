@@ -1,5 +1,6 @@
 """Stage 2 end to end: dataset (shapes, ranges, pixel alignment, augmentation), GAN training task,
-scripts/train.py (general + resume after kill -9), fine-tuning, inference (frames 0/1, memory
+scripts/train.py (general + resume after kill -9; under torchrun with 2 processes: one memory on
+both, agreement with 1 process, resume after kill -9), fine-tuning, inference (frames 0/1, memory
 read path, streaming == one pass), evaluation, errors.
 
 The clips are small stand-ins written with the clip format's own writer: 64 x 64 crops where the
