@@ -366,6 +366,54 @@ def test_max_epochs_sets_the_number_of_steps(tmp_path):
 # ------------------------------------------------------------------------------------ distributed
 
 
+COLLECTIVES_SCRIPT = """
+import json, sys
+import torch
+from talkinghead.errors import TrainingError
+from talkinghead.train import distributed as d
+info = d.init_distributed("cpu")
+rank = info.rank
+result = {}
+rows = torch.arange(3 * (rank + 1) * 2, dtype=torch.float32).reshape(-1, 2) + 100 * rank  # rank r: 3(r+1) rows
+result["gathered"] = d.all_gather_rows(rows).tolist()
+weight, bias = torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(3))
+weight.grad = torch.full((2, 2), float(rank + 1))  # 1 on rank 0, 2 on rank 1
+if rank == 0:
+    bias.grad = torch.tensor([2.0, 4.0, 6.0])  # none on rank 1: counts as zero there
+d.average_gradients([weight, bias])
+result["weight_grad"], result["bias_grad"] = weight.grad.tolist(), bias.grad.tolist()
+flags, ages = torch.tensor([True, False]) if rank == 0 else torch.tensor([False, True]), torch.tensor([5 * rank, 7])
+d.broadcast_tensors([flags, ages])
+result["flags"], result["ages"] = flags.tolist(), ages.tolist()
+d.check_same_on_all_ranks({"flags": flags, "ages": ages}, "the test tensors")
+try:
+    d.check_same_on_all_ranks({"same": torch.ones(2), "rank": torch.tensor([rank])}, "the test tensors")
+except TrainingError as err:
+    result["error"] = str(err)
+json.dump(result, open(f"{sys.argv[1]}/rank{rank}.json", "w"))
+d.cleanup()
+"""
+
+
+def test_stage2_collectives_on_two_processes(tmp_path):
+    """The helpers Stage 2 keeps its memory and key network in step with (gloo, 2 processes)."""
+    script = tmp_path / "collectives.py"
+    script.write_text(COLLECTIVES_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+               str(script), str(tmp_path)]
+    completed = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    expected_rows = [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]] + [[100.0 + i, 101.0 + i] for i in range(0, 12, 2)]
+    for result in results:
+        assert result["gathered"] == expected_rows  # rank 0's 3 rows, then rank 1's 6, on both
+        assert result["weight_grad"] == [[1.5, 1.5], [1.5, 1.5]]
+        assert result["bias_grad"] == [1.0, 2.0, 3.0]
+        assert result["flags"] == [True, False] and result["ages"] == [0, 7]  # rank 0's
+        assert "'rank' differs between the 2 processes" in result["error"] and "\n" not in result["error"]
+
+
 def test_two_process_cpu_run_matches_one_process(tmp_path):
     with single_thread():
         _, _, single = _toy_train.run(tmp_path / "single", steps=12, dropout=0.0)

@@ -25,8 +25,9 @@ initialising all 30,000 keys with random noise, so reads and losses only ever se
 entries; (2) an item with no positive (or no negative) among its top-k contributes 0 to the
 loss, where the public code silently used a similarity of 0 for the missing side; (3) the
 random jitter MemoPainter adds to ages when choosing the slot to overwrite (``age_noise``,
-4.0 there) defaults to 0 here so that replacement is deterministic; pass ``age_noise=4.0`` to
-get it back.
+4.0 there) defaults to 0 here so that replacement is deterministic -- multi-process training
+relies on it: every process applies the same update and must get the same memory; pass
+``age_noise=4.0`` to get it back (single process).
 
 All state lives in buffers, so it is saved and loaded with the module's ``state_dict`` (and
 through safetensors: float32 keys/values, int64 ages, bool filled).

@@ -7,9 +7,11 @@ Without those variables everything here is a no-op and training runs in one proc
 Why plain ``torch.distributed`` and not Lightning Fabric: Fabric would give us process-group
 setup, DDP wrapping and rank-zero helpers, but it is not installed here, and the part we need
 is small (init from env vars, wrap models that have trainable parameters, average a few
-scalars, a barrier). Writing it directly keeps the dependency list short and the behaviour
-visible; the :class:`~talkinghead.train.loop.Trainer` owns the rest (sharded sampling,
-rank-0 checkpoints and logging).
+scalars, a barrier; and for Stage 2, whose key network and identity memory are trained and
+updated outside any wrapped ``forward``: average a list of gradients, gather rows from every
+rank, broadcast tensors, check that tensors agree across ranks). Writing it directly keeps the
+dependency list short and the behaviour visible; the :class:`~talkinghead.train.loop.Trainer`
+owns the rest (sharded sampling, rank-0 checkpoints and logging).
 
 Backends: ``nccl`` when the process drives a CUDA device, ``gloo`` on CPU.
 """
@@ -17,15 +19,16 @@ Backends: ``nccl`` when the process drives a CUDA device, ``gloo`` on CPU.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 import torch.distributed as dist
 
 from talkinghead.devices import resolve_device
-from talkinghead.errors import ConfigError
+from talkinghead.errors import ConfigError, TrainingError
 
 __all__ = [
     "DistInfo",
@@ -38,7 +41,11 @@ __all__ = [
     "barrier",
     "all_reduce_mean",
     "all_gather_objects",
+    "all_gather_rows",
+    "average_gradients",
     "broadcast_object",
+    "broadcast_tensors",
+    "check_same_on_all_ranks",
     "wrap_ddp",
     "unwrap",
     "cleanup",
@@ -164,6 +171,77 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` ``[n_r, ...]`` concatenated along dim 0 in rank order (rank 0's
+    rows first), the same ``[sum n_r, ...]`` on every rank; ``n_r`` may differ between ranks.
+    No gradient flows through it. In a single process: ``tensor`` detached."""
+    if not is_distributed():
+        return tensor.detach()
+    device = _collective_device()
+    local = tensor.detach().to(device).contiguous()
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([local.shape[0]], dtype=torch.long, device=device))
+    counts = [int(size) for size in sizes]
+    padded = local.new_zeros((max(counts), *local.shape[1:]))  # all_gather needs equal shapes
+    padded[: local.shape[0]] = local
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    return torch.cat([rows[:count] for rows, count in zip(gathered, counts)]).to(tensor.device)
+
+
+def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """Replace each parameter's ``.grad`` by its mean over ranks, in one collective (no-op in a
+    single process): what DDP does for a wrapped module, for parameters trained by a loss that
+    is not computed through a wrapped ``forward``. A parameter without a gradient counts as
+    zero on that rank and receives the mean. Every rank passes the same parameters in the same
+    order."""
+    params = list(params)
+    if not is_distributed() or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads]).to(_collective_device())  # [sum numel]
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= dist.get_world_size()
+    for p, chunk in zip(params, flat.split([p.numel() for p in params])):
+        mean = chunk.view_as(p).to(p.device)
+        if p.grad is None:
+            p.grad = mean.clone()
+        else:
+            p.grad.copy_(mean)
+
+
+def _as_collective(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy on the collective device; bool as uint8 (not every backend takes bools)."""
+    return tensor.detach().to(device=_collective_device(), dtype=torch.uint8 if tensor.dtype == torch.bool else None)
+
+
+def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
+    """Overwrite each tensor in place with rank ``src``'s values (no-op in a single process)."""
+    if not is_distributed():
+        return
+    for tensor in tensors:
+        buffer = _as_collective(tensor).contiguous()
+        dist.broadcast(buffer, src=src)
+        with torch.no_grad():
+            tensor.copy_(buffer.to(device=tensor.device, dtype=tensor.dtype))
+
+
+def check_same_on_all_ranks(tensors: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`TrainingError` naming the first tensor whose bytes differ between ranks
+    (one gather of SHA-1 digests; no-op in a single process)."""
+    if not is_distributed():
+        return
+    names = sorted(tensors)
+    digests = [hashlib.sha1(tensors[n].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+               for n in names]
+    gathered = all_gather_objects(digests)
+    for i, name in enumerate(names):
+        values = {rank_digests[i] for rank_digests in gathered}
+        if len(values) > 1:
+            raise TrainingError(f"{what}: '{name}' differs between the {len(gathered)} processes (a non-deterministic "
+                                "op?); rerun the same command to resume from the last checkpoint (rank 0's copy)")
 
 
 def wrap_ddp(model: torch.nn.Module, info: DistInfo, **ddp_kwargs) -> torch.nn.Module:

@@ -89,6 +89,13 @@ class TrainTask(Protocol):
     - ``extra_state() -> dict`` / ``load_extra_state(state)``: anything else to checkpoint
       (LR schedulers, counters); plain types and tensors only.
     - ``collate_fn``: replaces ``torch.utils.data.default_collate``.
+    - ``wrap_model(name, model, dist_info) -> nn.Module``: replaces the default wrapping of
+      ``models[name]`` (:func:`~talkinghead.train.distributed.wrap_ddp` of the whole model),
+      for a model trained partly outside its ``forward`` (Stage 2: the U-Net inside the
+      generator is wrapped, the key network and the memory are synchronised by the task). Called
+      for every model, in a single process too, after it is moved to the device and before
+      ``configure_optimizers``; the returned module is what ``task.models[name]`` holds during
+      training.
     """
 
     models: dict[str, torch.nn.Module]
@@ -480,11 +487,15 @@ class Trainer:
     # ---------------------------------------------------------------- setup
 
     def _setup(self) -> None:
+        wrap_model = getattr(self.task, "wrap_model", None)
         for name, model in self._plain_models.items():
             model.to(self.device)
-            self.task.models[name] = dist_utils.wrap_ddp(
-                model, self.dist, find_unused_parameters=self.cfg.find_unused_parameters
-            )
+            if wrap_model is not None:
+                self.task.models[name] = wrap_model(name, model, self.dist)
+            else:
+                self.task.models[name] = dist_utils.wrap_ddp(
+                    model, self.dist, find_unused_parameters=self.cfg.find_unused_parameters
+                )
         self.optimizers = dict(self.task.configure_optimizers() or {})
 
         resume_from = self._choose_checkpoint()

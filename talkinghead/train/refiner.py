@@ -27,21 +27,32 @@ memory, and the discriminator, so fine-tuning starts from both), ``model.json`` 
 ``tb/``, ``render_cache/`` (the rendered inputs, reused when the run is resumed; safe to
 delete) and finally ``done.json``.
 
-**Multi-process policy: single process only.** The identity memory is a set of buffers updated
-outside ``forward`` (in-place, item by item), and the key network's margin loss is not computed
-through ``forward`` either, so under DDP every rank would write a different memory (only rank
-0's is saved) and the key-network gradients would not be synchronised. Rather than a partial
-answer, Stage-2 training refuses to start under ``torchrun`` (a :class:`ConfigError` saying so).
-The paper trains this stage with batch 1 on one GPU, so one process is also the faithful
-setting. (A later multi-GPU version would all-gather each step's (key, identity) pairs so that
-every rank applies the same updates in the same order, and route the margin loss through a
-DDP-wrapped module.)
+**Multi-process training (``torchrun``, DDP: gloo on CPU, nccl on GPU).** ``trainer.batch_size``
+(``refiner.train.batch_size``) is the *global* batch: each of N processes takes ``batch_size / N``
+items of every global batch (:class:`~talkinghead.train.loop.EpochBatchSampler`), so N processes
+see the samples one process sees. What keeps the ranks in step (:meth:`RefinerTask.wrap_model`):
+
+* the **discriminator** is DDP-wrapped (gradients all-reduced; its BatchNorm buffers broadcast
+  from rank 0, batch statistics per process as in any DDP pix2pix); the generator step runs
+  the plain discriminator (it is frozen there, nothing to synchronise);
+* of the generator only the **U-Net** is DDP-wrapped: the key network is trained by the margin
+  loss, which does not go through ``forward``, so its gradients are averaged over ranks by hand
+  (:func:`~talkinghead.train.distributed.average_gradients`, one collective per step);
+* the **identity memory** is identical on every rank: each step every rank gathers all ranks'
+  (key, true identity) pairs in rank order -- the order of the global batch -- and applies the
+  same update (:meth:`RefinerTask.update_memory`), so keys, values, ages and filled flags stay
+  bit-identical without broadcasting the memory. Key network and memory start from rank 0's copy;
+  at the end of training a digest check raises :class:`TrainingError` if the ranks' copies differ.
+
+Rank 0 renders the training inputs into ``render_cache/`` first (the others read them), writes
+checkpoints, ``model.json``, the weights and ``done.json``; every rank resumes from the same
+checkpoint. The paper trains this stage with batch 1 on one GPU; more processes are a speed-up
+with a larger global batch, not the paper's setting.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -53,6 +64,18 @@ from talkinghead.stagedir import DONE_FILE, MODEL_FILE, REFINER as STAGE_NAME, W
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.models.refiner import PatchDiscriminator, discriminator_loss, generator_loss
 from talkinghead.models.refiner import build_generator
+from talkinghead.train.distributed import (
+    DistInfo,
+    all_gather_rows,
+    average_gradients,
+    barrier,
+    broadcast_tensors,
+    check_same_on_all_ranks,
+    init_distributed,
+    is_main,
+    unwrap,
+    wrap_ddp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +113,7 @@ class RefinerTask:
     ``models``: ``generator`` (:class:`MemoryAugmentedGenerator`: U-Net, key network, memory)
     and ``discriminator`` (:class:`PatchDiscriminator`), both built from a ``model.json`` spec
     (:func:`model_spec_from_config`). Optimisers ``generator`` (U-Net), ``discriminator`` and
-    ``key`` (key network), Adam ``(beta1, 0.999)``.
+    ``key`` (key network), Adam ``(beta1, 0.999)``. Under ``torchrun`` see the module docstring.
     """
 
     def __init__(
@@ -115,8 +138,19 @@ class RefinerTask:
         self.identity_condition = bool(spec.get("identity_condition", True))
         self.grad_clip: float | None = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self._unet: torch.nn.Module | None = None  # the generator's U-Net as trained (DDP-wrapped under torchrun)
 
     # ----------------------------------------------------------------- loop hooks
+    def wrap_model(self, name: str, model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+        """The discriminator DDP-wrapped whole; the generator stays plain with only its U-Net
+        wrapped (kept for :meth:`training_step`), after its key network and memory are made
+        rank 0's (DDP does the same for what it wraps). Plain modules in a single process."""
+        if name != "generator":
+            return wrap_ddp(model, info)
+        broadcast_tensors([*model.key_parameters(), *model.memory.buffers()])
+        self._unet = wrap_ddp(model.generator, info)
+        return model
+
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         generator, discriminator = self.models["generator"], self.models["discriminator"]
         adam = lambda params: torch.optim.Adam(params, lr=self.lr, betas=self.betas)  # noqa: E731
@@ -139,8 +173,19 @@ class RefinerTask:
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip)
 
+    @torch.no_grad()
+    def update_memory(self, inputs: torch.Tensor, identity: torch.Tensor) -> dict[str, int]:
+        """Write every rank's (key of frame t, true identity) pairs of this step into the memory,
+        in rank order -- the global batch's order, as one process would write it -- so every
+        rank applies the same update and the memory stays identical. Returns merge/write counts."""
+        generator = unwrap(self.models["generator"])
+        keys = all_gather_rows(generator.query(inputs))  # [global B, key_dim]
+        return generator.memory.update(keys, all_gather_rows(identity))  # identities [global B, D]
+
     def training_step(self, batch: Mapping[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
-        generator, discriminator = self.models["generator"], self.models["discriminator"]
+        generator = unwrap(self.models["generator"])  # key network and memory: synchronised here
+        discriminator = self.models["discriminator"]  # DDP-wrapped under torchrun
+        unet = self._unet if self._unet is not None else generator.generator
         opt = self.optimizers
         inputs, target, identity = batch["inputs"], batch["target"], batch["identity"]  # [B,9,S,S], [B,3,S,S], [B,D]
 
@@ -148,11 +193,13 @@ class RefinerTask:
         opt["key"].zero_grad(set_to_none=True)
         memory_loss = generator.memory_loss(inputs, identity)
         memory_loss.backward()
+        average_gradients(generator.key_parameters())  # outside any DDP wrapper: averaged over ranks here
         opt["key"].step()
-        generator.update_memory(inputs, identity)
+        self.update_memory(inputs, identity)
 
-        # 2. Generator forward with the true identity (teacher forcing).
-        out = generator(inputs, self.generator_identity(identity))
+        # 2. Generator forward with the true identity (teacher forcing); the U-Net is what the
+        # generator's forward runs when given the identity.
+        out = unet(inputs, self.generator_identity(identity))
 
         # 3. Discriminator on (inputs, real) vs (inputs, fake).
         _set_requires_grad(discriminator, True)
@@ -164,11 +211,11 @@ class RefinerTask:
         self._clip(discriminator)
         opt["discriminator"].step()
 
-        # 4. Generator against the frozen discriminator.
+        # 4. Generator against the frozen discriminator (the plain module: no gradient of its own).
         _set_requires_grad(discriminator, False)
         opt["generator"].zero_grad(set_to_none=True)
-        g_losses = generator_loss(discriminator(torch.cat([inputs, out.image], dim=1)), out.image, target, out.mask,
-                                  **self.lambdas)
+        g_losses = generator_loss(unwrap(discriminator)(torch.cat([inputs, out.image], dim=1)), out.image, target,
+                                  out.mask, **self.lambdas)
         g_losses["total"].backward()
         self._clip(generator.generator)
         opt["generator"].step()
@@ -283,14 +330,6 @@ def model_spec_from_config(model_cfg: Mapping[str, Any]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Training entry point
 # ---------------------------------------------------------------------------------------------
-def _require_single_process() -> None:
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        raise ConfigError(
-            f"refiner training runs in a single process (WORLD_SIZE={world}): its identity memory is updated outside "
-            "forward and would diverge across processes; run python scripts/train.py stage=refiner without torchrun")
-
-
 def _load_clips(clips: Sequence[Any]) -> list:
     from talkinghead.data.clip import PersonClip, read_clip
 
@@ -315,7 +354,8 @@ def train_refiner(
     during training on the schedule's ``val_frames`` (general: held-out persons' frames 250-299,
     so their 300-399 stay unseen; fine-tuning: the person's own 300-399, for monitoring only --
     nothing is selected on them); fine-tuning defaults to the training clips.
-    Rerunning the same call resumes from the last checkpoint.
+    Rerunning the same call resumes from the last checkpoint. Under ``torchrun`` every process
+    calls it with the same arguments (see the module docstring).
     """
     from talkinghead.data.stage2_dataset import RefinerDataset
     from talkinghead.models.features import make_identity_feature
@@ -324,7 +364,6 @@ def train_refiner(
 
     if mode not in MODES:
         raise ConfigError(f"refiner training mode={mode!r} is unknown; use one of {', '.join(MODES)}")
-    _require_single_process()
     refiner_cfg = _plain(cfg.refiner)
     schedule = dict(refiner_cfg.get("train") or {})
     clips = _load_clips(clips)
@@ -350,21 +389,35 @@ def train_refiner(
         raise ConfigError(f"refiner.{'finetune' if mode == 'finetune' else 'train'}: set max_steps or max_epochs")
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / DONE_FILE).unlink(missing_ok=True)  # a rerun is not finished until it says so again
-    write_json_atomic(out_dir / MODEL_FILE, spec)
+    overrides = {"out_dir": str(out_dir), "batch_size": int(schedule["batch_size"]), "seed": int(cfg.seed),
+                 "max_steps": schedule.get("max_steps"), "max_epochs": schedule.get("max_epochs"),
+                 "desc": f"refiner ({mode})"}
+    trainer_cfg = TrainerConfig.coerce(_plain(cfg.trainer), **overrides)
+    world_size = init_distributed(trainer_cfg.device).world_size  # joins the torchrun group now (for the barriers)
+    if trainer_cfg.batch_size % world_size:
+        key = f"refiner.{'finetune' if mode == 'finetune' else 'train'}.batch_size"
+        raise ConfigError(f"{key}={trainer_cfg.batch_size} is the global batch and must be a multiple of the {world_size} "
+                          f"processes; set {key}={world_size * max(1, trainer_cfg.batch_size // world_size)}")
+    if is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / DONE_FILE).unlink(missing_ok=True)  # a rerun is not finished until it says so again
+        write_json_atomic(out_dir / MODEL_FILE, spec)
 
     image_size = int(spec["generator"]["image_size"])
     renderer = get_renderer(str(getattr(cfg.renderer, "name", "auto")))
     identity_feature = make_identity_feature(spec["identity_feature"])
     data_args = dict(image_size=image_size, renderer=renderer, identity_feature=identity_feature,
                      render_size=int(spec["render_size"]), cache_dir=out_dir / RENDER_CACHE_DIR)
-    train_set = RefinerDataset(clips, frames=frames, augment=True, **data_args)
-    val_set = None
     val_start, val_stop = (int(v) for v in schedule.get("val_frames") or (250, 300))
     val_clips = [c for c in _load_clips(val_clips or []) if c.num_frames > val_start]  # clips long enough
+    if not is_main():
+        barrier()  # rank 0 renders the inputs into the cache first; the others read them
+    train_set = RefinerDataset(clips, frames=frames, augment=True, **data_args)
+    val_set = None
     if val_clips:
         val_set = RefinerDataset(val_clips, frames=slice(val_start, val_stop), augment=False, **data_args)
+    if is_main():
+        barrier()
 
     seed_everything(int(cfg.seed))  # the initial weights depend on the seed only
     task = RefinerTask(
@@ -378,21 +431,25 @@ def train_refiner(
     if mode == "finetune":
         load_weights(task.models, Path(init_dir) / WEIGHTS_FILE)  # the resume below overrides it if a checkpoint exists
 
-    overrides = {"out_dir": str(out_dir), "batch_size": int(schedule["batch_size"]), "seed": int(cfg.seed),
-                 "max_steps": schedule.get("max_steps"), "max_epochs": schedule.get("max_epochs"),
-                 "desc": f"refiner ({mode})"}
-    trainer = Trainer(task, train_set, val_set, TrainerConfig.coerce(_plain(cfg.trainer), **overrides))
+    trainer = Trainer(task, train_set, val_set, trainer_cfg)
     started = time.perf_counter()
     metrics = trainer.fit()
-    export_weights(task.models, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE_NAME, "mode": mode})
-    write_json_atomic(out_dir / DONE_FILE, {
-        "stage": STAGE_NAME,
-        "mode": mode,
-        "steps": int(trainer.step),
-        "seconds_this_run": round(time.perf_counter() - started, 1),
-        "train_items": len(train_set),
-        "clips": [c.name for c in clips],
-        "metrics": {k: float(v) for k, v in metrics.items()},
-    })
-    log.info("refiner (%s) finished: %s", mode, out_dir)
+    generator = task.models["generator"]
+    check_same_on_all_ranks({**{f"memory.{k}": v for k, v in generator.memory.state_dict().items()},
+                             **{f"key.{i}": p for i, p in enumerate(generator.key_parameters())}},
+                            "the refiner's identity memory and key network")
+    if is_main():
+        export_weights(task.models, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE_NAME, "mode": mode})
+        write_json_atomic(out_dir / DONE_FILE, {
+            "stage": STAGE_NAME,
+            "mode": mode,
+            "steps": int(trainer.step),
+            "seconds_this_run": round(time.perf_counter() - started, 1),
+            "train_items": len(train_set),
+            "world_size": trainer.dist.world_size,
+            "clips": [c.name for c in clips],
+            "metrics": {k: float(v) for k, v in metrics.items()},
+        })
+        log.info("refiner (%s) finished: %s", mode, out_dir)
+    barrier()
     return out_dir

@@ -3,8 +3,9 @@
     python scripts/train.py stage=audio2coeff|refiner data.root=DIR out=DIR [experiment=...] [debug=tiny]
 
 The corpus at ``data.root`` is a directory of clips with a ``corpus.json`` naming each
-person's split: the ``train`` persons are trained on; for Stage 1 the ``heldout`` persons'
-fine-tuning frames are the validation set (their frames 300-399 stay unseen). Runs the same
+person's split: the ``train`` persons are trained on; the ``heldout`` persons' fine-tuning
+frames are the validation set (Stage 1: frames 0-299; Stage 2: ``refiner.train.val_frames``,
+250-299); their frames 300-399 stay unseen. Runs the same
 under ``torchrun --nproc_per_node=N`` (data parallel; ``trainer.batch_size`` stays global).
 """
 
@@ -50,7 +51,7 @@ def train_from_config(cfg) -> Path:
         else:
             from talkinghead.train.refiner import train_refiner
 
-            written = train_refiner(clips, out, cfg, mode="general")
+            written = train_refiner(clips, out, cfg, mode="general", val_clips=_heldout_clips(root))
         if is_main():
             print(f"wrote {written}: the general {stage} model (weights.safetensors, model.json, done.json; "
                   f"checkpoints in {Path(written) / 'checkpoints'})", flush=True)
