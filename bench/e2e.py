@@ -99,7 +99,7 @@ def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim
         generator.memory.keys[:filled] = F.normalize(torch.randn(filled, key_dim), dim=1)
         generator.memory.values[:filled] = F.normalize(torch.randn(filled, 512), dim=1)
         generator.memory.filled[:filled] = True
-    refiner = Refiner(generator=generator, identity_feature=make_identity_feature({"kind": "coeffs"}),
+    refiner = Refiner(generator=generator, identity_feature=make_identity_feature(None),
                       image_size=size, render_size=size)
     clip = read_clip(clip_dir, load_audio=False)
     parts = split_coeffs(np.asarray(clip.coeffs[clip.train_slice]))
@@ -123,7 +123,7 @@ def run_child(args) -> dict:
 
     torch.set_num_threads(args.threads)
     from talkinghead.pipeline.infer import InferenceOptions, generate_video
-    from talkinghead.pipeline.stage2 import resolve_precision
+    from talkinghead.devices import resolve_precision
 
     started = time.perf_counter()
     person = build_person_models(Path(args.clip), args.size, args.ngf, args.slots, args.key_dim, args.top_k, args.renderer)

@@ -35,7 +35,7 @@ from talkinghead.face.factory import make_face_model
 from talkinghead.preprocess.fit import FittingConfig, coefficient_errors, fit_coefficients, truth_sequence
 from talkinghead.preprocess.landmarks import GroundTruthDetector
 
-FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
+FACE_MODEL = {"_target_": "talkinghead.face.procedural.make_procedural_model", "seed": 0, "resolution": 64}
 CLIP_FRAMES = 300
 
 

@@ -369,7 +369,7 @@ def section_parity(check: Check, budget: float) -> dict:
     differ = float((~same).float().mean())
     diff = (rgba_c - rgba_g).abs().permute(0, 2, 3, 1)[same].max().item() if same.any() else float("nan")
 
-    face = make_face_model({"kind": "procedural", "seed": 0})
+    face = make_face_model({"_target_": "talkinghead.face.procedural.make_procedural_model", "seed": 0})
     crops, landmarks = _synthetic_fit_inputs(face, 8, 112)
     config = FittingConfig(landmark_steps=50, photometric_steps=5, render_size=56)
     cpu = fit_coefficients(crops, landmarks, face, config, device="cpu", progress=False)
@@ -509,10 +509,10 @@ def section_fit(check: Check, budget: float) -> dict:
             traceback.print_exc(file=sys.stdout)
     if "seconds" not in figures:
         if inputs is not None:
-            face = make_face_model(inputs["meta"].get("face_model") or {"kind": "procedural", "seed": 0})
+            face = make_face_model(inputs["meta"].get("face_model") or {"_target_": "talkinghead.face.procedural.make_procedural_model", "seed": 0})
             crops, landmarks, source = inputs["crops"][:n], inputs["landmarks"][:n], "31.mp4 (carried crops + landmarks)"
         else:
-            face = make_face_model({"kind": "procedural", "seed": 0})
+            face = make_face_model({"_target_": "talkinghead.face.procedural.make_procedural_model", "seed": 0})
             crops, landmarks = _synthetic_fit_inputs(face, n, 64)
             source = "synthetic (truth_sequence)"
         synchronize(check.device)

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from talkinghead.errors import ConfigError, TalkingHeadError
+from talkinghead.instantiate import to_plain  # noqa: F401 -- re-exported: scripts take it from here
 
 #: configs/ at the repository root (override with TALKINGHEAD_CONFIG_DIR).
 CONFIG_DIR = Path(os.environ.get("TALKINGHEAD_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
@@ -120,8 +121,3 @@ def cfg_get(cfg: DictConfig, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def to_plain(node: Any) -> Any:
-    """A config node as plain Python containers (for dataclass construction)."""
-    if isinstance(node, DictConfig):
-        return OmegaConf.to_container(node, resolve=True)
-    return node

@@ -35,7 +35,7 @@ try:
 except ImportError:
     HAS_MEDIAPIPE = False
 
-FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
+FACE_MODEL = {"_target_": "talkinghead.face.procedural.make_procedural_model", "seed": 0, "resolution": 64}
 #: The synthetic-world person of the fast photometric test: ``sample_people(4, WORLD_SEED)[WORLD_PERSON]``.
 WORLD_SEED, WORLD_PERSON = 2, 1
 

@@ -146,7 +146,7 @@ def test_finetune_from_a_video_preprocesses_then_fine_tunes(general, tmp_path):
     from talkinghead.data.synthetic.world import make_person
     from talkinghead.video import write_video
 
-    truth = make_person(tmp_path / "truth", sample_people(1, seed=3)[0], 30, {"kind": "procedural", "seed": 0,
+    truth = make_person(tmp_path / "truth", sample_people(1, seed=3)[0], 30, {"_target_": "talkinghead.face.procedural.make_procedural_model", "seed": 0,
                                                                             "resolution": 64}, crop_size=128)
     clip = read_clip(truth)
     video = write_video(tmp_path / "me.mp4", clip.fixed, audio=clip.audio)

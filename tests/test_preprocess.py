@@ -13,7 +13,8 @@ import torch
 
 from talkinghead.data.clip import read_clip
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
-from talkinghead.face.factory import make_face_model
+from talkinghead.cli import compose_config
+from talkinghead.face.factory import DEFAULT_FACE_MODEL, make_face_model
 from talkinghead.face import align
 from talkinghead.preprocess.landmarks import (
     MEDIAPIPE_TO_IBUG68,
@@ -38,7 +39,12 @@ except ImportError:
     HAS_MEDIAPIPE = False
 needs_mediapipe = pytest.mark.skipif(not HAS_MEDIAPIPE, reason="mediapipe is not installed")
 
-FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
+
+def detector_node(name: str, *overrides: str):
+    """The ``detector`` node of ``configs/preprocess.yaml`` with ``detector=name`` (and overrides)."""
+    return compose_config("preprocess", ["video=v.mp4", "out=o", f"detector={name}", *overrides]).detector
+
+FACE_MODEL = DEFAULT_FACE_MODEL
 # A fit that only has to be cheap (the accuracy of the fit is tested in test_fit.py).
 CHEAP_FIT = {"landmark_steps": 60, "photometric_steps": 2, "render_size": 32}
 
@@ -116,7 +122,7 @@ def test_mediapipe_table_is_68_valid_mesh_indices():
 @needs_mediapipe
 def test_mediapipe_landmarks_follow_ibug_semantics():
     face = astronaut_face(192)
-    faces = make_detector({"name": "mediapipe", "static_image_mode": True}).detect(face, 0)
+    faces = make_detector(detector_node("mediapipe"), static_image_mode=True).detect(face, 0)
     assert len(faces) == 1
     lm = faces[0].landmarks
     assert lm.shape == (68, 2) and lm.dtype == np.float32
@@ -175,7 +181,7 @@ def test_face_alignment_backend_maps_results(monkeypatch):
     module, api, _ = _fake_face_alignment(lambda: None, landmarks=lm)
     monkeypatch.setitem(sys.modules, "face_alignment", module)
     monkeypatch.setitem(sys.modules, "face_alignment.api", api)
-    detector = make_detector({"name": "face_alignment", "device": "cpu"})
+    detector = make_detector(detector_node("face_alignment", "device=cpu"))
     faces = detector.detect(np.zeros((64, 64, 3), np.uint8), 0)
     assert len(faces) == 1
     np.testing.assert_allclose(faces[0].landmarks, lm)
@@ -186,16 +192,18 @@ def test_face_alignment_backend_maps_results(monkeypatch):
 def test_face_alignment_not_installed_is_a_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "face_alignment", None)  # import raises ImportError
     with pytest.raises(ConfigError, match="pip install"):
-        make_detector("face_alignment")
+        make_detector(detector_node("face_alignment"))
 
 
 def test_make_detector_errors():
-    with pytest.raises(ConfigError, match="mediapipe"):
-        make_detector("dlib")
+    with pytest.raises(ConfigError, match="detector._target_") as info:
+        make_detector({"_target_": "talkinghead.preprocess.landmarks.DlibDetector"})
+    assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="ground_truth_clip"):
-        make_detector("ground_truth")
-    with pytest.raises(ConfigError, match="bad option"):
-        make_detector({"name": "mediapipe", "no_such_option": 1})
+        make_detector(detector_node("ground_truth"))
+    with pytest.raises(ConfigError, match="bad arguments for detector .*no_such_option") as info:
+        make_detector(detector_node("mediapipe"), no_such_option=1)
+    assert "\n" not in str(info.value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,7 +453,7 @@ def test_ground_truth_clip_through_the_pipeline(tmp_path):
     truth_clip = make_person(tmp_path / "truth", sample_people(1, seed=3)[0], 30, FACE_MODEL, crop_size=128)
     frames, truth = read_clip(truth_clip).fixed, read_clip(truth_clip).coeffs
     video = write_video(tmp_path / "synth.mp4", frames)
-    path = preprocess_video(video, tmp_path / "fitted", detector={"name": "ground_truth", "clip": truth_clip},
+    path = preprocess_video(video, tmp_path / "fitted", detector=detector_node("ground_truth", f"ground_truth_clip={truth_clip}"),
                             face_model_cfg=FACE_MODEL,
                             fitting_cfg={"landmark_steps": 200, "photometric_steps": 0},
                             min_frames=25, max_frames=30, progress=False, keep_source=False)
@@ -501,22 +509,22 @@ def test_saved_landmarks_detector_reads_files(tmp_path):
     np.savez(tmp_path / "lm.npz", landmarks=landmarks)
     frame = np.zeros((128, 128, 3), np.uint8)
     for path in (tmp_path / "lm.npy", tmp_path / "lm.npz"):
-        detector = make_detector({"name": "saved", "path": str(path)})
+        detector = make_detector(detector_node("saved", f"detector.path={path}"))
         assert isinstance(detector, SavedLandmarksDetector)
         faces = detector.detect(frame, 1)
         assert len(faces) == 1 and np.array_equal(faces[0].landmarks, landmarks[1])
         assert np.allclose(faces[0].box, [*landmarks[1].min(0), *landmarks[1].max(0)])
         assert detector.detect(frame, 2) == [] and detector.detect(frame, 5) == []
     with pytest.raises(ConfigError, match="detector.path"):
-        make_detector("saved")
+        make_detector(detector_node("saved"))
     np.save(tmp_path / "bad.npy", landmarks[:, :60])
     with pytest.raises(InputError, match=r"\[N, 68, 2\]"):
-        make_detector({"name": "saved", "path": str(tmp_path / "bad.npy")})
+        make_detector(detector_node("saved"), path=str(tmp_path / "bad.npy"))
     np.savez(tmp_path / "other.npz", points=landmarks)
     with pytest.raises(InputError, match="'landmarks'"):
-        make_detector({"name": "saved", "path": str(tmp_path / "other.npz")})
+        make_detector(detector_node("saved"), path=str(tmp_path / "other.npz"))
     with pytest.raises(InputError, match="not found"):
-        make_detector({"name": "saved", "path": str(tmp_path / "missing.npy")})
+        make_detector(detector_node("saved"), path=str(tmp_path / "missing.npy"))
 
 
 def test_saved_landmarks_from_a_clip_reproduce_its_preprocessing(tmp_path):
@@ -529,9 +537,9 @@ def test_saved_landmarks_from_a_clip_reproduce_its_preprocessing(tmp_path):
     video = write_video(tmp_path / "synth.mp4", read_clip(truth_clip).fixed)
     common = dict(face_model_cfg=FACE_MODEL, fitting_cfg={"landmark_steps": 5, "photometric_steps": 0},
                   min_frames=25, max_frames=30, progress=False, keep_source=False)
-    first = read_clip(preprocess_video(video, tmp_path / "first", detector={"name": "ground_truth", "clip": truth_clip},
+    first = read_clip(preprocess_video(video, tmp_path / "first", detector=detector_node("ground_truth", f"ground_truth_clip={truth_clip}"),
                                        **common))
-    second = read_clip(preprocess_video(video, tmp_path / "second", detector={"name": "saved", "path": str(first.root)},
+    second = read_clip(preprocess_video(video, tmp_path / "second", detector=detector_node("saved", f"detector.path={first.root}"),
                                         landmarks_cfg={"smooth_window": 0}, **common))  # already smoothed once
     assert second.meta.extra["detector"] == "saved"
     assert np.allclose(second.fixed_transform, first.fixed_transform, atol=1e-4)

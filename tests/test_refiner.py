@@ -265,11 +265,11 @@ def test_missing_arcface_weights_raise_one_line_error(tmp_path):
         ArcFaceFeature(path)
     message = str(info.value)
     assert "\n" not in message and str(path) in message
-    assert "arcface_torch" in message and "refiner.identity_feature.weights" in message
+    assert "arcface_torch" in message and "refiner.model.identity_feature.weights" in message
     with pytest.raises(MissingWeightsError):
-        make_identity_feature({"kind": "arcface", "weights": str(path)})
+        make_identity_feature({"_target_": "talkinghead.models.features.ArcFaceFeature", "weights": str(path)})
     with pytest.raises(ConfigError, match="weights"):
-        make_identity_feature({"kind": "arcface"})
+        make_identity_feature({"_target_": "talkinghead.models.features.ArcFaceFeature"})
 
 
 def test_iresnet50_state_dict_layout_matches_arcface_torch():
@@ -291,7 +291,7 @@ def test_arcface_feature_loads_a_backbone_file(tmp_path):
     backbone = IResNet("r18")
     path = tmp_path / "backbone.pth"
     torch.save({f"module.{k}": v for k, v in backbone.state_dict().items()}, path)  # DataParallel-style keys
-    feature = make_identity_feature({"kind": "arcface", "weights": str(path), "arch": "r18"})
+    feature = make_identity_feature({"_target_": "talkinghead.models.features.ArcFaceFeature", "weights": str(path), "arch": "r18"})
     feature.train()
     assert not feature.backbone.training and not any(p.requires_grad for p in feature.parameters())
     faces = images(2, 3, 64, seed=16)
@@ -305,14 +305,18 @@ def test_arcface_feature_loads_a_backbone_file(tmp_path):
 
 
 def test_key_encoders_and_factories():
-    encoder = make_key_encoder({"kind": "small", "out_dim": 24, "width": 4})
+    encoder = make_key_encoder({"_target_": "talkinghead.models.features.SmallImageEncoder", "out_dim": 24, "width": 4})
     assert isinstance(encoder, SmallImageEncoder) and encoder(images(2, 3, 48)).shape == (2, 24)
     assert isinstance(make_key_encoder(None), SmallImageEncoder)
     assert isinstance(make_identity_feature(None), CoeffIdentityFeature)
-    with pytest.raises(ConfigError, match="refiner.key_encoder.kind"):
-        make_key_encoder({"kind": "vgg"})
-    with pytest.raises(ConfigError, match="refiner.identity_feature.kind"):
+    with pytest.raises(ConfigError, match="refiner.model.key_encoder._target_"):
+        make_key_encoder({"_target_": "talkinghead.models.features.VGGEncoder"})
+    with pytest.raises(ConfigError, match="refiner.model.identity_feature.kind"):
         make_identity_feature({"kind": "facenet"})
+    # models saved before the configs named _target_ record {"kind": ...}: read as the same modules
+    legacy = make_key_encoder({"kind": "small", "weights": None, "out_dim": 24, "width": 4})
+    assert isinstance(legacy, SmallImageEncoder) and legacy.out_dim == 24
+    assert isinstance(make_identity_feature({"kind": "coeffs", "weights": None, "out_dim": 256}), CoeffIdentityFeature)
 
 
 def test_resnet18_encoder_explains_what_is_missing(tmp_path):

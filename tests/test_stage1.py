@@ -502,7 +502,7 @@ def test_ridge_baseline_fits_a_linear_map_of_the_windows(corpus, tmp_path):
 def test_evaluate_reports_metrics_and_baselines(general_run, corpus):
     from talkinghead.face.factory import make_face_model
 
-    face_model = make_face_model({"kind": "procedural", "seed": 0, "resolution": 24})
+    face_model = make_face_model({"_target_": "talkinghead.face.procedural.make_procedural_model", "seed": 0, "resolution": 24})
     baseline = fit_loudness_baseline([corpus / f"train_{i}" for i in range(3)], center_expression=True)
     result = evaluate_audio2coeff(load_audio2coeff(general_run), corpus / "heldout_0", face_model,
                                   loudness_baseline=baseline)

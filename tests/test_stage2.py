@@ -35,15 +35,10 @@ from talkinghead.face.factory import make_face_model
 from talkinghead.models.features import make_identity_feature
 from talkinghead.models.memory import interpolate_identity
 from talkinghead.render.blend import blend, render_rgba, stack_windows
-from talkinghead.pipeline.stage2 import (
-    Refiner,
-    RefinerStream,
-    build_generator,
-    evaluate_refiner,
-    load_refiner,
-    refine_frames,
-    render_blended,
-)
+from talkinghead.models.refiner import build_generator
+from talkinghead.pipeline.evaluate import evaluate_refiner
+from talkinghead.pipeline.stage2 import Refiner, RefinerStream, load_refiner, refine_frames
+from talkinghead.render.blend import render_blended
 from talkinghead.render import get_renderer
 from talkinghead.train.refiner import RefinerTask, model_spec_from_config, train_refiner
 from _clips import write_stand_in_clip, write_tiny_corpus
@@ -51,7 +46,7 @@ from _clips import write_stand_in_clip, write_tiny_corpus
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 64  # stand-in clips' crop size
 SIZE = 32  # debug=tiny refiner size
-FACE_SPEC = {"kind": "procedural", "seed": 0, "resolution": 64}
+FACE_SPEC = {"_target_": "talkinghead.face.procedural.make_procedural_model", "seed": 0, "resolution": 64}
 INNER_LANDMARKS = slice(17, 68)  # brows, nose, eyes, mouth
 
 
@@ -299,7 +294,7 @@ def test_refine_frames_shapes_and_first_frames(tiny_cfg):
 
 
 def test_bf16_refinement_is_close_to_fp32_and_precision_is_checked(tiny_cfg):
-    from talkinghead.pipeline.stage2 import resolve_precision
+    from talkinghead.devices import resolve_precision
 
     refiner = tiny_refiner(tiny_cfg)
     frames = torch.rand(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(4))

@@ -62,7 +62,7 @@ def test_cli_writes_corpus_with_splits_and_valid_clips(cli_corpus):
     for clip_dir in list_clips(cli_corpus):
         clip = read_clip(clip_dir)
         assert clip.meta.source == "synthetic" and clip.num_frames == 40
-        assert clip.meta.face_model["kind"] == "procedural"
+        assert clip.meta.face_model["_target_"] == "talkinghead.face.procedural.make_procedural_model"
         assert clip.fixed.shape == clip.aligned.shape == (40, 224, 224, 3)
         np.testing.assert_array_equal(clip.fixed_transform, [[1, 0, 0], [0, 1, 0]])
         assert len(clip.audio) == 40 * SAMPLE_RATE // 25

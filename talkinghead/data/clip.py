@@ -35,6 +35,7 @@ import numpy as np
 
 from talkinghead.errors import InputError
 from talkinghead.face.coeffs import COEFF_DIM
+from talkinghead.face.factory import DEFAULT_FACE_MODEL
 
 FORMAT_VERSION = 1
 TRAIN_FRAMES = (0, 300)  # fine-tuning frames (method.md section 2)
@@ -69,7 +70,7 @@ class ClipMeta:
     split: str = "person"  # "train" | "heldout" in a corpus; "person" for a user's own clip
     train_frames: tuple[int, int] = TRAIN_FRAMES
     test_frames: tuple[int, int] = TEST_FRAMES
-    face_model: dict = field(default_factory=lambda: {"kind": "procedural", "seed": 0})
+    face_model: dict = field(default_factory=lambda: dict(DEFAULT_FACE_MODEL))
     extra: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 

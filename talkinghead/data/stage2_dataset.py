@@ -9,7 +9,7 @@ For frame ``t`` of a person clip an item is (method.md section 7)::
 
 A blended render is the clip's own 3DMM coefficients rendered and alpha-blended over the fixed
 crop of the same frame, so render and target are pixel-aligned and differ only inside the face
-(:func:`talkinghead.pipeline.stage2.render_blended`, the function inference uses too). Renders
+(:func:`talkinghead.render.blend.render_blended`, the function inference uses too). Renders
 are computed once per clip when the dataset is built, in batches, and kept as uint8 at the
 model's size; with ``cache_dir`` they are also saved there (keyed by a digest of the clip's
 coefficients and crops, the face model, the renderer and the sizes), so a resumed or repeated

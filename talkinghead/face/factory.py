@@ -1,4 +1,10 @@
-"""Build the face model a config or a clip's ``meta.face_model`` names (one place for this)."""
+"""Build the face model a config or a clip's ``meta.face_model`` names (one place for this).
+
+A spec is a ``configs/face_model/*.yaml`` node: ``_target_`` (the function that makes the
+:class:`MorphableModel`) and its arguments, built by :func:`talkinghead.instantiate.build`.
+Clips written before the configs named ``_target_`` record ``{"kind": "procedural" | "bfm09", ...}``;
+:func:`face_model_spec` reads those as the same models.
+"""
 
 from __future__ import annotations
 
@@ -6,36 +12,40 @@ from functools import lru_cache
 from typing import Any, Mapping
 
 from talkinghead.errors import ConfigError
+from talkinghead.instantiate import build, plain_spec
+
+PROCEDURAL_TARGET = "talkinghead.face.procedural.make_procedural_model"
+#: The face model used where none is configured (the same as configs/face_model/procedural.yaml).
+DEFAULT_FACE_MODEL = {"_target_": PROCEDURAL_TARGET, "seed": 0, "resolution": 64}
+#: ``kind`` of clips written before the ``_target_`` configs -> its ``_target_``.
+LEGACY_KINDS = {"procedural": PROCEDURAL_TARGET, "bfm09": "talkinghead.face.bfm.load_face_model"}
 
 
 def face_model_spec(cfg: Mapping[str, Any]) -> dict:
-    """A plain, hashable-friendly spec dict from a config node / meta entry."""
+    """A plain spec dict (``_target_`` + arguments, ``None`` values dropped) from a config node
+    or a clip's ``meta.face_model`` (old ``kind`` specs included)."""
     spec = {k: v for k, v in dict(cfg).items() if v is not None}
-    if "kind" not in spec:
-        raise ConfigError("face_model.kind is missing; use face_model=procedural or face_model=bfm09")
-    return spec
+    if "_target_" not in spec and "kind" in spec:
+        kind = spec.pop("kind")
+        if kind not in LEGACY_KINDS:
+            raise ConfigError(f"unknown face_model.kind {kind!r}; use face_model=procedural or face_model=bfm09")
+        spec["_target_"] = LEGACY_KINDS[kind]
+    return plain_spec(spec, "face_model")
+
+
+def is_procedural(spec: Mapping[str, Any]) -> bool:
+    """Whether ``spec`` names the generated (procedural) face model."""
+    return face_model_spec(spec)["_target_"] == PROCEDURAL_TARGET
 
 
 @lru_cache(maxsize=8)
 def _build(items: tuple):
-    spec = dict(items)
-    kind = spec.pop("kind")
-    if kind == "procedural":
-        from talkinghead.face.procedural import make_procedural_model
-
-        return make_procedural_model(seed=int(spec.get("seed", 0)), resolution=int(spec.get("resolution", 64)))
-    if kind == "bfm09":
-        from talkinghead.face.bfm import load_face_model
-
-        if "path" not in spec:
-            raise ConfigError("face_model.path is missing for face_model=bfm09")
-        return load_face_model(spec["path"])
-    raise ConfigError(f"unknown face_model.kind {kind!r}; use procedural or bfm09")
+    return build(dict(items), "face_model")
 
 
 def make_face_model(cfg: Mapping[str, Any]):
     """Return the (cached, shared) :class:`MorphableModel` for a spec such as
-    ``{"kind": "procedural", "seed": 0, "resolution": 64}`` or ``{"kind": "bfm09", "path": ...}``.
+    :data:`DEFAULT_FACE_MODEL` or ``configs/face_model/bfm09.yaml``.
     Do not modify the returned module in place (it is shared); ``.to(device)`` returns a copy
     only for a device change."""
     spec = face_model_spec(cfg)

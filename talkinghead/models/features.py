@@ -14,7 +14,8 @@ Two roles:
 
 Every provider says what it consumes in ``input_kind`` (``"coeffs"`` or ``"image"``) and how big
 its output is in ``out_dim``. :func:`make_identity_feature` and :func:`make_key_encoder` build them
-from small config dicts. Images everywhere are ``[B, 3, H, W]`` RGB in ``[-1, 1]``.
+from their config nodes (``_target_`` + arguments, ``refiner.model.identity_feature`` and
+``refiner.model.key_encoder``) with Hydra's instantiate. Images everywhere are ``[B, 3, H, W]`` RGB in ``[-1, 1]``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
 from talkinghead.face.coeffs import COEFF_DIM, ID_DIM, SLICES, TEX_DIM
+from talkinghead.instantiate import build, to_plain
 from talkinghead.render.blend import to_unit
 
 __all__ = [
@@ -37,12 +39,14 @@ __all__ = [
     "ArcFaceFeature",
     "SmallImageEncoder",
     "ResNet18Encoder",
+    "identity_feature_spec",
+    "key_encoder_spec",
     "make_identity_feature",
     "make_key_encoder",
 ]
 
-IDENTITY_CFG_KEY = "refiner.identity_feature"
-KEY_ENCODER_CFG_KEY = "refiner.key_encoder"
+IDENTITY_CFG_KEY = "refiner.model.identity_feature"
+KEY_ENCODER_CFG_KEY = "refiner.model.key_encoder"
 ARCFACE_SOURCE = ("the insightface arcface_torch model zoo (github.com/deepinsight/insightface, "
                   "recognition/arcface_torch), e.g. ms1mv3_arcface_r50_fp16/backbone.pth")
 RESNET18_SOURCE = "torchvision's ImageNet weights https://download.pytorch.org/models/resnet18-f37072fd.pth"
@@ -176,13 +180,16 @@ class ArcFaceFeature(nn.Module):
     input_kind = "image"
     out_dim = 512
 
-    def __init__(self, weights_path: str | Path, arch: str = "r50"):
+    def __init__(self, weights: str | Path | None = None, arch: str = "r50", out_dim: int = 512):
         super().__init__()
-        path = Path(weights_path).expanduser()
+        if int(out_dim) != self.out_dim:
+            raise ConfigError(f"ArcFace features are {self.out_dim}-d, not {out_dim}; set refiner.model.identity_dim={self.out_dim}")
+        path = _weights_file(weights, IDENTITY_CFG_KEY, ARCFACE_SOURCE)
         if not path.is_file():
             raise MissingWeightsError(
                 f"ArcFace weights not found: {path}; download backbone.pth from {ARCFACE_SOURCE} and set "
-                f"{IDENTITY_CFG_KEY}.weights to its path (or use {IDENTITY_CFG_KEY}.kind=coeffs, no weights needed)")
+                f"{IDENTITY_CFG_KEY}.weights to its path (or use {IDENTITY_CFG_KEY}._target_={COEFFS_TARGET}, "
+                "no weights needed)")
         self.backbone = IResNet(arch)
         state = _load_state_dict(path)
         try:
@@ -248,19 +255,20 @@ class ResNet18Encoder(nn.Module):
     out_dim = 512
     INPUT_SIZE = 224
 
-    def __init__(self, weights_path: str | Path):
+    def __init__(self, weights: str | Path | None = None):
         super().__init__()
         try:
             import torchvision  # noqa: PLC0415 -- optional dependency, imported only when chosen
         except Exception as err:  # ImportError, or a broken install raising something else
             raise ConfigError(
-                f"{KEY_ENCODER_CFG_KEY}.kind=resnet18 needs torchvision ({type(err).__name__}: {err}); install the "
+                f"the resnet18 key encoder needs torchvision ({type(err).__name__}: {err}); install the "
                 f"build matching your torch (pip install torchvision, or pip install -e .[gpu]) or set "
-                f"{KEY_ENCODER_CFG_KEY}.kind=small") from None
-        path = Path(weights_path).expanduser()
+                f"{KEY_ENCODER_CFG_KEY}._target_={SMALL_TARGET}") from None
+        path = _weights_file(weights, KEY_ENCODER_CFG_KEY, RESNET18_SOURCE)
         if not path.is_file():
             raise MissingWeightsError(f"ResNet-18 weights not found: {path}; download {RESNET18_SOURCE} and set "
-                                      f"{KEY_ENCODER_CFG_KEY}.weights to its path (or {KEY_ENCODER_CFG_KEY}.kind=small)")
+                                      f"{KEY_ENCODER_CFG_KEY}.weights to its path (or {KEY_ENCODER_CFG_KEY}._target_="
+                                      f"{SMALL_TARGET})")
         net = torchvision.models.resnet18(weights=None)
         net.load_state_dict(_load_state_dict(path))
         net.fc = nn.Identity()
@@ -283,42 +291,53 @@ class ResNet18Encoder(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Factories
+# Building them from their config nodes
 # ---------------------------------------------------------------------------------------------
-def _option(cfg: Mapping[str, Any] | None, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default)
-    return default if value is None else value
-
-
-def _weights(cfg: Mapping[str, Any] | None, cfg_key: str, source: str) -> str:
-    path = _option(cfg, "weights")
-    if not path:
+def _weights_file(weights: str | Path | None, cfg_key: str, source: str) -> Path:
+    if not weights:
         raise ConfigError(f"{cfg_key}.weights is not set; point it at a local file from {source}")
-    return str(path)
+    return Path(weights).expanduser()
+
+
+COEFFS_TARGET = f"{__name__}.CoeffIdentityFeature"
+SMALL_TARGET = f"{__name__}.SmallImageEncoder"
+#: ``kind`` of refiner models saved before the configs named ``_target_`` -> its ``_target_``
+#: (the first of each is the default).
+LEGACY_IDENTITY_KINDS = {"coeffs": COEFFS_TARGET, "arcface": f"{__name__}.ArcFaceFeature"}
+LEGACY_KEY_ENCODER_KINDS = {"small": SMALL_TARGET, "resnet18": f"{__name__}.ResNet18Encoder"}
+
+
+def _spec(cfg: Mapping[str, Any] | None, cfg_key: str, legacy: Mapping[str, str]) -> dict:
+    spec = {} if cfg is None else {k: v for k, v in to_plain(cfg).items() if v is not None}
+    if "_target_" not in spec:
+        kind = str(spec.pop("kind", next(iter(legacy)))).lower()
+        if kind not in legacy:
+            raise ConfigError(f"{cfg_key}.kind={kind!r} is unknown; give {cfg_key}._target_ "
+                              f"(one of {', '.join(legacy.values())})")
+        spec["_target_"] = legacy[kind]
+    return spec
+
+
+def identity_feature_spec(cfg: Mapping[str, Any] | None = None) -> dict:
+    """The plain ``_target_`` spec of an identity-feature node (``None``: the coefficient
+    feature; old ``{"kind": ...}`` specs of saved models are read too)."""
+    return _spec(cfg, IDENTITY_CFG_KEY, LEGACY_IDENTITY_KINDS)
+
+
+def key_encoder_spec(cfg: Mapping[str, Any] | None = None) -> dict:
+    """The plain ``_target_`` spec of a key-encoder node (``None``: the small CNN)."""
+    return _spec(cfg, KEY_ENCODER_CFG_KEY, LEGACY_KEY_ENCODER_KINDS)
 
 
 def make_identity_feature(cfg: Mapping[str, Any] | None = None) -> nn.Module:
-    """Identity-feature provider from ``{"kind": "coeffs", "seed": 0}`` (default) or
-    ``{"kind": "arcface", "weights": PATH, "arch": "r50"}``. Unknown kind -> :class:`ConfigError`."""
-    kind = str(_option(cfg, "kind", "coeffs")).lower()
-    if kind == "coeffs":
-        return CoeffIdentityFeature(out_dim=int(_option(cfg, "out_dim", 512)), seed=int(_option(cfg, "seed", 0)))
-    if kind == "arcface":
-        return ArcFaceFeature(_weights(cfg, IDENTITY_CFG_KEY, ARCFACE_SOURCE), arch=str(_option(cfg, "arch", "r50")))
-    raise ConfigError(f"{IDENTITY_CFG_KEY}.kind={kind!r} is unknown; use coeffs (offline default) or arcface")
+    """The identity-feature provider of ``refiner.model.identity_feature`` (built with Hydra's
+    instantiate; a bad ``_target_`` or argument -> one-line :class:`ConfigError`)."""
+    return build(identity_feature_spec(cfg), IDENTITY_CFG_KEY)
 
 
 def make_key_encoder(cfg: Mapping[str, Any] | None = None) -> nn.Module:
-    """Key (image) encoder from ``{"kind": "small", "out_dim": 256, "width": 32}`` (default) or
-    ``{"kind": "resnet18", "weights": PATH}``. Unknown kind -> :class:`ConfigError`."""
-    kind = str(_option(cfg, "kind", "small")).lower()
-    if kind == "small":
-        return SmallImageEncoder(out_dim=int(_option(cfg, "out_dim", 256)), width=int(_option(cfg, "width", 32)))
-    if kind == "resnet18":
-        return ResNet18Encoder(_weights(cfg, KEY_ENCODER_CFG_KEY, RESNET18_SOURCE))
-    raise ConfigError(f"{KEY_ENCODER_CFG_KEY}.kind={kind!r} is unknown; use small (offline default) or resnet18")
+    """The key (image) encoder of ``refiner.model.key_encoder`` (as :func:`make_identity_feature`)."""
+    return build(key_encoder_spec(cfg), KEY_ENCODER_CFG_KEY)
 
 
 @torch.no_grad()

@@ -130,7 +130,7 @@ def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cp
     from talkinghead.pipeline.infer import load_person
     from talkinghead.render.blend import to_unit
     from talkinghead.pipeline.stage1 import load_audio2coeff
-    from talkinghead.pipeline.stage2 import evaluate_refiner
+    from talkinghead.pipeline.evaluate import evaluate_refiner
 
     models = load_person(person, weights, device=device, with_audio=True)
     clip = models.clip

@@ -31,6 +31,7 @@ from typing import Iterator
 import numpy as np
 
 from talkinghead.errors import ConfigError, InputError
+from talkinghead.render import get_renderer
 
 
 @dataclass
@@ -153,7 +154,7 @@ def run_demo(cfg) -> DemoResult:
     general = Path(str(cfg_get(cfg, "general", out / "general"))).expanduser()
     progress = bool(cfg_get(cfg, "progress", True))
     device = cfg_get(cfg, "device", "auto")
-    renderer = cfg_get(cfg, "renderer.name", "torch")
+    renderer = get_renderer(cfg_get(cfg, "renderer", "torch"))
     options = InferenceOptions.from_config(cfg)
     timings: dict[str, float] = {}
 

@@ -10,7 +10,7 @@ Three groups of numbers, all on frames the person's fine-tuning never saw:
             offset ``lipsync_offset`` (frames), head-pose similarity ``hs`` (our definition,
             :mod:`talkinghead.metrics.pose`) of the smoothed predicted pose, and the baselines
             it reports (``lmd_mean_expression``, ``lmd_loudness`` when available).
-``stage2``  the refiner on the clip's own coefficients rendered over the same frames' crops
+``stage2``  (:func:`evaluate_refiner`) the refiner on the clip's own coefficients rendered over the same frames' crops
             (a perfect Stage 1): ``psnr``/``ssim`` of refined frames and ``psnr_input``/
             ``ssim_input`` of the blended render, against the real crops, with the identity
             feature read from the memory (``identity=memory``, the test-time path).
@@ -32,7 +32,11 @@ import torch
 
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.face.coeffs import SLICES
+from talkinghead.metrics.image import masked_psnr, psnr, sharpness, ssim
 from talkinghead.pipeline.pose import POSE_MODES, PoseControls, resolve_pose
+from talkinghead.pipeline.stage2 import Refiner, refine_frames
+from talkinghead.render import get_renderer
+from talkinghead.render.blend import render_blended, to_unit
 
 #: Stage-2 identity sources evaluated (see :data:`talkinghead.pipeline.infer.IDENTITY_MODES`).
 STAGE2_IDENTITIES = ("memory", "clip", "zero")
@@ -75,12 +79,74 @@ def evaluate_stage1(model, clip, face_model, frames: slice | None = None, **kwar
     return _plain(_stage1_evaluator()(model, clip, face_model, frames=held_out_frames(clip, frames), **kwargs))
 
 
+@torch.no_grad()
+def evaluate_refiner(
+    refiner: Refiner,
+    clip,
+    face_model: torch.nn.Module,
+    renderer,
+    frames: slice | None = None,
+    use_memory: bool = True,
+    identity: torch.Tensor | None = None,
+    batch_size: int = 8,
+    return_frames: bool = False,
+    precision: str = "fp32",
+) -> dict:
+    """PSNR / SSIM against a clip's real fixed crops (at the model's image size, in [0, 1]).
+
+    The inputs are the clip's own coefficients rendered over the same frames' fixed crops (the
+    training condition: a perfect Stage 1); frames ``t-2, t-1`` of the first evaluated frames are
+    rendered too, so every window is complete. The identity follows :func:`refine_frames`
+    (``identity`` given > memory > zeros). Returns ``psnr``, ``ssim`` (refined vs real),
+    ``psnr_input``, ``ssim_input`` (blended render vs real), their ``*_face`` versions restricted
+    to the rendered face's bounding box, and ``frames``; with ``return_frames`` also the tensors
+    ``input``, ``refined``, ``real`` ``[n, 3, S, S]``.
+    """
+    frames = frames if frames is not None else clip.test_slice
+    start, stop, _ = frames.indices(clip.num_frames)
+    if stop - start < 1:
+        raise InputError(f"{clip.root}: no frames to evaluate in {frames} (the clip has {clip.num_frames}); "
+                         "pass frames inside the clip")
+    first = max(start - 2, 0)
+    size = refiner.image_size
+    rendered = render_blended(face_model, renderer, clip.coeffs[first:stop], clip.fixed[first:stop], size,
+                              refiner.render_size, with_alpha=True)  # [m, 4, S, S]
+    blended, alpha = rendered[:, :3], rendered[:, 3:]
+    refined = refine_frames(refiner, blended, identity=identity, batch_size=batch_size, use_memory=use_memory,
+                            precision=precision).cpu()
+    skip = start - first
+    blended, alpha, refined = blended[skip:], alpha[skip:], refined[skip:]
+    real = to_unit(np.array(clip.fixed[start:stop]), size)
+    # The face box: rows/columns the rendered face covers in any evaluated frame (+2 px).
+    covered = alpha.amax(dim=(0, 1)) > 0.5  # [S, S]
+    rows, cols = covered.any(dim=1).nonzero().flatten(), covered.any(dim=0).nonzero().flatten()
+    if len(rows) and len(cols):
+        r0, r1 = max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, size)
+        c0, c1 = max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, size)
+    else:
+        r0, r1, c0, c1 = 0, size, 0, size
+    box = (slice(None), slice(None), slice(r0, r1), slice(c0, c1))
+    result = {
+        "psnr": float(psnr(refined, real).mean()),
+        "ssim": float(ssim(refined, real).mean()),
+        "psnr_input": float(psnr(blended, real).mean()),
+        "ssim_input": float(ssim(blended, real).mean()),
+        "psnr_face": float(psnr(refined[box], real[box]).mean()),
+        "psnr_input_face": float(psnr(blended[box], real[box]).mean()),
+        "frames": stop - start,
+    }
+    if min(r1 - r0, c1 - c0) >= 11:
+        result["ssim_face"] = float(ssim(refined[box], real[box]).mean())
+        result["ssim_input_face"] = float(ssim(blended[box], real[box]).mean())
+    if return_frames:
+        result.update(input=blended, refined=refined, real=real)
+    return result
+
+
 def evaluate_stage2(refiner, clip, face_model, renderer, frames: slice | None = None,
                     identity: str = "memory", batch_size: int = 8) -> dict:
     """PSNR/SSIM of ``refiner`` on ``clip``'s held-out frames with the identity feature from
     the memory (``memory``), the person's own feature (``clip``) or zeros (``zero``)."""
-    from talkinghead.pipeline.stage2 import evaluate_refiner
-
     if identity not in STAGE2_IDENTITIES:
         raise ConfigError(f"identity={identity!r}; use one of {', '.join(STAGE2_IDENTITIES)}")
     feature = refiner.identity_of(clip) if identity == "clip" else None
@@ -116,10 +182,8 @@ def evaluate_mouth(clip, face_model, renderer, frames: slice | None = None, opti
     With ``return_frames`` also ``output``, ``real`` ``[n, 3, S, S]`` and ``region`` ``[n, 1, S, S]``.
     ``source``: the clip's :class:`~talkinghead.pipeline.frames.SourceFrames` if already decoded.
     """
-    from talkinghead.metrics.image import masked_psnr, sharpness, ssim
     from talkinghead.pipeline.frames import SourceFrames
     from talkinghead.pipeline.mouth import MouthCompositor
-    from talkinghead.render.blend import to_unit
 
     frames = held_out_frames(clip, frames)
     source = source or SourceFrames(clip, max(frames.stop, clip.train_slice.stop))
@@ -253,10 +317,9 @@ def evaluate_from_config(cfg) -> dict:
     person = cfg_get(cfg, "person")
     if not person:
         raise ConfigError("person= is required: a person clip with fine-tuned models (PERSON/finetuned)")
-    controls = PoseControls(mode=str(cfg_get(cfg, "pose.mode", "matched")), amplitude=cfg_get(cfg, "pose.amplitude", 1.0),
-                            smoothing=cfg_get(cfg, "pose.smoothing", 7))
+    controls = PoseControls.from_config(cfg_get(cfg, "pose"))
     result = evaluate_person(person, cfg_get(cfg, "weights"), device=cfg_get(cfg, "device", "auto"),
-                             renderer=cfg_get(cfg, "renderer.name", "torch"), controls=controls)
+                             renderer=get_renderer(cfg_get(cfg, "renderer", "torch")), controls=controls)
     print(format_person_metrics(result))
     out = cfg_get(cfg, "out")
     if out:

@@ -25,7 +25,10 @@ an output path that cannot be written) is detected before any heavy work, raises
 
 Heavy objects (Stage-1 and Stage-2 models, face model, renderer, the clip's frames as memory
 maps) live in a :class:`PersonModels`, loaded once per person by :func:`load_person` and reused
-for every audio of that person (the manifest path does exactly that).
+for every audio of that person (the manifest path does exactly that). :func:`generate_video` is
+a straight line of named steps: load the audio, Stage 1, the pose mode, then one synthesis
+(:func:`write_mouth_video` or :func:`write_refined_video`, whose Stage-2 output goes through a
+:class:`RefinedFrameSink`) into a streaming :class:`~talkinghead.video.VideoWriter`.
 """
 
 from __future__ import annotations
@@ -35,21 +38,26 @@ import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talkinghead.devices import resolve_device
-from talkinghead.stagedir import check_trained
+from talkinghead.data.clip import PersonClip
+from talkinghead.devices import PRECISIONS, resolve_device
 from talkinghead.errors import ConfigError, InputError, TalkingHeadError
 from talkinghead.face.coeffs import SLICES, split_coeffs
+from talkinghead.instantiate import to_plain
 from talkinghead.pipeline.frames import SourceFrames
 from talkinghead.pipeline.mouth import MouthCompositor, MouthOptions, mouth_options
 from talkinghead.pipeline.pose import PoseControls, resolve_pose
+from talkinghead.pipeline.stage2 import Refiner, RefinerStream, load_refiner
+from talkinghead.render.blend import render_blended
+from talkinghead.render import Renderer, get_renderer
+from talkinghead.stagedir import check_trained
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -107,7 +115,7 @@ class InferenceOptions:
     out_size: output side in pixels for the crop video (``None``: the refiner's image size);
         ignored with ``paste_back`` (the full frame's size is used).
     precision: Stage-2 arithmetic: ``fp32``, ``bf16`` (autocast) or ``auto`` (bf16 where the
-        hardware runs it natively; :func:`talkinghead.pipeline.stage2.resolve_precision`).
+        hardware runs it natively; :func:`talkinghead.devices.resolve_precision`).
     progress: show a progress bar over frames.
     synthesis: how the face is made: ``mouth`` (the person's real reference frame with the lower
         face warped from their own frames, :mod:`talkinghead.pipeline.mouth`: sharp, at the
@@ -143,33 +151,17 @@ class InferenceOptions:
         if self.synthesis == "mouth" and self.pose.mode != "matched":
             raise ConfigError(f"synthesis=mouth needs pose.mode=matched (got {self.pose.mode!r}): only a matched reference "
                               "frame has the right head pose; use synthesis=refiner or auto for other pose modes")
-        from talkinghead.pipeline.stage2 import PRECISIONS
-
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}; use one of {', '.join(PRECISIONS)}")
 
     @classmethod
     def from_config(cls, cfg) -> "InferenceOptions":
-        from talkinghead.cli import cfg_get
-
-        pose = PoseControls(
-            mode=str(cfg_get(cfg, "pose.mode", "matched")),
-            amplitude=cfg_get(cfg, "pose.amplitude", 1.0),
-            smoothing=cfg_get(cfg, "pose.smoothing", 7),
-        )
-        return cls(
-            pose=pose,
-            chunk_frames=cfg_get(cfg, "chunk_frames", 50),
-            batch_size=cfg_get(cfg, "batch_size", 4),
-            render_batch=cfg_get(cfg, "render_batch", 16),
-            identity=str(cfg_get(cfg, "identity", "memory")),
-            paste_back=bool(cfg_get(cfg, "paste_back", False)),
-            out_size=cfg_get(cfg, "out_size", None),
-            precision=str(cfg_get(cfg, "precision", "fp32")),
-            progress=bool(cfg_get(cfg, "progress", False)),
-            synthesis=str(cfg_get(cfg, "synthesis", "auto")),
-            mouth=mouth_options(cfg_get(cfg, "mouth", None)),
-        )
+        """From ``configs/infer.yaml``'s keys (``demo.yaml`` has the same); a key the config does
+        not set keeps the default above."""
+        values = {f.name: to_plain(cfg[f.name]) for f in fields(cls) if f.name in cfg and cfg[f.name] is not None}
+        values["pose"] = PoseControls.from_config(values.get("pose"))
+        values["mouth"] = mouth_options(values.get("mouth"))
+        return cls(**values)
 
     @property
     def uses_mouth(self) -> bool:
@@ -212,19 +204,19 @@ class PersonModels:
     serve as reference (the fine-tuning frames 0-299).
     """
 
-    clip: Any  # talkinghead.data.clip.PersonClip (frames as read-only memory maps)
+    clip: PersonClip  # frames as read-only memory maps
     stage1: torch.nn.Module
-    refiner: Any  # talkinghead.pipeline.stage2.Refiner (generator + memory, identity feature, sizes)
+    refiner: Refiner  # generator + memory, identity feature, sizes
     face_model: torch.nn.Module
-    renderer: Any
+    renderer: Renderer
     device: torch.device
     weights: Path
     base_coeffs: torch.Tensor  # [257]
     ref_frames: slice
     ref_pose: np.ndarray  # [M, 6] angles + translation of the reference frames
     expression_reference: np.ndarray  # [64] mean expression of the reference frames (Stage 1 adds it)
-    full_frames: Any = field(default=None, repr=False)  # SourceFrames, decoded on first use
-    compositor: Any = field(default=None, repr=False)  # MouthCompositor over the reference frames, made on first use
+    full_frames: SourceFrames | None = field(default=None, repr=False)  # decoded on first use
+    compositor: MouthCompositor | None = field(default=None, repr=False)  # over the reference frames, made on first use
 
     @property
     def name(self) -> str:
@@ -243,7 +235,7 @@ def load_person(
     person: str | os.PathLike,
     weights: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
-    renderer: str = "torch",
+    renderer: str | Renderer = "torch",
     with_audio: bool = False,
 ) -> PersonModels:
     """Load a person's clip, their fine-tuned Stage-1/Stage-2 models, face model and renderer.
@@ -257,8 +249,6 @@ def load_person(
     from talkinghead.data.stage1_dataset import reference_expression
     from talkinghead.face.factory import make_face_model
     from talkinghead.pipeline.stage1 import load_audio2coeff
-    from talkinghead.pipeline.stage2 import load_refiner
-    from talkinghead.render import get_renderer
 
     person = Path(person)
     clip = read_clip(person, load_audio=with_audio)
@@ -338,10 +328,8 @@ def render_inputs(person: PersonModels, coeffs: torch.Tensor, ref_index: np.ndar
                   render_batch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """Stage 2's inputs for ``coeffs [n, 257]`` over the fixed crops of clip frames ``ref_index
     [n]``, rendered exactly as the refiner was trained on
-    (:func:`talkinghead.pipeline.stage2.render_blended`): ``(blended [n, 3, S, S], alpha
+    (:func:`talkinghead.render.blend.render_blended`): ``(blended [n, 3, S, S], alpha
     [n, 1, S, S])`` in [0, 1]."""
-    from talkinghead.pipeline.stage2 import render_blended
-
     refiner = person.refiner
     backgrounds = person.clip.fixed[np.asarray(ref_index)]  # uint8 [n, 224, 224, 3] (copied from the memory map)
     rendered = render_blended(person.face_model, person.renderer, coeffs, backgrounds, refiner.image_size,
@@ -467,52 +455,64 @@ def write_mouth_video(person: PersonModels, writer, expression: np.ndarray, ref_
     return written
 
 
+class RefinedFrameSink:
+    """Where Stage 2's output goes: frames come back from the stream later than they went in
+    (the memory path holds up to 25 frames), so the sink keeps each pushed frame's face mask and
+    reference index until its refined frame returns, then pastes or resizes it and encodes it.
+    Frames 0 and 1 copy frame 2 (method.md section 8)."""
+
+    def __init__(self, person: PersonModels, writer, options: InferenceOptions, timer: StageTimer):
+        self.person, self.writer, self.options, self.timer = person, writer, options, timer
+        self.pending = _PendingFrames()
+        self.out_size = options.out_size or person.image_size
+        self.written = 0
+
+    def expect(self, alpha: torch.Tensor | None, ref_index: np.ndarray) -> None:
+        """Frames about to be pushed into Stage 2: masks ``[n, 1, S, S]`` (paste-back only) and
+        reference indices ``[n]``."""
+        self.pending.append(alpha, ref_index)
+
+    def write(self, refined: torch.Tensor) -> None:
+        """Encode frames ``[n, 3, S, S]`` Stage 2 has returned (in order)."""
+        if len(refined) == 0:
+            return
+        if self.written == 0 and len(refined) > CARRY_FRAMES:
+            refined = refined.clone()
+            refined[:CARRY_FRAMES] = refined[CARRY_FRAMES]
+        alpha, refs = self.pending.take(len(refined))
+        if self.options.paste_back:
+            with self.timer("paste_back"):
+                frames = paste_frames(self.person, refined, alpha, refs)
+        else:
+            with self.timer("encode"):
+                frames = _to_uint8(refined, self.out_size)
+        with self.timer("encode"):
+            self.writer.write(frames)
+        self.written += len(refined)
+
+
 def write_refined_video(person: PersonModels, writer, expression: np.ndarray, pose: np.ndarray, ref_index: np.ndarray,
                         options: InferenceOptions, timer: "StageTimer", bar) -> int:
     """The ``refiner`` synthesis (the paper's Stage 2 on the blended 3DMM renders), chunk by
     chunk into ``writer``; returns the frames written. Frames 0 and 1 copy frame 2."""
-    from talkinghead.pipeline.stage2 import RefinerStream
-
     identity = person.clip_identity() if options.identity == "clip" else None
     stream = RefinerStream(person.refiner, identity, use_memory=options.identity == "memory",
                            batch_size=options.batch_size, precision=options.precision)
-    pending = _PendingFrames()
-    out_size = options.out_size or person.image_size
-    written = 0
-
-    def write(refined: torch.Tensor) -> None:
-        """Encode frames Stage 2 has returned (in order)."""
-        nonlocal written
-        if len(refined) == 0:
-            return
-        if written == 0 and len(refined) > CARRY_FRAMES:  # method.md section 8
-            refined = refined.clone()
-            refined[:CARRY_FRAMES] = refined[CARRY_FRAMES]
-        alpha, refs = pending.take(len(refined))
-        if options.paste_back:
-            with timer("paste_back"):
-                frames = paste_frames(person, refined, alpha, refs)
-        else:
-            with timer("encode"):
-                frames = _to_uint8(refined, out_size)
-        with timer("encode"):
-            writer.write(frames)
-        written += len(refined)
-
+    sink = RefinedFrameSink(person, writer, options, timer)
     for start in range(0, len(expression), options.chunk_frames):
         chunk = slice(start, min(start + options.chunk_frames, len(expression)))
         with timer("render"):
             coeffs = frame_coeffs(person, expression[chunk], pose[chunk])
             blended, alpha = render_inputs(person, coeffs, ref_index[chunk], options.render_batch)
-        pending.append(alpha if options.paste_back else None, ref_index[chunk])
+        sink.expect(alpha if options.paste_back else None, ref_index[chunk])
         with timer("stage2"):
             refined = stream.push(blended)
-        write(refined)
+        sink.write(refined)
         bar.update(chunk.stop - chunk.start)
     with timer("stage2"):
         refined = stream.flush()
-    write(refined)
-    return written
+    sink.write(refined)
+    return sink.written
 
 
 def generate_video(
@@ -607,7 +607,7 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
 
 
 def run_manifest(manifest: str | os.PathLike, options: InferenceOptions, weights=None, device="auto",
-                 renderer: str = "torch") -> list[InferenceResult]:
+                 renderer: str | Renderer = "torch") -> list[InferenceResult]:
     """Batch inference in one process: rows grouped by person (first-appearance order), each
     person's models loaded once. A failing row is reported and skipped; if any failed, an
     :class:`InputError` listing them is raised after the others are done."""
@@ -651,7 +651,7 @@ def infer_from_config(cfg) -> list[InferenceResult]:
 
     options = InferenceOptions.from_config(cfg)
     device = cfg_get(cfg, "device", "auto")
-    renderer = cfg_get(cfg, "renderer.name", "torch")
+    renderer = get_renderer(cfg_get(cfg, "renderer", "torch"))
     weights = cfg_get(cfg, "weights", None)
     manifest = cfg_get(cfg, "manifest", None)
     if manifest:

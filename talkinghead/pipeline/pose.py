@@ -27,7 +27,8 @@ Arrays may be numpy or torch; poses come back in the type (and, for torch, dtype
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from scipy.signal import find_peaks
 from scipy.spatial.distance import cdist
 
 from talkinghead.errors import ConfigError, InputError
+from talkinghead.instantiate import to_plain
 
 POSE_MODES = ("matched", "predicted", "still")
 #: Roll (rotation about the camera axis) is the z Euler angle: pose column 2.
@@ -217,6 +219,15 @@ class PoseControls:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any] | None) -> "PoseControls":
+        """From the ``pose`` config group (configs/pose/default.yaml); unknown keys raise :class:`ConfigError`."""
+        values = dict(to_plain(node) or {})
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown config key pose.{unknown[0]}; see configs/pose/default.yaml")
+        return cls(**values)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the ``pose.*`` key at fault."""

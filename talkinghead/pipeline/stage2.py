@@ -1,14 +1,9 @@
-"""Stage-2 inference: load a trained refiner, refine blended renders, evaluate on held-out frames.
+"""Stage-2 inference: load a trained refiner and refine blended renders (in one pass or streamed).
 
 The refiner (method.md section 7) turns blended renders -- the 3DMM face rendered from
 coefficients and alpha-blended over a background crop -- into photo-real frames. This module is
 what inference, evaluation and the Stage-2 dataset share:
 
-* :func:`render_blended` -- coefficients + background crops -> blended renders at the model's
-  image size. The training set (:mod:`talkinghead.data.stage2_dataset`) and inference call the
-  same function, so the generator sees at test time exactly what it was trained on: render at
-  ``render_size`` (the model's ``image_size`` x ``render_scale``, recorded in ``model.json``),
-  blend over the background at that size, area-resize to ``image_size`` (antialiased edges).
 * :func:`load_refiner` -- a trained-stage directory (``weights.safetensors`` + ``model.json``,
   see the integration contracts) -> :class:`Refiner` (generator with its identity memory, the
   identity-feature provider, sizes), in eval mode.
@@ -22,13 +17,14 @@ what inference, evaluation and the Stage-2 dataset share:
   test-time rule), or zeros (``use_memory=False``: the "no memory / no identity" ablation).
   A model trained without identity (``identity_condition: false`` in ``model.json``) always
   gets zeros.
-* :func:`evaluate_refiner` -- PSNR / SSIM of refined frames and of the blended input against
-  the real fixed crops of a clip's held-out frames.
+
+The blended renders themselves come from :func:`talkinghead.render.blend.render_blended`, the
+bf16 choice from :func:`talkinghead.devices.resolve_precision`, and the held-out PSNR / SSIM from
+:func:`talkinghead.pipeline.evaluate.evaluate_refiner`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,21 +36,16 @@ from torch import nn
 from talkinghead.stagedir import REFINER, WEIGHTS_FILE, read_model_json
 from talkinghead.weights import load_weights
 from talkinghead.errors import ConfigError, InputError, TrainingError
-from talkinghead.models.features import make_identity_feature
-from talkinghead.models.refiner import MemoryAugmentedGenerator
-from talkinghead.models.features import clip_identity
-from talkinghead.models.refiner import build_generator
-from talkinghead.render.blend import render_blended, stack_windows, to_unit
+from talkinghead.models.features import clip_identity, make_identity_feature
+from talkinghead.models.refiner import MemoryAugmentedGenerator, build_generator
+from talkinghead.render.blend import render_blended, stack_windows
+from talkinghead.devices import autocast, resolve_precision
 
 __all__ = [
     "STAGE_NAME",
     "Refiner",
-    "build_generator",
-    "clip_identity",
-    "evaluate_refiner",
     "load_refiner",
     "refine_frames",
-    "render_blended",
     "RefinerStream",
 ]
 
@@ -140,39 +131,6 @@ def load_refiner(directory: str | Path, device: str | torch.device = "cpu") -> R
 # ---------------------------------------------------------------------------------------------
 # Refining frames (streaming; the one-pass form is a stream with one chunk)
 # ---------------------------------------------------------------------------------------------
-PRECISIONS = ("fp32", "bf16", "auto")
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """The generator's arithmetic at inference: ``fp32``, ``bf16`` (autocast; the memory read
-    and the output stay float32) or ``auto`` = ``bf16`` where the hardware has native bf16
-    (CUDA with bf16 support, or a CPU whose oneDNN reports bf16 support, e.g. AVX512-BF16 or
-    AMX) and ``fp32`` elsewhere (emulated bf16 is slower than fp32).
-
-    Why: on this project's 2-core AVX512-BF16 CPU, bf16 autocast runs the paper-size U-Net at
-    256 px about 1.9x faster than fp32 (``bench/stage2.py``); outputs differ from fp32 by far
-    less than the refiner's error (README)."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision!r}; use one of {', '.join(PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        try:
-            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-        except (AttributeError, RuntimeError):
-            return "fp32"
-    return "fp32"
-
-
-def _autocast(precision: str, device: torch.device):
-    if precision == "bf16":
-        return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class RefinerStream:
     """Refine a frame sequence chunk by chunk with bounded memory.
 
@@ -282,7 +240,7 @@ class RefinerStream:
             # The buffer starts at frame 0 or two frames before the first frame not yet emitted,
             # so clamping inside stack_windows only ever repeats frame 0 (frames 0 and 1).
             windows = stack_windows(self._buffer, local)  # [b, 9, S, S]
-            with _autocast(self.precision, self._device):
+            with autocast(self.precision, self._device):
                 result = generator.generator(windows, self._identity_for(frames, last))
             outputs.append(((result.image.float() + 1) * 0.5).clamp_(0, 1))
         self._emitted = max(self._emitted, stop)
@@ -313,72 +271,3 @@ def refine_frames(
     stream = RefinerStream(refiner, identity=identity, use_memory=use_memory, batch_size=batch_size,
                            precision=precision)
     return torch.cat([stream.push(blended), stream.flush()])
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation
-# ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate_refiner(
-    refiner: Refiner,
-    clip,
-    face_model: nn.Module,
-    renderer,
-    frames: slice | None = None,
-    use_memory: bool = True,
-    identity: torch.Tensor | None = None,
-    batch_size: int = 8,
-    return_frames: bool = False,
-    precision: str = "fp32",
-) -> dict:
-    """PSNR / SSIM against a clip's real fixed crops (at the model's image size, in [0, 1]).
-
-    The inputs are the clip's own coefficients rendered over the same frames' fixed crops (the
-    training condition: a perfect Stage 1); frames ``t-2, t-1`` of the first evaluated frames are
-    rendered too, so every window is complete. The identity follows :func:`refine_frames`
-    (``identity`` given > memory > zeros). Returns ``psnr``, ``ssim`` (refined vs real),
-    ``psnr_input``, ``ssim_input`` (blended render vs real), their ``*_face`` versions restricted
-    to the rendered face's bounding box, and ``frames``; with ``return_frames`` also the tensors
-    ``input``, ``refined``, ``real`` ``[n, 3, S, S]``.
-    """
-    from talkinghead.metrics.image import psnr, ssim
-
-    frames = frames if frames is not None else clip.test_slice
-    start, stop, _ = frames.indices(clip.num_frames)
-    if stop - start < 1:
-        raise InputError(f"{clip.root}: no frames to evaluate in {frames} (the clip has {clip.num_frames}); "
-                         "pass frames inside the clip")
-    first = max(start - 2, 0)
-    size = refiner.image_size
-    rendered = render_blended(face_model, renderer, clip.coeffs[first:stop], clip.fixed[first:stop], size,
-                              refiner.render_size, with_alpha=True)  # [m, 4, S, S]
-    blended, alpha = rendered[:, :3], rendered[:, 3:]
-    refined = refine_frames(refiner, blended, identity=identity, batch_size=batch_size, use_memory=use_memory,
-                            precision=precision).cpu()
-    skip = start - first
-    blended, alpha, refined = blended[skip:], alpha[skip:], refined[skip:]
-    real = to_unit(np.array(clip.fixed[start:stop]), size)
-    # The face box: rows/columns the rendered face covers in any evaluated frame (+2 px).
-    covered = alpha.amax(dim=(0, 1)) > 0.5  # [S, S]
-    rows, cols = covered.any(dim=1).nonzero().flatten(), covered.any(dim=0).nonzero().flatten()
-    if len(rows) and len(cols):
-        r0, r1 = max(int(rows[0]) - 2, 0), min(int(rows[-1]) + 3, size)
-        c0, c1 = max(int(cols[0]) - 2, 0), min(int(cols[-1]) + 3, size)
-    else:
-        r0, r1, c0, c1 = 0, size, 0, size
-    box = (slice(None), slice(None), slice(r0, r1), slice(c0, c1))
-    result = {
-        "psnr": float(psnr(refined, real).mean()),
-        "ssim": float(ssim(refined, real).mean()),
-        "psnr_input": float(psnr(blended, real).mean()),
-        "ssim_input": float(ssim(blended, real).mean()),
-        "psnr_face": float(psnr(refined[box], real[box]).mean()),
-        "psnr_input_face": float(psnr(blended[box], real[box]).mean()),
-        "frames": stop - start,
-    }
-    if min(r1 - r0, c1 - c0) >= 11:
-        result["ssim_face"] = float(ssim(refined[box], real[box]).mean())
-        result["ssim_input_face"] = float(ssim(blended[box], real[box]).mean())
-    if return_frames:
-        result.update(input=blended, refined=refined, real=real)
-    return result

@@ -25,7 +25,7 @@ HS is our documented definition (:mod:`talkinghead.metrics.pose`), not the paper
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -42,6 +42,7 @@ from talkinghead.pipeline.evaluate import (
     write_json,
 )
 from talkinghead.pipeline.pose import PoseControls
+from talkinghead.render import get_renderer
 
 MODELS = ("general", "finetuned")
 POSE_MODE_ORDER = ("still", "predicted", "matched")
@@ -235,10 +236,9 @@ def reproduce_tables_from_config(cfg) -> str:
         persons = list_clips(root, "heldout")
     if not persons:
         raise ConfigError(f"no persons to evaluate in {root}; set persons=[NAME, ...]")
-    controls = PoseControls(mode="matched", amplitude=cfg_get(cfg, "pose.amplitude", 1.0),
-                            smoothing=cfg_get(cfg, "pose.smoothing", 7))
+    controls = replace(PoseControls.from_config(cfg_get(cfg, "pose")), mode="matched")  # the tables measure matched pose
     device = cfg_get(cfg, "device", "auto")
-    renderer = cfg_get(cfg, "renderer.name", "torch")
+    renderer = get_renderer(cfg_get(cfg, "renderer", "torch"))
     progress = bool(cfg_get(cfg, "progress", True))
 
     for person in persons:

@@ -42,11 +42,11 @@ from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 import numpy as np
 
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
+from talkinghead.instantiate import build
 
 log = logging.getLogger(__name__)
 
 NUM_LANDMARKS = 68
-DETECTOR_NAMES = ("mediapipe", "face_alignment", "ground_truth", "saved")
 
 #: MediaPipe Face Mesh index (or two, averaged) for each of the 68 iBUG landmarks, in iBUG
 #: order: jaw 0-16, brows 17-26, nose 27-35, eyes 36-47, outer lips 48-59, inner lips 60-67.
@@ -442,40 +442,17 @@ class SavedLandmarksDetector:
         pass
 
 
-def _saved_from_options(path=None):
+def saved_detector(path: str | None = None) -> SavedLandmarksDetector:
+    """``configs/detector/saved.yaml``: landmarks from ``path`` (a file or a clip directory)."""
     if path is None:
         raise ConfigError("detector=saved needs detector.path=FILE (.npy/.npz [N, 68, 2] frame pixels) or a clip directory")
     return SavedLandmarksDetector.from_file(path)
 
 
-# --------------------------------------------------------------------------------------------
-# Factory
-# --------------------------------------------------------------------------------------------
-def make_detector(spec: str | Mapping[str, Any], **overrides) -> LandmarkDetector:
-    """A detector from a name or a config node ``{name: ..., option: value}``.
-
-    ``ground_truth`` needs ``clip`` (a clip directory with ground-truth coefficients) or
-    ``coeffs`` + ``face_model``; ``saved`` needs ``path`` (a landmark file or a clip directory). Unknown names or options raise :class:`ConfigError`.
-    """
-    options = {"name": spec} if isinstance(spec, str) else dict(spec)
-    options.update({k: v for k, v in overrides.items() if v is not None})
-    name = str(options.pop("name", "")).lower()
-    builders = {
-        "mediapipe": MediaPipeDetector,
-        "face_alignment": FaceAlignmentDetector,
-        "ground_truth": _ground_truth_from_options,
-        "saved": _saved_from_options,
-    }
-    if name not in builders:
-        raise ConfigError(f"detector={name!r} is not a landmark detector; use one of {', '.join(DETECTOR_NAMES)}")
-    try:
-        inspect.signature(builders[name]).bind(**options)
-    except TypeError as err:
-        raise ConfigError(f"bad option for detector={name}: {err}; see configs/detector/{name}.yaml") from None
-    return builders[name](**options)
-
-
-def _ground_truth_from_options(clip=None, coeffs=None, face_model=None, noise_px: float = 0.0, seed: int = 0):
+def ground_truth_detector(clip=None, coeffs=None, face_model=None, noise_px: float = 0.0,
+                          seed: int = 0) -> GroundTruthDetector:
+    """``configs/detector/ground_truth.yaml``: landmarks projected from ``clip``'s true
+    coefficients (or from ``coeffs`` + ``face_model``)."""
     if clip is not None:
         return GroundTruthDetector.from_clip(clip, noise_px, seed)
     if coeffs is None or face_model is None:
@@ -484,6 +461,18 @@ def _ground_truth_from_options(clip=None, coeffs=None, face_model=None, noise_px
             "(a synthetic clip whose frames are the video)"
         )
     return GroundTruthDetector(coeffs, face_model, noise_px, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Building one from its config
+# --------------------------------------------------------------------------------------------
+def make_detector(detector: Mapping[str, Any] | None = None, **overrides) -> LandmarkDetector:
+    """A detector from a ``configs/detector/*.yaml`` node (``_target_`` + options, built with
+    Hydra's instantiate; ``overrides`` replace options); ``None``: MediaPipe. A bad ``_target_``
+    or option raises a one-line :class:`ConfigError`."""
+    if detector is None:
+        return MediaPipeDetector(**overrides)
+    return build(detector, "detector", **overrides)
 
 
 # --------------------------------------------------------------------------------------------

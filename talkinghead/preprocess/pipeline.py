@@ -33,16 +33,17 @@ import numpy as np
 
 from talkinghead.data.clip import MIN_FRAMES
 from talkinghead.errors import ConfigError, InputError, require_file
+from talkinghead.face.factory import DEFAULT_FACE_MODEL, face_model_spec, make_face_model
 from talkinghead.face.align import alignment_transforms, apply_transform, fixed_transform, warp_crop
 from talkinghead.preprocess.fit import FittingConfig, config_dict, fit_coefficients
 from talkinghead.preprocess.landmarks import LandmarkDetector, TrackOptions, clean_track, detect_video, make_detector
+from talkinghead.render import Renderer, get_renderer
 
 log = logging.getLogger(__name__)
 
 FPS = 25
 SAMPLE_RATE = 16000
 CROP_SIZE = 224
-DEFAULT_FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
 
 
 def check_video(video: str | os.PathLike, min_frames: int = MIN_FRAMES):
@@ -117,7 +118,7 @@ def _cut_crops(video: Path, num_frames: int, fixed: np.ndarray, aligned: np.ndar
 def preprocess_video(
     video: str | os.PathLike,
     out: str | os.PathLike,
-    detector: str | Mapping[str, Any] | LandmarkDetector = "mediapipe",
+    detector: Mapping[str, Any] | LandmarkDetector | None = None,
     face_model_cfg: Mapping[str, Any] | None = None,
     fitting_cfg: FittingConfig | Mapping[str, Any] | None = None,
     max_frames: int = 400,
@@ -126,7 +127,7 @@ def preprocess_video(
     progress: bool = True,
     *,
     overwrite: bool = False,
-    renderer: str = "torch",
+    renderer: str | Renderer = "torch",
     landmarks_cfg: TrackOptions | Mapping[str, Any] | None = None,
     reference_frames: int = 25,
     keep_source: bool = True,
@@ -134,15 +135,14 @@ def preprocess_video(
 ) -> Path:
     """Preprocess a person's ``video`` into the person clip ``out``; returns the clip path.
 
-    ``detector``: ``"mediapipe"``, ``"face_alignment"``, ``"ground_truth"``, a config node
-    ``{name: ..., ...options}`` or a :class:`LandmarkDetector`. ``face_model_cfg``: the face
+    ``detector``: a :class:`LandmarkDetector`, a ``configs/detector/*.yaml`` node (``_target_``
+    + options) or ``None`` (MediaPipe). ``face_model_cfg``: the face
     model spec (``configs/face_model/*.yaml``; recorded in ``meta.face_model``).
     ``fitting_cfg``: ``configs/fitting/default.yaml`` keys. ``landmarks_cfg``: track
     cleaning/smoothing options (:class:`TrackOptions`). Bad input raises a one-line
     :class:`InputError` and leaves ``out`` untouched.
     """
     from talkinghead.data.clip import ClipMeta, default_split, write_clip
-    from talkinghead.face.factory import face_model_spec, make_face_model
     from talkinghead.video.io import iter_video, read_video_audio
 
     # 1. checks (nothing is written before they pass)
@@ -222,24 +222,24 @@ def preprocess_video(
 
 def fit_image(
     image: np.ndarray,
-    detector: str | Mapping[str, Any] | LandmarkDetector = "mediapipe",
+    detector: Mapping[str, Any] | LandmarkDetector | None = None,
     face_model_cfg: Mapping[str, Any] | None = None,
     fitting_cfg: FittingConfig | Mapping[str, Any] | None = None,
     device: str = "auto",
-    renderer: str = "torch",
+    renderer: str | Renderer = "torch",
     progress: bool = False,
 ):
     """One photograph (uint8 RGB ``[H, W, 3]``) through the same steps as a video: detect the
     dominant face, align it to the 224 crop, fit. Returns ``(crop [224, 224, 3], landmarks in
     the crop [68, 2], FitResult)``; a still image needs no smoothing and uses
-    ``static_image_mode`` for MediaPipe."""
-    from talkinghead.face.factory import face_model_spec, make_face_model
+    ``static_image_mode`` for MediaPipe (``detector=None``)."""
     from talkinghead.preprocess.landmarks import RawTrack
 
-    if isinstance(detector, str) and detector == "mediapipe":
-        detector = {"name": "mediapipe", "static_image_mode": True}
     owns_detector = not isinstance(detector, LandmarkDetector)
-    detect = make_detector(detector) if owns_detector else detector
+    if detector is None:  # MediaPipe, in its mode for unrelated images
+        detect = make_detector(static_image_mode=True)
+    else:
+        detect = make_detector(detector) if owns_detector else detector
     try:
         raw: RawTrack = detect_video([np.asarray(image, np.uint8)], detect)
     finally:
@@ -264,18 +264,10 @@ def preprocess_from_config(cfg) -> Path:
     for key in ("video", "out"):
         if OmegaConf.is_missing(cfg, key):
             raise ConfigError(f"{key}= is required: python scripts/preprocess.py video=FILE out=DIR")
-    detector = dict(to_plain(cfg.detector))
-    if detector.get("name") == "ground_truth":
-        clip = cfg_get(cfg, "ground_truth_clip")
-        if clip is None:
-            raise ConfigError("detector=ground_truth needs ground_truth_clip=DIR (the clip with the true coefficients)")
-        detector["clip"] = clip
-    if detector.get("name") == "mediapipe" and bool(cfg_get(cfg, "verbose", False)):
-        detector["native_log"] = True  # verbose=true: MediaPipe's own C++ log reaches stderr too
     path = preprocess_video(
         cfg.video,
         cfg.out,
-        detector=detector,
+        detector=to_plain(cfg.detector),
         face_model_cfg=to_plain(cfg.face_model),
         fitting_cfg=to_plain(cfg.fitting),
         max_frames=int(cfg.max_frames),
@@ -283,7 +275,7 @@ def preprocess_from_config(cfg) -> Path:
         device=str(cfg_get(cfg, "device", "auto")),
         progress=bool(cfg_get(cfg, "progress", True)),
         overwrite=bool(cfg_get(cfg, "overwrite", False)),
-        renderer=str(cfg_get(cfg, "renderer.name", "torch")),
+        renderer=get_renderer(cfg_get(cfg, "renderer", "torch")),
         landmarks_cfg=to_plain(cfg_get(cfg, "landmarks", {})),
         reference_frames=int(cfg_get(cfg, "reference_frames", 25)),
         keep_source=bool(cfg_get(cfg, "keep_source", True)),

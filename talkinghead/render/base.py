@@ -7,7 +7,8 @@ the colour at a covered pixel is the perspective-correct barycentric interpolati
 triangle's vertex colours, which *is* differentiable with respect to the vertex colours and,
 through the barycentrics, the vertex positions (like pytorch3d's hard rasterizer).
 
-Backends (selected with :func:`get_renderer`):
+Backends (chosen by the ``renderer`` config group, or by name with
+:func:`talkinghead.render.select.get_renderer`):
 
 * ``"torch"``: :class:`talkinghead.render.rasterizer.TorchRenderer`, pure torch, CPU and
   CUDA; the reference the tests pin down.
@@ -15,8 +16,8 @@ Backends (selected with :func:`get_renderer`):
   pytorch3d's ``MeshRasterizer`` (imported lazily; must agree with the reference).
 * ``"auto"``: pytorch3d when it imports and CUDA is available, else torch.
 
-The pipeline only ever talks to :class:`Renderer`, :class:`RenderOutput`, :func:`interpolate`
-and :func:`get_renderer`.
+The pipeline only ever talks to :class:`Renderer`, :class:`RenderOutput` and :func:`interpolate`;
+the backends live in their own modules and import this one (never the other way round).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from talkinghead.errors import ConfigError, InputError
+from talkinghead.errors import InputError
 from talkinghead.face.camera import Camera
 from talkinghead.face.planar import vertex_planes
 
@@ -324,31 +325,3 @@ def assemble_output(
     rgba = rgba if batch == 1 else rgba.contiguous()
     covered = CoveredPixels((batch, height, width), pixel_index, triangle_index, bary, depth)
     return RenderOutput(rgba, covered=covered)
-
-
-# --------------------------------------------------------------------------------------
-# Backend selection
-# --------------------------------------------------------------------------------------
-
-RENDERER_NAMES = ("auto", "torch", "pytorch3d")
-
-
-def get_renderer(name: str = "auto", **options) -> Renderer:
-    """The renderer called ``name``: ``"torch"`` (pure-torch reference), ``"pytorch3d"``
-    (raises :class:`ConfigError` saying how to install it when it does not import) or
-    ``"auto"`` (pytorch3d when it imports and CUDA is available, else torch).
-
-    ``options`` go to the backend's constructor (both take ``cull_backfaces``)."""
-    from talkinghead.render import pytorch3d_backend
-    from talkinghead.render.rasterizer import TorchRenderer
-
-    key = str(name).lower()
-    if key == "torch":
-        return TorchRenderer(**options)
-    if key == "pytorch3d":
-        return pytorch3d_backend.PyTorch3DRenderer(**options)
-    if key == "auto":
-        if torch.cuda.is_available() and pytorch3d_backend.pytorch3d_available():
-            return pytorch3d_backend.PyTorch3DRenderer(**options)
-        return TorchRenderer(**options)
-    raise ConfigError(f"renderer={name!r} is not a renderer; use one of {', '.join(RENDERER_NAMES)}")

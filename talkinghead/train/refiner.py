@@ -76,6 +76,7 @@ from talkinghead.train.distributed import (
     unwrap,
     wrap_ddp,
 )
+from talkinghead.models.features import identity_feature_spec, key_encoder_spec, make_identity_feature
 
 log = logging.getLogger(__name__)
 
@@ -307,13 +308,13 @@ def model_spec_from_config(model_cfg: Mapping[str, Any]) -> dict:
         "margin": float(m.get("margin", 0.3)),
         "threshold": float(m.get("threshold", 0.98)),
     }
-    identity_feature = dict(m.get("identity_feature") or {"kind": "coeffs"})
+    identity_feature = identity_feature_spec(m.get("identity_feature"))
     identity_feature.setdefault("out_dim", generator["identity_dim"])
     return {
         "stage": STAGE_NAME,
         "format_version": SPEC_VERSION,
         "generator": generator,
-        "key_encoder": dict(m.get("key_encoder") or {"kind": "small"}),
+        "key_encoder": key_encoder_spec(m.get("key_encoder")),
         "identity_feature": identity_feature,
         "discriminator": {
             "in_channels": 12,
@@ -358,7 +359,6 @@ def train_refiner(
     calls it with the same arguments (see the module docstring).
     """
     from talkinghead.data.stage2_dataset import RefinerDataset
-    from talkinghead.models.features import make_identity_feature
     from talkinghead.render import get_renderer
     from talkinghead.train import Trainer, TrainerConfig, export_weights, load_weights, seed_everything
 
@@ -404,7 +404,7 @@ def train_refiner(
         write_json_atomic(out_dir / MODEL_FILE, spec)
 
     image_size = int(spec["generator"]["image_size"])
-    renderer = get_renderer(str(getattr(cfg.renderer, "name", "auto")))
+    renderer = get_renderer(getattr(cfg, "renderer", None) or "auto")
     identity_feature = make_identity_feature(spec["identity_feature"])
     data_args = dict(image_size=image_size, renderer=renderer, identity_feature=identity_feature,
                      render_size=int(spec["render_size"]), cache_dir=out_dir / RENDER_CACHE_DIR)

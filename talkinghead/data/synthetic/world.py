@@ -47,11 +47,11 @@ from talkinghead.data.synthetic.people import Person, sample_people
 from talkinghead.data.synthetic.speech import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, Timeline, make_speech
 from talkinghead.errors import ConfigError
 from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, SLICES
+from talkinghead.face.factory import DEFAULT_FACE_MODEL, face_model_spec, is_procedural, make_face_model
 from talkinghead.face.procedural import EXPRESSION_UNITS
 
 GENERATOR_VERSION = 1
 #: The world's face model (one for all persons; persons differ by coefficients).
-DEFAULT_FACE_MODEL = {"kind": "procedural", "seed": 0, "resolution": 64}
 #: Expression coefficient of each mouth unit at unit value 1 (the procedural model's units
 #: are "full action" at 1.0; speech uses part of that range).
 MOUTH_SCALE = {"jaw_open": 0.6, "lip_round": 0.8, "lip_spread": 0.7, "lip_close": 1.0}
@@ -197,9 +197,8 @@ def make_person(out: str | os.PathLike, person: Person, num_frames: int, face_mo
                 speech: str = "source_filter") -> Path:
     """Generate ``person``'s clip of ``num_frames`` frames into ``out`` (a clip directory)."""
     from talkinghead.data.synthetic.frames import FaceAttributes
-    from talkinghead.face.factory import make_face_model
 
-    spec = dict(face_model or DEFAULT_FACE_MODEL)
+    spec = face_model_spec(face_model or DEFAULT_FACE_MODEL)
     model = make_face_model(spec)
     signals = person_signals(person, num_frames, speech)
     frames, landmarks = render_frames(model, person, signals.coeffs, crop_size, FaceAttributes.from_model(model), on_chunk)
@@ -239,10 +238,10 @@ def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0
         problem = available()
         if problem is not None:
             raise ConfigError(f"speech={speech} needs eSpeak NG: {problem}; or use speech=source_filter")
-    spec = dict(face_model or DEFAULT_FACE_MODEL)
-    if spec.get("kind") != "procedural":
-        raise ConfigError(f"face_model.kind={spec.get('kind')!r}: the synthetic world drives the procedural face "
-                          "model's named expression units; use face_model=procedural")
+    spec = face_model_spec(face_model or DEFAULT_FACE_MODEL)
+    if not is_procedural(spec):
+        raise ConfigError(f"face_model._target_={face_model_spec(spec)['_target_']!r}: the synthetic world drives the "
+                          "procedural face model's named expression units; use face_model=procedural")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     people = sample_people(persons, seed, heldout)
@@ -301,7 +300,6 @@ def write_preview(out: str | os.PathLike, people: list[Person], face_model: dict
 
     from talkinghead.data.clip import read_clip
     from talkinghead.data.synthetic.frames import FrameSynthesizer
-    from talkinghead.face.factory import make_face_model
 
     out = Path(out)
     model = make_face_model(dict(face_model or DEFAULT_FACE_MODEL))

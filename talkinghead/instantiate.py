@@ -1,0 +1,58 @@
+"""Swappable parts built from their config group: ``_target_`` + arguments, through Hydra's
+``instantiate`` (the one way a renderer, landmark detector, face model, identity feature or
+key encoder is made from a config node).
+
+A node such as ``configs/renderer/torch.yaml`` names the class (or function) in ``_target_``
+and its keyword arguments beside it. Hydra's own errors are multi-line tracebacks; :func:`build`
+turns them into one :class:`ConfigError` line naming the config key and the fix, and lets a
+:class:`TalkingHeadError` raised by the part itself through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from talkinghead.errors import ConfigError, TalkingHeadError
+
+
+def to_plain(node: Any) -> Any:
+    """A config node as plain Python containers (interpolations resolved); anything else as it is."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
+
+
+def plain_spec(node: Any, key: str) -> dict:
+    """``node`` (a config node or mapping with ``_target_``) as a plain dict; a missing
+    ``_target_`` raises :class:`ConfigError` naming ``key``."""
+    spec = to_plain(node)
+    if not isinstance(spec, Mapping) or not spec.get("_target_"):
+        raise ConfigError(f"{key} has no _target_ (got {spec!r}); choose one of configs/{key.split('.')[0]}/ "
+                          f"or give {key}._target_=module.Class")
+    return dict(spec)
+
+
+def build(node: Any, key: str, **overrides: Any) -> Any:
+    """``hydra.utils.instantiate(node, **overrides)`` with one-line errors.
+
+    ``key`` is where the node sits in the config (``"renderer"``, ``"refiner.model.key_encoder"``)
+    and is named in the message; ``overrides`` replace or add arguments (``None`` values are
+    dropped, so an unset option keeps the part's default)."""
+    spec = plain_spec(node, key)
+    spec.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return instantiate(spec, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, TalkingHeadError):
+            raise cause from None
+        target = spec["_target_"]
+        if isinstance(cause, ImportError) or "Error locating target" in str(err):
+            raise ConfigError(f"{key}._target_={target!r} does not import; choose one of configs/{key.split('.')[0]}/ "
+                              f"or fix the module path") from None
+        reason = " ".join(str(cause if cause is not None else err).split())[:200]
+        raise ConfigError(f"bad arguments for {key} ({target}): {reason}; see its config and the class's "
+                          f"arguments") from None
