@@ -87,7 +87,8 @@ def find_videos(src: str | os.PathLike, splits: Mapping[str, str | None] | None 
     videos: list[CorpusVideo] = []
     for folder, dirs, files in os.walk(src):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded))
+        dirs[:] = sorted(d for d in dirs
+                         if not d.startswith(".") and (excluded is None or (here / d).resolve() != excluded))
         for file in files:
             if file.startswith(".") or not file.lower().endswith(VIDEO_SUFFIX):
                 continue
@@ -161,12 +162,6 @@ class ShardReport:
     pid: int = 0
 
 
-def _detector_for(spec: Mapping[str, Any], video: CorpusVideo, ground_truth_root: Path | None, shared):
-    if shared is not None:
-        return shared
-    return {**spec, "clip": str(ground_truth_root / video.name)}  # ground_truth: one clip per video
-
-
 def preprocess_shard(
     videos: Sequence[CorpusVideo],
     out: str | os.PathLike,
@@ -175,7 +170,6 @@ def preprocess_shard(
     *,
     detector: Mapping[str, Any] | None = None,
     ground_truth_root: str | os.PathLike | None = None,
-    progress_label: str | None = None,
     **preprocess_options: Any,
 ) -> ShardReport:
     """Preprocess shard ``shard`` of ``shards`` of ``videos`` (the selected corpus listing) into
@@ -184,8 +178,9 @@ def preprocess_shard(
     ``detector``: a detector config node (``configs/detector/*.yaml``); ``ground_truth`` takes
     each video's true coefficients from ``ground_truth_root/NAME``. ``preprocess_options``: the
     keyword arguments of :func:`preprocess_video` (``face_model_cfg``, ``fitting_cfg``,
-    ``min_frames``, ``max_frames``, ``device``, ...). An :class:`InputError` for one video is
-    recorded as its rejection and the shard goes on; any other error stops the shard.
+    ``min_frames``, ``max_frames``, ``device``, ...; ``keep_source`` defaults to false). An
+    :class:`InputError` for one video is recorded as its rejection and the shard goes on; any
+    other error stops the shard.
     """
     if not 0 <= shard < shards:
         raise ConfigError(f"shard={shard} is outside 0..{shards - 1}; use 0 <= shard < shards")
@@ -211,21 +206,21 @@ def preprocess_shard(
             report.rejected_before += 1
         else:
             todo.append(video)
-    label = progress_label or f"shard {shard}/{shards}"
+    label = f"shard {shard}/{shards}"
     print(f"{label}: {len(mine)} videos, {report.finished_before} finished and {report.rejected_before} rejected "
           f"before, {len(todo)} to do", flush=True)
-    shared = None if name == "ground_truth" else make_detector(spec)
-    gt_root = Path(ground_truth_root).expanduser() if ground_truth_root is not None else None
-    options = {**preprocess_options, "progress": False, "keep_source": preprocess_options.get("keep_source", False)}
+    shared = None if name == "ground_truth" or not todo else make_detector(spec)  # one per shard
+    options = {"keep_source": False, **preprocess_options, "progress": False}
     last_line = time.monotonic()
     try:
         for i, video in enumerate(todo, 1):
             target = out / video.name
             if shared is not None:
                 shared.reset()  # a tracker starts afresh on each video
-            try:
-                preprocess_video(video.path, target, detector=_detector_for(spec, video, gt_root, shared),
-                                 overwrite=target.exists(), name=video.name, **options)  # exists: not a clip (no meta.json)
+            detect = shared if shared is not None else {**spec, "clip": str(Path(ground_truth_root) / video.name)}
+            try:  # target exists here only as a folder that is not a clip (no meta.json): replaced
+                preprocess_video(video.path, target, detector=detect, overwrite=target.exists(), name=video.name,
+                                 **options)
                 report.written += 1
             except InputError as err:
                 write_json_atomic(rejection_file(out, video.name), {"video": video.rel, "error": str(err)})
