@@ -11,7 +11,9 @@ Scripts stay thin::
 
 We use Hydra's compose API rather than ``@hydra.main`` so that (a) config errors can be
 reported as one line, (b) no output directory or working-directory change is imposed, and
-(c) tests call exactly the same function (:func:`compose_config`) the scripts do.
+(c) tests call exactly the same function (:func:`compose_config`) the scripts do. The one
+exception is :func:`run_hydra_cli` (``scripts/preprocess_corpus.py``): work that fans out over
+Hydra's ``--multirun`` launcher plugins needs ``@hydra.main``; it reports errors the same way.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def _config_error_line(config_name: str, err: Exception) -> str:
         key = m.group(1)
         return (f"unknown config key '{key}' for {config_name}; see configs/{config_name}.yaml "
                 f"(run with --cfg to print all keys)")
+    m = re.search(r"Missing mandatory value: ([\w.]+)", text)
+    if m:
+        return f"{m.group(1)}= is required for {config_name}; see configs/{config_name}.yaml"
     m = re.search(r"Could not find '([^']+)'", text)
     if m:
         return f"unknown config choice '{m.group(1)}' for {config_name}; see the folders under configs/"
@@ -91,7 +96,8 @@ def run_cli(config_name: str, main: Callable[[DictConfig], Any], argv: Sequence[
     show_cfg = "--cfg" in args
     args = [a for a in args if a != "--cfg"]
     bad = [a for a in args if "=" not in a]
-    try:
+
+    def run() -> None:
         if bad:
             raise ConfigError(f"arguments must be key=value, got {bad[0]!r} (e.g. out=outputs/run)")
         cfg = compose_config(config_name, args)
@@ -99,6 +105,69 @@ def run_cli(config_name: str, main: Callable[[DictConfig], Any], argv: Sequence[
             print(OmegaConf.to_yaml(cfg))
             sys.exit(0)
         main(cfg)
+
+    _run_reporting_errors(run, verbose)
+
+
+class SweepAborted(BaseException):
+    """Raised by a Hydra callback to stop a ``--multirun`` sweep with ``error`` (Hydra turns an
+    ordinary exception in a callback into a warning and goes on); :func:`run_hydra_cli` reports
+    ``error`` as one line."""
+
+    def __init__(self, error: TalkingHeadError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def run_hydra_cli(config_name: str, main: Callable[[DictConfig], Any], argv: Sequence[str] | None = None) -> None:
+    """Like :func:`run_cli`, but through ``@hydra.main``, for scripts whose work fans out over
+    Hydra's ``--multirun`` and its launcher plugins (``hydra/launcher=joblib|submitit_slurm``):
+    Hydra's own flags (``--multirun``, ``--cfg job``, ``--help``) apply, and Hydra writes its run
+    folder (the config's ``hydra.run.dir`` / ``hydra.sweep.dir``). Errors are the same one line
+    and exit code as :func:`run_cli`, also when they come back from a launched job."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = _wants_verbose(args)
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a traceback; we print one line
+    failed: list[TalkingHeadError] = []
+
+    def task(cfg: DictConfig) -> Any:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            return main(cfg)  # a launched job: its error comes back to the sweep, which names the job
+        try:
+            return main(cfg)
+        except TalkingHeadError as err:  # one process: reported below as one line, without Hydra's preamble
+            failed.append(err)
+
+    app = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")(task)
+
+    def run() -> None:
+        saved = sys.argv
+        sys.argv = [saved[0], *args]
+        try:
+            app()
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError(_config_error_line(config_name, err)) from err
+        except SweepAborted as stop:
+            raise stop.error from None
+        finally:
+            sys.argv = saved
+        if failed:
+            raise failed[0]
+
+    _run_reporting_errors(run, verbose)
+
+
+def _run_reporting_errors(run: Callable[[], None], verbose: bool) -> None:
+    """Call ``run()``; a :class:`TalkingHeadError` becomes ``error: <one line>`` on stderr and its
+    exit code, anything else one line and exit 1 (tracebacks only with ``verbose``)."""
+    try:
+        run()
     except TalkingHeadError as err:
         if verbose:
             raise

@@ -135,6 +135,29 @@ def test_mediapipe_landmarks_follow_ibug_semantics():
     assert 0.1 * 192 < eye_distance < 0.5 * 192
 
 
+@needs_mediapipe
+def test_mediapipe_reset_forgets_the_previous_video():
+    """One detector over several videos (a corpus shard): after reset() a video's landmarks are
+    those of a fresh detector; without it the first frames are tracked from the previous video."""
+    from talkinghead.preprocess.landmarks import detect_video
+
+    frames, _ = rotating_frames(58, size=160)
+    first, second = frames[:29], frames[29:]
+    fresh = make_detector("mediapipe")
+    expected = detect_video(second, fresh).landmarks
+    fresh.close()
+    shared = make_detector("mediapipe")
+    detect_video(first, shared)
+    tracked = detect_video(second, shared).landmarks
+    shared.reset()
+    detect_video(first, shared)
+    shared.reset()
+    after_reset = detect_video(second, shared).landmarks
+    shared.close()
+    assert np.array_equal(after_reset, expected)
+    assert np.abs(tracked[0] - expected[0]).max() > 0.05  # the tracker's state carries over (pixels)
+
+
 # --------------------------------------------------------------------------------------------
 # face-alignment backend (not installed here: a fake module stands in)
 # --------------------------------------------------------------------------------------------

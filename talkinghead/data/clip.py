@@ -36,6 +36,7 @@ import numpy as np
 from talkinghead.errors import InputError
 from talkinghead.face.coeffs import COEFF_DIM
 from talkinghead.face.factory import DEFAULT_FACE_MODEL
+from talkinghead.stagedir import write_json_atomic
 
 FORMAT_VERSION = 1
 TRAIN_FRAMES = (0, 300)  # fine-tuning frames (method.md section 2)
@@ -261,12 +262,7 @@ def read_clip(root: str | os.PathLike, load_audio: bool = True) -> PersonClip:
 
 def write_corpus_index(root: str | os.PathLike, persons: list[dict[str, Any]], info: dict[str, Any]) -> Path:
     """Write ``corpus.json`` = {format_version, persons: [{name, split}], **info} atomically."""
-    root = Path(root)
-    path = root / CORPUS_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"format_version": FORMAT_VERSION, "persons": persons, **info}, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(Path(root) / CORPUS_FILE, {"format_version": FORMAT_VERSION, "persons": persons, **info})
 
 
 def list_clips(root: str | os.PathLike, split: str | None = None) -> list[Path]:

@@ -117,6 +117,10 @@ class LandmarkDetector(Protocol):
         fed in order), any order; an empty list when there is none."""
         ...
 
+    def reset(self) -> None:
+        """Forget the frames seen so far (a tracker's state): the next frame starts a new video."""
+        ...
+
     def close(self) -> None:
         """Release resources (graphs, GPU memory)."""
         ...
@@ -187,9 +191,8 @@ class MediaPipeDetector:
                 min_tracking_confidence=float(min_tracking_confidence),
             )
             # The graph opens its calculators (and they log) asynchronously after the constructor
-            # returns; one blank frame waits for that inside the silenced window. No face is found
-            # in it, so the tracking state of the first real frame is as if fresh.
-            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
+            # returns; one blank frame waits for that inside the silenced window.
+            self.reset()
 
     def detect(self, frame: np.ndarray, index: int = 0) -> list[FaceDetection]:
         frame = np.ascontiguousarray(frame, dtype=np.uint8)
@@ -202,6 +205,12 @@ class MediaPipeDetector:
             box = np.concatenate([mesh.min(0), mesh.max(0)]).astype(np.float32)
             faces.append(FaceDetection(mediapipe_to_ibug68(mesh).astype(np.float32), box, 1.0))
         return faces
+
+    def reset(self) -> None:
+        """One blank frame: no face is found in it, so the next frame is detected afresh, not
+        tracked from the previous video's last face."""
+        with native_stderr_silenced(self._quiet):
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
 
     def close(self) -> None:
         with native_stderr_silenced(self._quiet):
@@ -316,6 +325,9 @@ class FaceAlignmentDetector:
                 faces.append(detection_from_landmarks(lm))
         return faces
 
+    def reset(self) -> None:
+        pass  # every frame is detected on its own
+
     def close(self) -> None:
         self._fa = None
 
@@ -382,6 +394,9 @@ class GroundTruthDetector:
             return []
         return [detection_from_landmarks(self.landmarks_for_size(width)[index])]
 
+    def reset(self) -> None:
+        pass  # frame i's landmarks come from row i
+
     def close(self) -> None:
         pass
 
@@ -437,6 +452,9 @@ class SavedLandmarksDetector:
         if index >= len(self.landmarks) or not np.isfinite(self.landmarks[index]).all():
             return []
         return [detection_from_landmarks(self.landmarks[index])]
+
+    def reset(self) -> None:
+        pass  # frame i's landmarks come from row i
 
     def close(self) -> None:
         pass
