@@ -185,7 +185,7 @@ def test_a_killed_run_resumes_and_writes_only_the_missing_clips(tmp_path, lrw_li
     videos = [v for v in selected(find_videos(src, {"train": "train", "val": "heldout", "test": None}))
               if v.name.startswith("ABOUT")]  # 3 clips and the short video
     cfg = compose_config("preprocess_corpus", _overrides(src, truth, out))
-    common = dict(detector={"name": "ground_truth"}, ground_truth_root=truth, face_model_cfg=FACE_MODEL,
+    common = dict(detector={"_target_": "talkinghead.preprocess.landmarks.ground_truth_detector"}, ground_truth_root=truth, face_model_cfg=FACE_MODEL,
                   fitting_cfg=dict(cfg.fitting), min_frames=25, max_frames=FRAMES, device="cpu")
     first = [v for v in videos if v.name == "ABOUT_train_00001"]
     assert preprocess_shard(first, out, **common).written == 1

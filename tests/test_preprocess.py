@@ -143,10 +143,10 @@ def test_mediapipe_reset_forgets_the_previous_video():
 
     frames, _ = rotating_frames(58, size=160)
     first, second = frames[:29], frames[29:]
-    fresh = make_detector("mediapipe")
+    fresh = make_detector()
     expected = detect_video(second, fresh).landmarks
     fresh.close()
-    shared = make_detector("mediapipe")
+    shared = make_detector()
     detect_video(first, shared)
     tracked = detect_video(second, shared).landmarks
     shared.reset()
