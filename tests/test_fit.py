@@ -115,7 +115,7 @@ def test_losses():
     params = FitParameters(5, torch.zeros(5, 3), torch.zeros(5, 3))
     assert all(float(term.detach()) == 0 for term in smoothness_loss(params))
     with torch.no_grad():
-        params.angles[2, 1] = 0.1
+        params.angles[0, 2, 1] = 0.1  # clip 0, frame 2
     pose_term, exp_term = smoothness_loss(params)
     assert float(pose_term.detach()) > 0 and float(exp_term.detach()) == 0
 
