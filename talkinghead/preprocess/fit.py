@@ -1,12 +1,18 @@
 """3DMM fitting by optimisation (method.md section 2; replaces Deng et al.'s pretrained regressor).
 
 Given the fixed crops of a clip (``[N, S, S, 3]``) and their 68 landmarks (crop pixels),
-:func:`fit_coefficients` finds the 257-d coefficients of every frame:
+:func:`fit_coefficients` finds the 257-d coefficients of every frame; :func:`fit_clips` does the
+same for many clips at once (e.g. LRW's 29-frame word clips, ``batch_clips`` per batch):
 
 * **Parameters.** identity ``[80]`` and texture ``[80]`` shared by the whole clip;
   expression ``[N, 64]``, Euler angles ``[N, 3]``, translation ``[N, 3]`` and SH lighting
   ``[N, 27]`` per frame. All frames are optimised together (Adam), in chunks of
   ``batch_frames`` frames whose gradients are accumulated, so a step is one pass over the clip.
+  A batch of clips is one optimisation of the sum of the clips' own losses (:class:`FitParameters`:
+  per-clip ``[B, 80]``, per-frame ``[B, T, k]`` padded to the longest clip and masked; only the
+  real frames are projected and rendered). The clips share no parameter and Adam's update is per
+  element, so a clip's fit does not depend on its companions (float rounding aside); a single clip
+  is a batch of one.
 * **Initialisation.** Angles/translation from a closed-form 2-D similarity fit of the mean
   face's projected landmarks onto the detected ones (:func:`initial_pose`): it gives the roll,
   the scale (hence the depth) and the position; yaw/pitch start at 0.
