@@ -6,6 +6,7 @@
                                              # detail, key light, noise): landmark-only vs + photometric
                                              # (clips: python scripts/make_synthetic.py out=/tmp/synth persons=4 frames=32)
     python bench/fit.py --astronaut /tmp/astronaut_fit.png   # fit a photograph, save an overlay
+    python bench/fit.py --batch 16           # 29-frame clips, default config: s/step and clips/min, 1 vs 16 per batch
     python bench/fit.py --world /tmp/words --clips 16 --world-frames 29 --batch 16   # short clips:
                                              # one at a time vs 16 per batch (fit_clips): errors, clips/min
                                              # (python scripts/make_synthetic.py out=/tmp/words persons=16 frames=29)
@@ -55,16 +56,17 @@ def synthetic(model, frames: int, size: int, seed: int = 0, noise_px: float = 1.
 
 
 def seconds_per_step(model, crops, landmarks, device: str, photometric: bool, steps: int, config: FittingConfig) -> float:
-    """Wall seconds of one fitting step over all given frames (after one warm-up fit)."""
+    """Wall seconds of one fitting step over all given clips (lists of ``[N, S, S, 3]`` crops or
+    ``None``, and of ``[N, 68, 2]`` landmarks; one batch), after one warm-up fit."""
     def with_steps(n: int) -> FittingConfig:
         return FittingConfig.from_mapping({**vars(config), "landmark_steps": 0 if photometric else n,
-                                           "photometric_steps": n if photometric else 0})
+                                           "photometric_steps": n if photometric else 0,
+                                           "batch_clips": len(landmarks)})
 
-    fit_coefficients(crops, landmarks, model, with_steps(2), device=device, progress=False, crop_size=224)  # warm-up
+    fit_clips(crops, landmarks, model, with_steps(2), device=device, progress=False, crop_size=224)  # warm-up
     run_config = with_steps(steps)
     start = time.perf_counter()
-    fit_coefficients(crops, landmarks, model, run_config, device=device, progress=False, record_history=False,
-                     crop_size=224)
+    fit_clips(crops, landmarks, model, run_config, device=device, progress=False, record_history=False, crop_size=224)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return (time.perf_counter() - start) / steps
@@ -82,8 +84,8 @@ def bench_timing(args) -> None:
         frames = CLIP_FRAMES if device == "cuda" else args.cpu_frames
         crops, landmarks, _ = synthetic(model, frames, 224)
         clip_landmarks = np.resize(landmarks, (CLIP_FRAMES, 68, 2))  # landmark steps: always 300 frames
-        t_lm = seconds_per_step(model, None, clip_landmarks, device, False, args.steps, config)
-        t_photo = seconds_per_step(model, crops, landmarks, device, True, max(2, args.steps // 10), config)
+        t_lm = seconds_per_step(model, None, [clip_landmarks], device, False, args.steps, config)
+        t_photo = seconds_per_step(model, [crops], [landmarks], device, True, max(2, args.steps // 10), config)
         scale = CLIP_FRAMES / frames
         total = config.landmark_steps * t_lm + scale * config.photometric_steps * t_photo
         how = "per-step times measured (photo: scaled to 300 frames)" if scale != 1 else "per-step times at 300 frames"
@@ -94,6 +96,28 @@ def bench_timing(args) -> None:
             torch.cuda.synchronize()
             print(f"{device:8} {frames:6d} {'':16} {'':13} {time.perf_counter() - start:17.1f}  measured: full default fit "
                   f"(landmark error {result.landmark_error_px.mean():.2f} px)")
+
+
+def bench_batch_timing(args) -> None:
+    """Short clips (face-model renders of ``--clip-frames`` frames at 224 px, default config):
+    seconds per landmark and per photometric step of one batch of 1 and of ``--batch`` clips,
+    and the clips per minute of the default fit (300 + 150 steps) those per-step times give."""
+    model = make_face_model(FACE_MODEL)
+    config = FittingConfig()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(f"fitting config: landmark_steps={config.landmark_steps} photometric_steps={config.photometric_steps} "
+          f"render_size={config.render_size} batch_frames={config.batch_frames}; clips of {args.clip_frames} frames "
+          f"at 224 px; torch threads {torch.get_num_threads()}")
+    print(f"{'device':8} {'clips/batch':>11} {'s/landmark step':>16} {'s/photo step':>13} {'s per clip':>11} "
+          f"{'clips/min':>10}")
+    for device in devices:
+        clips = [synthetic(model, args.clip_frames, 224, seed) for seed in range(args.batch)]
+        for batch in sorted({1, args.batch}):
+            crops, landmarks = [c[0] for c in clips[:batch]], [c[1] for c in clips[:batch]]
+            t_lm = seconds_per_step(model, None, landmarks, device, False, args.steps, config)
+            t_photo = seconds_per_step(model, crops, landmarks, device, True, max(2, args.steps // 10), config)
+            per_clip = (config.landmark_steps * t_lm + config.photometric_steps * t_photo) / batch
+            print(f"{device:8} {batch:11d} {t_lm:16.4f} {t_photo:13.3f} {per_clip:11.2f} {60 / per_clip:10.2f}")
 
 
 #: Columns of the accuracy tables (median over frames; see coefficient_errors).
@@ -268,8 +292,9 @@ def main() -> None:
     parser.add_argument("--render-size", type=int, default=0, help="--accuracy/--world: photometric render size (0: --size / 2)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="--accuracy/--world: photometric-stage "
                         "fitting overrides (repeatable), e.g. --set photo_robust_scale=0")
-    parser.add_argument("--batch", type=int, default=0, help="--world: also fit the clips this many per batch "
-                        "(fit_clips) and compare with one at a time")
+    parser.add_argument("--batch", type=int, default=0, help="with --world: fit the clips one at a time and this many "
+                        "per batch (fit_clips) and compare; alone: per-step times of 1 and this many clips per batch")
+    parser.add_argument("--clip-frames", type=int, default=29, help="--batch without --world: frames per clip")
     parser.add_argument("--progress", action="store_true", help="--batch: progress bar of the batched fit")
     parser.add_argument("--astronaut", metavar="PNG", help="fit the astronaut photograph and save an overlay here")
     args = parser.parse_args()
@@ -283,6 +308,8 @@ def main() -> None:
         bench_world(args)
     elif args.accuracy:
         bench_accuracy(args)
+    elif args.batch:
+        bench_batch_timing(args)
     else:
         bench_timing(args)
 
