@@ -99,23 +99,30 @@ def bench_timing(args) -> None:
 
 
 def bench_batch_timing(args) -> None:
-    """Short clips (face-model renders of ``--clip-frames`` frames at 224 px, default config):
-    seconds per landmark and per photometric step of one batch of 1 and of ``--batch`` clips,
-    and the clips per minute of the default fit (300 + 150 steps) those per-step times give."""
+    """Short clips (face-model renders of ``--clip-frames`` frames at 224 px, default config and
+    ``--set`` overrides): seconds per landmark and per photometric step of one batch of 1 and of
+    ``--batch`` clips, measured alternately ``--repeats`` times (medians: the machine may be
+    shared), and the clips per minute of the fit's step counts that those per-step times give."""
     model = make_face_model(FACE_MODEL)
-    config = FittingConfig()
+    config = FittingConfig.from_mapping(overrides(args))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"fitting config: landmark_steps={config.landmark_steps} photometric_steps={config.photometric_steps} "
           f"render_size={config.render_size} batch_frames={config.batch_frames}; clips of {args.clip_frames} frames "
-          f"at 224 px; torch threads {torch.get_num_threads()}")
+          f"at 224 px; torch threads {torch.get_num_threads()}; medians of {args.repeats} alternating runs")
     print(f"{'device':8} {'clips/batch':>11} {'s/landmark step':>16} {'s/photo step':>13} {'s per clip':>11} "
           f"{'clips/min':>10}")
     for device in devices:
         clips = [synthetic(model, args.clip_frames, 224, seed) for seed in range(args.batch)]
-        for batch in sorted({1, args.batch}):
-            crops, landmarks = [c[0] for c in clips[:batch]], [c[1] for c in clips[:batch]]
-            t_lm = seconds_per_step(model, None, landmarks, device, False, args.steps, config)
-            t_photo = seconds_per_step(model, crops, landmarks, device, True, max(2, args.steps // 10), config)
+        batches = sorted({1, args.batch})
+        times: dict[int, list[tuple[float, float]]] = {batch: [] for batch in batches}
+        for _ in range(args.repeats):
+            for batch in batches:
+                crops, landmarks = [c[0] for c in clips[:batch]], [c[1] for c in clips[:batch]]
+                t_lm = seconds_per_step(model, None, landmarks, device, False, args.steps, config)
+                t_photo = seconds_per_step(model, crops, landmarks, device, True, max(2, args.steps // 10), config)
+                times[batch].append((t_lm, t_photo))
+        for batch in batches:
+            t_lm, t_photo = np.median(np.array(times[batch]), axis=0)
             per_clip = (config.landmark_steps * t_lm + config.photometric_steps * t_photo) / batch
             print(f"{device:8} {batch:11d} {t_lm:16.4f} {t_photo:13.3f} {per_clip:11.2f} {60 / per_clip:10.2f}")
 
@@ -291,10 +298,11 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=3, help="--world: number of clips (the first ones)")
     parser.add_argument("--render-size", type=int, default=0, help="--accuracy/--world: photometric render size (0: --size / 2)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="--accuracy/--world: photometric-stage "
-                        "fitting overrides (repeatable), e.g. --set photo_robust_scale=0")
+                        "fitting overrides (repeatable), e.g. --set photo_robust_scale=0; --batch: fitting overrides")
     parser.add_argument("--batch", type=int, default=0, help="with --world: fit the clips one at a time and this many "
                         "per batch (fit_clips) and compare; alone: per-step times of 1 and this many clips per batch")
     parser.add_argument("--clip-frames", type=int, default=29, help="--batch without --world: frames per clip")
+    parser.add_argument("--repeats", type=int, default=3, help="--batch without --world: alternating timing runs")
     parser.add_argument("--progress", action="store_true", help="--batch: progress bar of the batched fit")
     parser.add_argument("--astronaut", metavar="PNG", help="fit the astronaut photograph and save an overlay here")
     args = parser.parse_args()
