@@ -258,8 +258,8 @@ class FitParameters(torch.nn.Module):
     def coeffs(self, frames: slice | None = None) -> torch.Tensor:
         """Coefficients ``[n, 257]`` of the real frames in ``frames`` (a slice of the ``F`` real
         frames; default all)."""
-        index = self.frame_index[frames or slice(None)]  # [n] flat padded indices
-        clip = torch.div(index, self.mask.shape[1], rounding_mode="floor")  # [n]
+        frames = frames or slice(None)
+        index, clip = self.frame_index[frames], self.frame_clip[frames]  # [n] flat padded indices, [n] their clips
 
         def per_frame(p: torch.Tensor) -> torch.Tensor:
             return p.flatten(0, 1).index_select(0, index)
