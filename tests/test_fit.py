@@ -9,14 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from talkinghead.errors import ConfigError, InputError
+from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.face.camera import Camera
+from talkinghead.face.coeffs import SLICES
 from talkinghead.face.factory import make_face_model
 from talkinghead.preprocess.fit import (
     FitParameters,
     FittingConfig,
     coefficient_errors,
     draw_fit_overlay,
+    fit_clips,
     fit_coefficients,
     initial_pose,
     landmark_loss,
@@ -115,7 +117,7 @@ def test_losses():
     params = FitParameters(5, torch.zeros(5, 3), torch.zeros(5, 3))
     assert all(float(term.detach()) == 0 for term in smoothness_loss(params))
     with torch.no_grad():
-        params.angles[2, 1] = 0.1
+        params.angles[0, 2, 1] = 0.1  # clip 0, frame 2
     pose_term, exp_term = smoothness_loss(params)
     assert float(pose_term.detach()) > 0 and float(exp_term.detach()) == 0
 
@@ -281,6 +283,114 @@ def test_photometric_stage_lowers_the_errors_on_synthetic_world_clips(model):
     assert median(after, "expression_rmse_major") < 0.8 * median(before, "expression_rmse_major")  # 0.242 -> 0.158
     assert median(after, "translation_xy_px_median") < 1.0  # 0.67 pixels of a 224 crop
     assert median(after, "roll_deg_median") < 1.0  # 0.49
+
+
+# --------------------------------------------------------------------------------------------
+# Many short clips at once (fit_clips)
+# --------------------------------------------------------------------------------------------
+#: A short fit with both stages (the photometric one at 28 px): seconds for a few tiny clips.
+SHORT_FIT = {"landmark_steps": 60, "photometric_steps": 20, "render_size": 28}
+
+
+@pytest.fixture(scope="module")
+def world_clips(model):
+    """Four synthetic-world clips of unequal lengths (5, 3, 1, 4 frames; different people) at
+    56 px: (crops, landmarks with 3 px noise at 224, true coefficients)."""
+    return [world_clip(model, 1, index, frames, size=56) for index, frames in enumerate((5, 3, 1, 4))]
+
+
+@pytest.fixture(scope="module")
+def fitted_alone(model, world_clips):
+    return [fit_coefficients(crops, landmarks, model, SHORT_FIT, progress=False) for crops, landmarks, _ in world_clips]
+
+
+def test_fit_parameters_pad_and_mask_unequal_clips():
+    """Clips of 3, 1 and 2 frames: padded to 3, real frames listed clip after clip; padding
+    neither enters the coefficients nor the smoothness and gets no gradient."""
+    rng = torch.Generator().manual_seed(0)
+    start = torch.randn(6, 257, generator=rng)
+    params = FitParameters.from_coeffs([3, 1, 2], start, torch.device("cpu"))
+    assert params.expression.shape == (3, 3, 64) and params.identity.shape == (3, 80)
+    assert params.mask.tolist() == [[1, 1, 1], [1, 0, 0], [1, 1, 0]]
+    coeffs = params.coeffs()
+    assert coeffs.shape == (6, 257)
+    per_frame = [s for name, s in SLICES.items() if name not in ("identity", "texture")]
+    for part in per_frame:  # per-frame parts come back as given, in order
+        torch.testing.assert_close(coeffs[:, part], start[:, part])
+    for part in (SLICES["identity"], SLICES["texture"]):  # per clip: the mean of its frames
+        for frames in (slice(0, 3), slice(3, 4), slice(4, 6)):
+            clip_mean = start[frames, part].mean(0, keepdim=True)
+            torch.testing.assert_close(coeffs[frames, part], clip_mean.expand(frames.stop - frames.start, -1))
+    torch.testing.assert_close(params.coeffs(slice(2, 5)), coeffs[2:5])
+    pose, exp = smoothness_loss(params)
+    assert pose.shape == exp.shape == (3,)
+    assert float(pose[1].detach()) == 0 and float(exp[1].detach()) == 0  # a one-frame clip has no pairs
+    with torch.no_grad():  # wild values in the padding change nothing
+        params.angles[1, 1:] = 100.0
+        params.expression[2, 2] = -50.0
+    pose2, exp2 = smoothness_loss(params)
+    torch.testing.assert_close(pose2, pose)
+    torch.testing.assert_close(exp2, exp)
+    (pose2.sum() + exp2.sum() + params.coeffs().square().sum()).backward()
+    assert params.angles.grad[1, 1:].abs().max() == 0 and params.expression.grad[2, 2].abs().max() == 0
+    assert params.angles.grad[0].abs().max() > 0
+
+
+def test_batched_fit_matches_each_clip_fitted_alone(model, world_clips, fitted_alone):
+    """The four clips in one batch (padded to 5 frames): each clip's coefficients equal its fit
+    alone to float rounding (measured: at most ~1e-5 apart; tolerance 1e-3), and so do the
+    errors against the truth (within 1 %); the fits are real fits (landmarks within about their
+    noise, angles closer than the start)."""
+    batch = fit_clips([c[0] for c in world_clips], [c[1] for c in world_clips], model, SHORT_FIT, progress=False)
+    assert len(batch) == 4
+    for (crops, landmarks, truth), alone, together in zip(world_clips, fitted_alone, batch):
+        assert together.coeffs.shape == (len(truth), 257) and together.landmark_error_px.shape == (len(truth),)
+        assert len(together.history) == len(alone.history) == 80 and set(together.losses) == set(alone.losses)
+        np.testing.assert_allclose(together.coeffs, alone.coeffs, atol=1e-3, rtol=0)
+        errors_alone = coefficient_errors(alone.coeffs, truth, model)
+        errors_batch = coefficient_errors(together.coeffs, truth, model)
+        for key in ("angle_deg_median", "translation_xy_px_median", "expression_rmse"):
+            assert errors_batch[key] == pytest.approx(errors_alone[key], rel=0.01, abs=1e-3), key
+        assert together.landmark_error_px.mean() < 2.0  # 56 px crop: 3 px noise at 224 is 0.75 px here
+        zero_start = coefficient_errors(np.zeros_like(truth), truth)
+        assert errors_batch["angle_deg_median"] < 0.5 * zero_start["angle_deg_median"]
+    assert all(r.seconds > 0 and r.seconds == batch[0].seconds for r in batch)  # each clip's share of the batch
+
+
+def test_batched_fit_does_not_depend_on_the_companions(model, world_clips, fitted_alone):
+    """Clip 0 with other companions, in another position, batches of two (batch_clips=2): the
+    same coefficients as alone (landmark stage only here: the photometric one is covered above)."""
+    config = {**SHORT_FIT, "photometric_steps": 0, "batch_clips": 2}
+    order = [3, 0, 2]  # batches: (3, 0), (2,)
+    results = fit_clips(None, [world_clips[i][1] for i in order], model, config, progress=False, crop_size=56)
+    alone = fit_coefficients(None, world_clips[0][1], model, {**config, "batch_clips": 16}, progress=False, crop_size=56)
+    np.testing.assert_allclose(results[1].coeffs, alone.coeffs, atol=1e-3, rtol=0)
+    assert results[0].seconds != results[2].seconds  # two batches, timed apart
+    assert [len(r.coeffs) for r in results] == [4, 5, 1]
+
+
+def test_batched_fit_errors(model, world_clips):
+    lm = [c[1] for c in world_clips]
+    crops = [c[0] for c in world_clips]
+    no_photo = {"landmark_steps": 2, "photometric_steps": 0}
+    with pytest.raises(InputError, match="no clips"):
+        fit_clips([], [], model, no_photo, progress=False)
+    with pytest.raises(InputError, match="4 clips of landmarks but 3 of crops"):
+        fit_clips(crops[:3], lm, model, SHORT_FIT, progress=False)
+    with pytest.raises(InputError, match=r"clip 1: landmarks must be \[N, 68, 2\]"):
+        fit_clips(None, [lm[0], lm[1][:, :60]], model, no_photo, progress=False)
+    with pytest.raises(InputError, match="clip 2: the photometric stage needs the crops"):
+        fit_clips([crops[0], crops[1], None], lm[:3], model, SHORT_FIT, progress=False)
+    big = np.zeros((len(lm[1]), 112, 112, 3), np.uint8)
+    with pytest.raises(InputError, match=r"crops are \[56, 112\] px"):
+        fit_clips([crops[0], big], lm[:2], model, SHORT_FIT, progress=False)
+    with pytest.raises(InputError, match="clip 1: init_coeffs must be finite"):
+        fit_clips(None, lm[:2], model, no_photo, progress=False, init_coeffs=[None, np.zeros((2, 257))])
+    with pytest.raises(ConfigError, match="batch_clips"):
+        fit_clips(None, lm[:2], model, {**no_photo, "batch_clips": 0}, progress=False)
+    far = lm[2] * 1e20  # finite, but its squared distances overflow: that clip's loss is inf
+    with pytest.raises(TrainingError, match=r"clip\(s\) \[1\]"):
+        fit_clips(None, [lm[0], far, lm[3]], model, no_photo, progress=False, crop_size=56)
 
 
 # --------------------------------------------------------------------------------------------

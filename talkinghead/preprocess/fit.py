@@ -1,12 +1,18 @@
 """3DMM fitting by optimisation (method.md section 2; replaces Deng et al.'s pretrained regressor).
 
 Given the fixed crops of a clip (``[N, S, S, 3]``) and their 68 landmarks (crop pixels),
-:func:`fit_coefficients` finds the 257-d coefficients of every frame:
+:func:`fit_coefficients` finds the 257-d coefficients of every frame; :func:`fit_clips` does the
+same for many clips at once (e.g. LRW's 29-frame word clips, ``batch_clips`` per batch):
 
 * **Parameters.** identity ``[80]`` and texture ``[80]`` shared by the whole clip;
   expression ``[N, 64]``, Euler angles ``[N, 3]``, translation ``[N, 3]`` and SH lighting
   ``[N, 27]`` per frame. All frames are optimised together (Adam), in chunks of
   ``batch_frames`` frames whose gradients are accumulated, so a step is one pass over the clip.
+  A batch of clips is one optimisation of the sum of the clips' own losses (:class:`FitParameters`:
+  per-clip ``[B, 80]``, per-frame ``[B, T, k]`` padded to the longest clip and masked; only the
+  real frames are projected and rendered). The clips share no parameter and Adam's update is per
+  element, so a clip's fit does not depend on its companions (float rounding aside); a single clip
+  is a batch of one.
 * **Initialisation.** Angles/translation from a closed-form 2-D similarity fit of the mean
   face's projected landmarks onto the detected ones (:func:`initial_pose`): it gives the roll,
   the scale (hence the depth) and the position; yaw/pitch start at 0.
@@ -64,7 +70,7 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -73,7 +79,7 @@ import torch.nn.functional as F
 from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.face.camera import CAMERA_Z, Camera, pose_vertices
-from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, ID_DIM, SH_DIM, TEX_DIM, join_coeffs, split_coeffs
+from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, ID_DIM, SH_DIM, SLICES, TEX_DIM, join_coeffs, split_coeffs
 
 #: Per-landmark weights of the reprojection loss (iBUG 68 order).
 LANDMARK_WEIGHTS = np.ones(68, dtype=np.float32)
@@ -123,6 +129,7 @@ class FittingConfig:
     w_smooth_pose: float = 1.0
     w_smooth_exp: float = 0.1
     batch_frames: int = 400
+    batch_clips: int = 16
     photo_robust_scale: float = 0.05
     photo_robust_anneal: float = 8.0
 
@@ -148,6 +155,8 @@ class FittingConfig:
             raise ConfigError(f"fitting.render_size must be at least 8 pixels, got {self.render_size}")
         if int(self.batch_frames) < 1:
             raise ConfigError(f"fitting.batch_frames must be >= 1, got {self.batch_frames}")
+        if int(self.batch_clips) < 1:
+            raise ConfigError(f"fitting.batch_clips must be >= 1, got {self.batch_clips}")
         if not self.lr > 0:
             raise ConfigError(f"fitting.lr must be positive, got {self.lr}")
         if self.photo_robust_scale < 0:
@@ -200,37 +209,68 @@ def initial_pose(face_model, landmarks: torch.Tensor, camera: Camera) -> tuple[t
 # Parameters and losses
 # --------------------------------------------------------------------------------------------
 class FitParameters(torch.nn.Module):
-    """Shared identity/texture and per-frame expression/pose/lighting of one clip."""
+    """Identity/texture per clip and expression/pose/lighting per frame of a batch of clips.
 
-    def __init__(self, num_frames: int, angles: torch.Tensor, translation: torch.Tensor):
+    Clips of different lengths are padded to the longest (``T`` frames): the per-clip parameters
+    are ``[B, 80]``, the per-frame ones ``[B, T, k]``; ``mask [B, T]`` (1 = a real frame) and
+    ``frame_index [F]`` (the flat index ``b * T + t`` of each of the ``F`` real frames, clip after
+    clip) say which frames are real. Everything per frame outside this class (targets, losses,
+    :meth:`coeffs`) lists the real frames only, in that order, so padding costs no rendering; a
+    padded frame gets no gradient and never moves. ``lengths``: the frames of each clip (an int:
+    one clip); ``angles`` and ``translation``: ``[F, 3]`` start values of the real frames."""
+
+    def __init__(self, lengths: int | Sequence[int], angles: torch.Tensor, translation: torch.Tensor):
         super().__init__()
         device = angles.device
-        self.identity = torch.nn.Parameter(torch.zeros(1, ID_DIM, device=device))
-        self.texture = torch.nn.Parameter(torch.zeros(1, TEX_DIM, device=device))
-        self.expression = torch.nn.Parameter(torch.zeros(num_frames, EXP_DIM, device=device))
-        self.angles = torch.nn.Parameter(angles.detach().clone())
-        self.translation = torch.nn.Parameter(translation.detach().clone())
-        self.lighting = torch.nn.Parameter(torch.zeros(num_frames, SH_DIM, device=device))
+        lengths = [int(lengths)] if isinstance(lengths, (int, np.integer)) else [int(n) for n in lengths]
+        num_clips, max_len = len(lengths), max(lengths)
+        self.lengths = torch.tensor(lengths, device=device)  # [B]
+        self.mask = (torch.arange(max_len, device=device)[None] < self.lengths[:, None]).float()  # [B, T]
+        self.frame_index = self.mask.flatten().nonzero()[:, 0]  # [F]
+        self.frame_clip = torch.div(self.frame_index, max_len, rounding_mode="floor")  # [F] clip of each real frame
+        self.identity = torch.nn.Parameter(torch.zeros(num_clips, ID_DIM, device=device))
+        self.texture = torch.nn.Parameter(torch.zeros(num_clips, TEX_DIM, device=device))
+        self.expression = torch.nn.Parameter(torch.zeros(num_clips, max_len, EXP_DIM, device=device))
+        self.angles = torch.nn.Parameter(self._padded(angles.detach()))
+        self.translation = torch.nn.Parameter(self._padded(translation.detach()))
+        self.lighting = torch.nn.Parameter(torch.zeros(num_clips, max_len, SH_DIM, device=device))
 
     @classmethod
-    def from_coeffs(cls, coeffs: np.ndarray, device: torch.device) -> "FitParameters":
-        """Start from coefficients ``[N, 257]`` (identity and texture: their mean over frames)."""
+    def from_coeffs(cls, lengths: int | Sequence[int], coeffs: np.ndarray, device: torch.device) -> "FitParameters":
+        """Start from the real frames' coefficients ``[F, 257]`` (identity and texture: their mean
+        over each clip's frames)."""
         c = split_coeffs(torch.as_tensor(coeffs, dtype=torch.float32, device=device))
-        params = cls(len(coeffs), c.angles, c.translation)
+        params = cls(lengths, c.angles, c.translation)
         with torch.no_grad():
-            params.identity.copy_(c.identity.mean(0, keepdim=True))
-            params.texture.copy_(c.texture.mean(0, keepdim=True))
-            params.expression.copy_(c.expression)
-            params.lighting.copy_(c.lighting)
+            counts = params.lengths[:, None].float()
+            params.identity.index_add_(0, params.frame_clip, c.identity).div_(counts)
+            params.texture.index_add_(0, params.frame_clip, c.texture).div_(counts)
+            params.expression.copy_(params._padded(c.expression))
+            params.lighting.copy_(params._padded(c.lighting))
         return params
 
+    def _padded(self, per_frame: torch.Tensor) -> torch.Tensor:
+        """Real frames ``[F, k]`` -> padded ``[B, T, k]`` (zeros in the padding)."""
+        padded = per_frame.new_zeros(self.mask.numel(), per_frame.shape[-1])
+        padded[self.frame_index] = per_frame
+        return padded.view(*self.mask.shape, -1)
+
     def coeffs(self, frames: slice | None = None) -> torch.Tensor:
-        """Coefficients ``[n, 257]`` of the frames in ``frames`` (default all)."""
+        """Coefficients ``[n, 257]`` of the real frames in ``frames`` (a slice of the ``F`` real
+        frames; default all)."""
         frames = frames or slice(None)
-        exp = self.expression[frames]
-        n = exp.shape[0]
-        return join_coeffs(self.identity.expand(n, -1), exp, self.texture.expand(n, -1), self.angles[frames],
-                           self.lighting[frames], self.translation[frames])
+        index, clip = self.frame_index[frames], self.frame_clip[frames]  # [n] flat padded indices, [n] their clips
+
+        def per_frame(p: torch.Tensor) -> torch.Tensor:
+            return p.flatten(0, 1).index_select(0, index)
+
+        return join_coeffs(self.identity.index_select(0, clip), per_frame(self.expression),
+                           self.texture.index_select(0, clip), per_frame(self.angles), per_frame(self.lighting),
+                           per_frame(self.translation))
+
+    def per_frame_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean over each clip's real frames of padded ``values [B, T]`` -> ``[B]``."""
+        return (values * self.mask).sum(1) / self.lengths
 
     def group(self, *names: str) -> list[torch.nn.Parameter]:
         return [getattr(self, name) for name in names]
@@ -238,12 +278,13 @@ class FitParameters(torch.nn.Module):
 
 @dataclass
 class _Targets:
-    """What the fit compares against, on the fitting device."""
+    """What the fit compares against, on the fitting device (real frames only, clip after clip)."""
 
-    landmarks: torch.Tensor  # [N, 68, 2] crop pixels
+    landmarks: torch.Tensor  # [F, 68, 2] crop pixels
     weights: torch.Tensor  # [68]
     px_scale: float  # crop pixels -> 224-crop pixels
-    images: torch.Tensor | None  # [N, 3, R, R] in [0, 1], or None without photometric stage
+    images: torch.Tensor | None  # [F, 3, R, R] in [0, 1], or None without photometric stage
+    frame_weight: torch.Tensor | None = None  # [F] 1 / (frames of the frame's clip): per-frame terms are clip means
 
 
 def landmark_loss(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, px_scale: float) -> torch.Tensor:
@@ -264,13 +305,14 @@ def photometric_loss(rendered: torch.Tensor, target: torch.Tensor, mask: torch.T
 
 
 def smoothness_loss(params: FitParameters) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean squared frame-to-frame differences of pose (approx. px) and expression."""
-    if params.angles.shape[0] < 2:
-        zero = params.angles.sum() * 0
-        return zero, zero
-    pose = torch.cat([params.angles * ANGLE_TO_PX, params.translation * TRANSLATION_TO_PX], -1)  # [N, 6]
-    pose_term = (pose[1:] - pose[:-1]).square().sum(-1).mean()
-    exp_term = ((params.expression[1:] - params.expression[:-1]) * EXPRESSION_TO_PX).square().sum(-1).mean()
+    """Mean squared frame-to-frame differences of pose (approx. px) and expression within each
+    clip ``([B], [B])``; 0 for a one-frame clip (pairs with a padded frame do not count)."""
+    pose = torch.cat([params.angles * ANGLE_TO_PX, params.translation * TRANSLATION_TO_PX], -1)  # [B, T, 6]
+    pairs = params.mask[:, 1:] * params.mask[:, :-1]  # [B, T - 1]: both frames real
+    count = pairs.sum(1).clamp_min(1.0)
+    pose_term = ((pose[:, 1:] - pose[:, :-1]).square().sum(-1) * pairs).sum(1) / count
+    exp_step = (params.expression[:, 1:] - params.expression[:, :-1]) * EXPRESSION_TO_PX
+    exp_term = (exp_step.square().sum(-1) * pairs).sum(1) / count
     return pose_term, exp_term
 
 
@@ -285,7 +327,7 @@ class FitResult:
     landmark_error_px: np.ndarray  # float32 [N] mean landmark distance per frame (crop pixels)
     losses: dict[str, float]  # final loss terms
     history: list[dict] = field(default_factory=list)  # per step: phase and loss terms
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall seconds (a clip fitted in a batch: its share of the batch's time)
     device: str = "cpu"
 
     def summary(self) -> dict[str, Any]:
@@ -360,25 +402,25 @@ def _model_on(face_model, device: torch.device):
     return face_model if current == device else copy.deepcopy(face_model).to(device)
 
 
-def _check_inputs(crops, landmarks: np.ndarray, photometric: bool) -> None:
+def _check_inputs(crops, landmarks: np.ndarray, photometric: bool, where: str = "fit") -> None:
     if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 2) or len(landmarks) == 0:
-        raise InputError(f"fit: landmarks must be [N, 68, 2] crop pixels, got {landmarks.shape}")
+        raise InputError(f"{where}: landmarks must be [N, 68, 2] crop pixels, got {landmarks.shape}")
     if not np.isfinite(landmarks).all():
-        raise InputError("fit: landmarks contain NaN/inf; fill detection gaps first (landmarks.clean_track)")
+        raise InputError(f"{where}: landmarks contain NaN/inf; fill detection gaps first (landmarks.clean_track)")
     if crops is None:
         if photometric:
-            raise InputError("fit: the photometric stage needs the crops; pass crops or set fitting.photometric_steps=0")
+            raise InputError(f"{where}: the photometric stage needs the crops; pass crops or set fitting.photometric_steps=0")
         return
     if crops.ndim != 4 or crops.shape[-1] != 3 or crops.shape[1] != crops.shape[2] or len(crops) != len(landmarks):
         raise InputError(
-            f"fit: crops must be uint8 [N, S, S, 3] with N = {len(landmarks)} like the landmarks, got {crops.shape}"
+            f"{where}: crops must be uint8 [N, S, S, 3] with N = {len(landmarks)} like the landmarks, got {crops.shape}"
         )
 
 
-def _check_init(init_coeffs, num_frames: int) -> np.ndarray:
+def _check_init(init_coeffs, num_frames: int, where: str = "fit") -> np.ndarray:
     init = np.asarray(init_coeffs, dtype=np.float32)
     if init.shape != (num_frames, COEFF_DIM) or not np.isfinite(init).all():
-        raise InputError(f"fit: init_coeffs must be finite [{num_frames}, {COEFF_DIM}] like the landmarks, got {init.shape}")
+        raise InputError(f"{where}: init_coeffs must be finite [{num_frames}, {COEFF_DIM}] like the landmarks, got {init.shape}")
     return init
 
 
@@ -399,84 +441,150 @@ def fit_coefficients(
     ``photometric_steps=0`` (then give ``crop_size``). ``renderer``: a name for
     :func:`talkinghead.render.get_renderer` or a renderer. ``init_coeffs [N, 257]``: start
     from these (e.g. a previous fit; identity/texture are averaged over frames) instead of
-    :func:`initial_pose`. Returns a :class:`FitResult`."""
-    from tqdm.auto import tqdm
+    :func:`initial_pose`. Returns a :class:`FitResult` (:func:`fit_clips` with this clip alone)."""
+    return fit_clips(None if crops is None else [crops], [landmarks], face_model, config, renderer=renderer,
+                     device=device, progress=progress, crop_size=crop_size, record_history=record_history,
+                     init_coeffs=None if init_coeffs is None else [init_coeffs])[0]
 
+
+def fit_clips(
+    crops: Sequence[np.ndarray] | None,
+    landmarks: Sequence[np.ndarray],
+    face_model,
+    config: FittingConfig | Mapping[str, Any] | None = None,
+    renderer: str | Any = "torch",
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    crop_size: int | None = None,
+    record_history: bool = True,
+    init_coeffs: Sequence[np.ndarray | None] | None = None,
+) -> list[FitResult]:
+    """Fit many clips, ``fitting.batch_clips`` at a time in one optimisation (e.g. LRW's 29-frame
+    word clips): clip ``i`` has crops ``crops[i] [N_i, S, S, 3]`` (one crop size ``S`` for all;
+    ``crops`` may be ``None`` with ``photometric_steps=0``, then give ``crop_size``) and landmarks
+    ``landmarks[i] [N_i, 68, 2]``. Each clip gets its own identity/texture and per-frame
+    expression/pose/lighting; the clips of a batch are padded to the longest and masked (the
+    padding is never rendered, so unequal lengths cost no compute). The batch's loss is the sum of
+    the clips' own losses, which share no parameter, and Adam's update is per element: each clip
+    follows the same optimisation as when fitted alone (:func:`fit_coefficients`), up to float
+    rounding, whatever its batch companions. Returns one :class:`FitResult` per clip, in order;
+    ``seconds`` is each clip's share of its batch's wall time."""
     from talkinghead.render import get_renderer
 
     config = config if isinstance(config, FittingConfig) else FittingConfig.from_mapping(config)
     config.validate()
-    landmarks = np.asarray(landmarks, dtype=np.float32)
-    _check_inputs(crops, landmarks, config.photometric_steps > 0)
-    size = int(crops.shape[1]) if crops is not None else int(crop_size or 224)
+    photometric = config.photometric_steps > 0
+    landmarks = [np.asarray(lm, dtype=np.float32) for lm in landmarks]
+    num_clips = len(landmarks)
+    if num_clips == 0:
+        raise InputError("fit: no clips given; pass at least one clip's landmarks")
+    crops = [None] * num_clips if crops is None else list(crops)
+    inits = [None] * num_clips if init_coeffs is None else list(init_coeffs)
+    if len(crops) != num_clips or len(inits) != num_clips:
+        raise InputError(f"fit: {num_clips} clips of landmarks but {len(crops)} of crops and {len(inits)} of "
+                         "init_coeffs; give one entry per clip (or None)")
+    where = ["fit"] if num_clips == 1 else [f"fit: clip {i}" for i in range(num_clips)]
+    for i in range(num_clips):
+        _check_inputs(crops[i], landmarks[i], photometric, where[i])
+        if inits[i] is not None:
+            inits[i] = _check_init(inits[i], len(landmarks[i]), where[i])
+    sizes = sorted({int(c.shape[1]) for c in crops if c is not None})
+    if len(sizes) > 1:
+        raise InputError(f"fit: the clips' crops are {sizes} px; fit clips of one crop size together")
+    size = sizes[0] if sizes else int(crop_size or 224)
     dev = resolve_device(device)
     model = _model_on(face_model, dev)
     render = get_renderer(renderer) if isinstance(renderer, str) else renderer
+    batch = int(config.batch_clips)
+    results: list[FitResult] = []
+    for first in range(0, num_clips, batch):
+        clips = slice(first, min(first + batch, num_clips))
+        results += _fit_batch(crops[clips], landmarks[clips], inits[clips], list(range(num_clips))[clips], model,
+                              render, config, dev, size, progress, record_history)
+    return results
+
+
+#: The loss terms a fit reports (:attr:`FitResult.losses`, each entry of ``history``).
+TERM_NAMES = ("landmark", "photo", "prior", "smooth_pose", "smooth_exp")
+
+
+def _fit_batch(crops: list, landmarks: list[np.ndarray], inits: list, clip_ids: list[int], model, render,
+               config: FittingConfig, dev: torch.device, size: int, progress: bool,
+               record_history: bool) -> list[FitResult]:
+    """One batch of checked clips in one optimisation (:func:`fit_clips`)."""
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
     camera = Camera().with_size(size)
     render_camera = Camera().with_size(int(config.render_size))
-    n = len(landmarks)
-    start = time.perf_counter()
-
+    lengths = [len(lm) for lm in landmarks]
+    num_clips, num_frames = len(lengths), sum(lengths)
     all_weights = torch.from_numpy(LANDMARK_WEIGHTS).to(dev)
     rigid_weights = torch.from_numpy(RIGID_LANDMARK_WEIGHTS).to(dev)
     targets = _Targets(
-        landmarks=torch.from_numpy(landmarks).to(dev),
+        landmarks=torch.from_numpy(np.concatenate(landmarks)).to(dev),  # [F, 68, 2]
         weights=all_weights,
         px_scale=224.0 / size,
         images=None,
     )
     if config.photometric_steps > 0:
-        targets.images = _downsample(crops, int(config.render_size), dev)  # [N, 3, R, R]
+        targets.images = _downsample(np.concatenate(crops), int(config.render_size), dev)  # [F, 3, R, R]
     skin = model.skin_mask.to(torch.float32)[None, :, None]  # [1, V, 1]
 
-    if init_coeffs is None:
-        with torch.no_grad():
-            angles, translation = initial_pose(model, targets.landmarks, camera)
-        params = FitParameters(n, angles, translation)
-    else:
-        params = FitParameters.from_coeffs(_check_init(init_coeffs, n), dev)
+    # Start: the closed-form pose (identity, expression, texture, lighting 0), or the given coefficients.
+    with torch.no_grad():
+        angles, translation = initial_pose(model, targets.landmarks, camera)  # [F, 3] each
+    start_coeffs = torch.zeros(num_frames, COEFF_DIM, device=dev)
+    start_coeffs[:, SLICES["angles"]], start_coeffs[:, SLICES["translation"]] = angles, translation
+    bounds = np.cumsum([0] + lengths)
+    for clip, init in enumerate(inits):
+        if init is not None:
+            start_coeffs[bounds[clip]:bounds[clip + 1]] = torch.from_numpy(init).to(dev)
+    params = FitParameters.from_coeffs(lengths, start_coeffs, dev)
+    frame_clip = params.frame_clip  # [F]
+    targets.frame_weight = 1.0 / params.lengths[frame_clip].float()  # [F]
     chunk = int(config.batch_frames)
-    chunks = [slice(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+    chunks = [slice(i, min(i + chunk, num_frames)) for i in range(0, num_frames, chunk)]
 
-    def step(photometric: bool, robust_scale: float = 0.0) -> dict[str, float]:
-        """One pass over the clip: accumulate gradients chunk by chunk; returns the loss terms."""
-        # Clip-level terms (cheap, on the full parameter tensors).
+    def step(photometric: bool, robust_scale: float = 0.0) -> torch.Tensor:
+        """One pass over the batch: accumulate gradients chunk by chunk of frames; returns the
+        loss terms per clip ``[5, B]`` (:data:`TERM_NAMES`; each clip's own loss, whose sum over
+        the clips is what is minimised)."""
+        # Clip-level terms (cheap, on the full parameter tensors): [B] each.
         smooth_pose, smooth_exp = smoothness_loss(params)
+        exp_prior = config.w_exp_prior_photo if photometric else config.w_exp_prior
         priors = (
-            config.w_id_prior * params.identity.square().sum()
-            + config.w_tex_prior * params.texture.square().sum()
-            + (config.w_exp_prior_photo if photometric else config.w_exp_prior) * params.expression.square().sum(-1).mean()
-            + config.w_light_prior * params.lighting.square().sum(-1).mean()
+            config.w_id_prior * params.identity.square().sum(-1)
+            + config.w_tex_prior * params.texture.square().sum(-1)
+            + exp_prior * params.per_frame_mean(params.expression.square().sum(-1))
+            + config.w_light_prior * params.per_frame_mean(params.lighting.square().sum(-1))
         )
         clip_terms = priors + config.w_smooth_pose * smooth_pose + config.w_smooth_exp * smooth_exp
         if clip_terms.requires_grad:
-            clip_terms.backward()
-        lm_sum = photo_sum = 0.0
+            clip_terms.sum().backward()
+        lm_sum = torch.zeros(num_clips, device=dev)
+        photo_sum = torch.zeros(num_clips, device=dev) if photometric else torch.full((num_clips,), math.nan, device=dev)
         for frames in chunks:
             coeffs = params.coeffs(frames)
+            weight = targets.frame_weight[frames]  # [n]: each frame's share of its clip's mean
             lm_term = landmark_loss(model.landmarks_2d(coeffs, camera), targets.landmarks[frames], targets.weights,
-                                    targets.px_scale)  # [n]
-            loss = (config.w_landmark_photo if photometric else config.w_landmark) * lm_term.sum() / n
+                                    targets.px_scale) * weight  # [n]
+            loss = (config.w_landmark_photo if photometric else config.w_landmark) * lm_term.sum()
             if photometric:
                 photo_term = _photometric_terms(model, render, coeffs, render_camera, targets.images[frames], skin,
-                                                robust_scale)
-                loss = loss + config.w_photo * photo_term.sum() / n
-                photo_sum += float(photo_term.detach().sum())
+                                                robust_scale) * weight
+                loss = loss + config.w_photo * photo_term.sum()
+                photo_sum.index_add_(0, frame_clip[frames], photo_term.detach())
             if loss.requires_grad:
                 loss.backward()
-            lm_sum += float(lm_term.detach().sum())
-        return {
-            "landmark": lm_sum / n,
-            "photo": photo_sum / n if photometric else float("nan"),
-            "prior": float(priors.detach()),
-            "smooth_pose": float(smooth_pose.detach()),
-            "smooth_exp": float(smooth_exp.detach()),
-        }
+            lm_sum.index_add_(0, frame_clip[frames], lm_term.detach())
+        return torch.stack([lm_sum, photo_sum, priors.detach(), smooth_pose.detach(), smooth_exp.detach()])
 
     phases = _phases(config)
-    history: list[dict] = []
-    terms: dict[str, float] = {}
-    bar = tqdm(total=sum(p.steps for p in phases), desc="fit 3DMM", unit="step", disable=not progress)
+    history: list[tuple[str, torch.Tensor]] = []  # (phase, terms [5, B]) per step
+    terms = torch.zeros(len(TERM_NAMES), num_clips)
+    desc = "fit 3DMM" if num_clips == 1 else f"fit 3DMM ({num_clips} clips)"
+    bar = tqdm(total=sum(p.steps for p in phases), desc=desc, unit="step", disable=not progress)
     for phase in phases:
         targets.weights = rigid_weights if phase.rigid else all_weights
         for name, parameter in params.named_parameters():
@@ -486,34 +594,43 @@ def fit_coefficients(
         optimiser = torch.optim.Adam(groups, lr=config.lr)
         warmup = config.photometric_warmup if phase.photometric else 0.0
         schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, _lr_schedule(phase.steps, config.final_lr_ratio, warmup))
+        checked = list(range(len(TERM_NAMES))) if phase.photometric else [0, 2, 3, 4]  # photo is NaN without photometry
         for i in range(phase.steps):
             optimiser.zero_grad(set_to_none=True)
             terms = step(phase.photometric, _robust_scale(config, phase, i))
-            if not all(math.isfinite(v) for k, v in terms.items() if k != "photo" or phase.photometric):
-                raise TrainingError("fit: the loss became NaN/inf; check the landmarks (a detection may be wrong) "
-                                    "or lower fitting.lr")
+            finite = torch.isfinite(terms[checked]).all(0).cpu()  # [B]
+            if not bool(finite.all()):
+                which = "" if num_clips == 1 else f" for clip(s) {[clip_ids[c] for c in (~finite).nonzero()[:, 0].tolist()]}"
+                raise TrainingError(f"fit: the loss became NaN/inf{which}; check the landmarks (a detection may be "
+                                    "wrong) or lower fitting.lr")
             optimiser.step()
             schedule.step()
             if record_history:
-                history.append({"phase": phase.name, **terms})
+                history.append((phase.name, terms))
             bar.update(1)
-            bar.set_postfix(phase=phase.name, lm_rms_px=f"{math.sqrt(terms['landmark']):.2f}",
-                            photo=f"{terms['photo']:.4f}" if phase.photometric else "-")
+            if progress:
+                bar.set_postfix(phase=phase.name, lm_rms_px=f"{math.sqrt(float(terms[0].mean())):.2f}",
+                                photo=f"{float(terms[1].mean()):.4f}" if phase.photometric else "-")
     bar.close()
 
     with torch.no_grad():
-        coeffs = params.coeffs().detach()
-        error = (model.landmarks_2d(coeffs, camera) - targets.landmarks).norm(dim=-1).mean(-1)  # [N] crop px
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return FitResult(
-        coeffs=coeffs.cpu().numpy().astype(np.float32),
-        landmark_error_px=error.cpu().numpy().astype(np.float32),
-        losses=terms,
-        history=history,
-        seconds=time.perf_counter() - start,
-        device=str(dev),
-    )
+        coeffs = params.coeffs()  # [F, 257]
+        error = (model.landmarks_2d(coeffs, camera) - targets.landmarks).norm(dim=-1).mean(-1)  # [F] crop px
+    coeffs, error = coeffs.cpu().numpy().astype(np.float32), error.cpu().numpy().astype(np.float32)
+    final = terms.T.tolist()  # [B][5]
+    steps = torch.stack([t for _, t in history]).permute(2, 0, 1).tolist() if history else [[]] * num_clips  # [B][S][5]
+    seconds = (time.perf_counter() - start) / num_clips
+    return [
+        FitResult(
+            coeffs=coeffs[bounds[c]:bounds[c + 1]].copy(),
+            landmark_error_px=error[bounds[c]:bounds[c + 1]].copy(),
+            losses=dict(zip(TERM_NAMES, final[c])),
+            history=[{"phase": phase, **dict(zip(TERM_NAMES, row))} for (phase, _), row in zip(history, steps[c])],
+            seconds=seconds,
+            device=str(dev),
+        )
+        for c in range(num_clips)
+    ]
 
 
 def _downsample(crops: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
