@@ -567,3 +567,17 @@ def test_saved_landmarks_from_a_clip_reproduce_its_preprocessing(tmp_path):
     assert second.meta.extra["detector"] == "saved"
     assert np.allclose(second.fixed_transform, first.fixed_transform, atol=1e-4)
     assert np.abs(np.asarray(second.landmarks) - np.asarray(first.landmarks)).max() < 1e-2  # crop pixels
+
+
+def test_detectors_by_short_name_and_node_name_the_same_kind():
+    """A detector given by its short name builds the class its config node names, the name is read back
+    from either form, and an unknown name is a one-line ConfigError listing the valid ones."""
+    from talkinghead.errors import ConfigError
+    from talkinghead.preprocess.landmarks import DETECTOR_TARGETS, detector_name, make_detector
+
+    for name, target in DETECTOR_TARGETS.items():
+        assert detector_name(name) == name
+        assert detector_name({"_target_": target, "path": None}) == name
+    assert detector_name(None) == "mediapipe"
+    with pytest.raises(ConfigError, match="not one of mediapipe, face_alignment, ground_truth, saved"):
+        make_detector("dlib")

@@ -39,7 +39,7 @@ from omegaconf import OmegaConf
 from talkinghead.cli import SweepAborted, cfg_get, to_plain
 from talkinghead.data.clip import write_corpus_index
 from talkinghead.errors import ConfigError, InputError, TalkingHeadError
-from talkinghead.preprocess.landmarks import make_detector
+from talkinghead.preprocess.landmarks import detector_name, make_detector
 from talkinghead.preprocess.pipeline import preprocess_video
 from talkinghead.render import get_renderer
 from talkinghead.stagedir import write_json_atomic
@@ -163,16 +163,6 @@ class ShardReport:
     pid: int = 0
 
 
-def _detector_name(spec: Mapping[str, Any]) -> str:
-    """``mediapipe``/``face_alignment``/``ground_truth``/``saved`` of a ``configs/detector`` node
-    (its ``_target_``; a plain ``name`` from older configs and tests is accepted too)."""
-    if "name" in spec:
-        return str(spec["name"]).lower()
-    target = str(spec.get("_target_", "")).rsplit(".", 1)[-1]
-    return {"MediaPipeDetector": "mediapipe", "FaceAlignmentDetector": "face_alignment",
-            "ground_truth_detector": "ground_truth", "saved_detector": "saved"}.get(target, target.lower())
-
-
 def preprocess_shard(
     videos: Sequence[CorpusVideo],
     out: str | os.PathLike,
@@ -200,7 +190,7 @@ def preprocess_shard(
     mine = shard_videos(videos, shard, shards)
     report = ShardReport(shard, shards, videos=len(mine), pid=os.getpid())
     spec = dict(detector or {"_target_": "talkinghead.preprocess.landmarks.MediaPipeDetector"})
-    name = _detector_name(spec)
+    name = detector_name(spec)
     if name == "saved":
         raise ConfigError("detector=saved reads one video's landmarks; for a corpus use detector=mediapipe, "
                           "face_alignment or ground_truth")

@@ -484,12 +484,37 @@ def ground_truth_detector(clip=None, coeffs=None, face_model=None, noise_px: flo
 # --------------------------------------------------------------------------------------------
 # Building one from its config
 # --------------------------------------------------------------------------------------------
-def make_detector(detector: Mapping[str, Any] | None = None, **overrides) -> LandmarkDetector:
+#: The short names of the detectors (``configs/detector/NAME.yaml``) and the ``_target_`` of each.
+DETECTOR_TARGETS = {
+    "mediapipe": "talkinghead.preprocess.landmarks.MediaPipeDetector",
+    "face_alignment": "talkinghead.preprocess.landmarks.FaceAlignmentDetector",
+    "ground_truth": "talkinghead.preprocess.landmarks.ground_truth_detector",
+    "saved": "talkinghead.preprocess.landmarks.saved_detector",
+}
+
+
+def detector_name(detector: Mapping[str, Any] | str | None) -> str:
+    """The short name (``mediapipe``, ``face_alignment``, ``ground_truth``, ``saved``) of a detector
+    given by name or by its config node (its ``_target_``); ``None`` is MediaPipe."""
+    if detector is None:
+        return "mediapipe"
+    if isinstance(detector, str):
+        return detector.lower()
+    target = str(detector.get("_target_", detector.get("name", "")))
+    return next((name for name, full in DETECTOR_TARGETS.items() if full == target), target.rsplit(".", 1)[-1].lower())
+
+
+def make_detector(detector: Mapping[str, Any] | str | None = None, **overrides) -> LandmarkDetector:
     """A detector from a ``configs/detector/*.yaml`` node (``_target_`` + options, built with
-    Hydra's instantiate; ``overrides`` replace options); ``None``: MediaPipe. A bad ``_target_``
-    or option raises a one-line :class:`ConfigError`."""
+    Hydra's instantiate; ``overrides`` replace options), or from its short name (``"mediapipe"``,
+    ``"ground_truth"``, ...; :data:`DETECTOR_TARGETS`); ``None``: MediaPipe. A bad ``_target_``,
+    name or option raises a one-line :class:`ConfigError`."""
     if detector is None:
         return MediaPipeDetector(**overrides)
+    if isinstance(detector, str):
+        if detector.lower() not in DETECTOR_TARGETS:
+            raise ConfigError(f"detector={detector!r} is not one of {', '.join(DETECTOR_TARGETS)}")
+        detector = {"_target_": DETECTOR_TARGETS[detector.lower()]}
     return build(detector, "detector", **overrides)
 
 
