@@ -10,8 +10,12 @@ docs/real-data.md).
 * **Shards** (:func:`shard_of`): the first 8 bytes of the SHA-1 of the video's relative path,
   modulo the number of shards. Stable across processes, machines and Python versions (unlike
   ``hash()``), and a video's shard does not depend on which other videos exist.
-* **One shard** (:func:`preprocess_shard`): each video through
-  :func:`~talkinghead.preprocess.pipeline.preprocess_video` with one detector for the whole shard.
+* **One shard** (:func:`preprocess_shard`): the steps of
+  :func:`~talkinghead.preprocess.pipeline.preprocess_video`, with one detector for the whole shard
+  and the fit batched: each video's landmarks and crops
+  (:func:`~talkinghead.preprocess.pipeline.prepare_video`), then ``fitting.batch_clips`` videos
+  fitted in one optimisation (:func:`~talkinghead.preprocess.pipeline.fit_prepared`, the batched
+  :func:`~talkinghead.preprocess.fit.fit_clips`) and written.
   A finished clip (``OUT/NAME/meta.json``: clips are written to a temporary sibling and renamed
   into place) and a recorded rejection (``OUT/.corpus/rejected/NAME.json``: no face, too short,
   unreadable) are skipped, so rerunning the same command resumes; the temporary folders a
@@ -28,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -40,7 +45,8 @@ from talkinghead.cli import SweepAborted, cfg_get, to_plain
 from talkinghead.data.clip import write_corpus_index
 from talkinghead.errors import ConfigError, InputError, TalkingHeadError
 from talkinghead.preprocess.landmarks import detector_name, make_detector
-from talkinghead.preprocess.pipeline import preprocess_video
+from talkinghead.preprocess.fit import FittingConfig
+from talkinghead.preprocess.pipeline import PreparedVideo, check_video, fit_prepared, prepare_video
 from talkinghead.render import get_renderer
 from talkinghead.stagedir import write_json_atomic
 
@@ -178,10 +184,11 @@ def preprocess_shard(
 
     ``detector``: a detector config node (``configs/detector/*.yaml``); ``ground_truth`` takes
     each video's true coefficients from ``ground_truth_root/NAME``. ``preprocess_options``: the
-    keyword arguments of :func:`preprocess_video` (``face_model_cfg``, ``fitting_cfg``,
-    ``min_frames``, ``max_frames``, ``device``, ...; ``keep_source`` defaults to false). An
-    :class:`InputError` for one video is recorded as its rejection and the shard goes on; any
-    other error stops the shard.
+    keyword arguments of :func:`~talkinghead.preprocess.pipeline.preprocess_video`
+    (``face_model_cfg``, ``fitting_cfg``, ``min_frames``, ``max_frames``, ``device``, ...;
+    ``keep_source`` defaults to false); ``fitting_cfg.batch_clips`` videos are fitted together.
+    An :class:`InputError` for one video is recorded as its rejection and the shard goes on (a
+    batch whose fit fails is refitted clip by clip); any other error stops the shard.
     """
     if not 0 <= shard < shards:
         raise ConfigError(f"shard={shard} is outside 0..{shards - 1}; use 0 <= shard < shards")
@@ -212,28 +219,68 @@ def preprocess_shard(
           f"before, {len(todo)} to do", flush=True)
     shared = None if name == "ground_truth" or not todo else make_detector(spec)  # one per shard
     options = {"keep_source": False, **preprocess_options, "progress": False}
+    fitting = FittingConfig.from_mapping(options.pop("fitting_cfg", None))
+    fit_options = {k: options.pop(k) for k in ("device", "renderer") if k in options}
+    keep_source = bool(options.pop("keep_source"))
     last_line = time.monotonic()
-    try:
-        for i, video in enumerate(todo, 1):
-            target = out / video.name
-            if shared is not None:
-                shared.reset()  # a tracker starts afresh on each video
-            detect = shared if shared is not None else {**spec, "clip": str(Path(ground_truth_root) / video.name)}
-            try:  # target exists here only as a folder that is not a clip (no meta.json): replaced
-                preprocess_video(video.path, target, detector=detect, overwrite=target.exists(), name=video.name,
-                                 **options)
+
+    def reject(video: CorpusVideo, err: InputError) -> None:
+        write_json_atomic(rejection_file(out, video.name), {"video": video.rel, "error": str(err)})
+        report.rejected += 1
+        print(f"{label}: rejected {video.rel}: {err}", flush=True)
+
+    def fit_and_write(batch: list[tuple[CorpusVideo, PreparedVideo]]) -> None:
+        """One batched fit (fitting.batch_clips clips share an optimisation), then each clip written;
+        a fit that fails (e.g. a non-finite loss) is retried clip by clip so only the bad one is rejected."""
+        try:
+            fit_prepared([p for _, p in batch], fitting, overwrite=True, **fit_options)
+            report.written += len(batch)
+            return
+        except InputError:
+            if len(batch) == 1:
+                raise
+        for video, prepared in batch:
+            try:
+                fit_prepared([prepared], fitting, overwrite=True, **fit_options)
                 report.written += 1
             except InputError as err:
-                write_json_atomic(rejection_file(out, video.name), {"video": video.rel, "error": str(err)})
-                report.rejected += 1
-                print(f"{label}: rejected {video.rel}: {err}", flush=True)
-            now = time.monotonic()
-            if i == len(todo) or i % 100 == 0 or now - last_line >= PROGRESS_SECONDS:
-                rate = i / max(now - start, 1e-9) * 60
-                eta = (len(todo) - i) / max(rate, 1e-9)
-                print(f"{label}: {i}/{len(todo)} done ({report.written} written, {report.rejected} rejected), "
-                      f"{rate:.1f} videos/min, {eta:.0f} min left", flush=True)
-                last_line = now
+                reject(video, err)
+
+    try:
+        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="talkinghead_corpus_", dir=out / STATE_DIR) as tmp:
+            batch: list[tuple[CorpusVideo, PreparedVideo]] = []
+            for i, video in enumerate(todo, 1):
+                target = out / video.name
+                if shared is not None:
+                    shared.reset()  # a tracker starts afresh on each video
+                source_dir = Path(tmp) / video.name if keep_source else None
+                if source_dir is not None:
+                    source_dir.mkdir()
+                detect = shared
+                try:  # target exists here only as a folder that is not a clip (no meta.json): replaced
+                    check_video(video.path, int(options.get("min_frames", 1)))  # before a per-video detector
+                    detect = shared or make_detector({**spec, "clip": str(Path(ground_truth_root) / video.name)})
+                    batch.append((video, prepare_video(video.path, target, detect, overwrite=True, name=video.name,
+                                                       source_dir=source_dir, **options)))
+                except InputError as err:
+                    reject(video, err)
+                finally:
+                    if detect is not None and detect is not shared:
+                        detect.close()
+                if len(batch) == fitting.batch_clips or (i == len(todo) and batch):
+                    try:
+                        fit_and_write(batch)
+                    except InputError as err:
+                        reject(batch[0][0], err)
+                    batch = []
+                now = time.monotonic()
+                if i == len(todo) or i % 100 == 0 or now - last_line >= PROGRESS_SECONDS:
+                    rate = i / max(now - start, 1e-9) * 60
+                    eta = (len(todo) - i) / max(rate, 1e-9)
+                    print(f"{label}: {i}/{len(todo)} done ({report.written} written, {report.rejected} rejected), "
+                          f"{rate:.1f} videos/min, {eta:.0f} min left", flush=True)
+                    last_line = now
     finally:
         if shared is not None:
             shared.close()

@@ -23,11 +23,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -35,7 +37,7 @@ from talkinghead.data.clip import MIN_FRAMES
 from talkinghead.errors import ConfigError, InputError, require_file
 from talkinghead.face.factory import DEFAULT_FACE_MODEL, face_model_spec, make_face_model
 from talkinghead.face.align import alignment_transforms, apply_transform, fixed_transform, warp_crop
-from talkinghead.preprocess.fit import FittingConfig, config_dict, fit_coefficients
+from talkinghead.preprocess.fit import FitResult, FittingConfig, config_dict, fit_clips, fit_coefficients
 from talkinghead.preprocess.landmarks import LandmarkDetector, TrackOptions, clean_track, detect_video, make_detector
 from talkinghead.render import Renderer, get_renderer
 
@@ -115,6 +117,129 @@ def _cut_crops(video: Path, num_frames: int, fixed: np.ndarray, aligned: np.ndar
     return fixed_crops, aligned_crops
 
 
+@dataclass
+class PreparedVideo:
+    """A video after steps 1-3 (checks, landmarks, crops), ready to be fitted and written."""
+
+    video: Path
+    out: Path
+    name: str
+    info: Any  # MediaInfo of the video
+    face_model_spec: dict
+    track: Any  # the cleaned landmark track (its report goes into meta.json)
+    detector_name: str
+    fixed_transform: np.ndarray  # [2, 3]
+    aligned_transforms: np.ndarray  # [N, 2, 3]
+    fixed_crops: np.ndarray  # [N, 224, 224, 3] uint8
+    aligned_crops: np.ndarray  # [N, 224, 224, 3] uint8
+    landmarks_fixed: np.ndarray  # [N, 68, 2] fixed-crop pixels
+    audio: np.ndarray | None  # [N * 640] float32 at 16 kHz, or None (no audio track)
+    source: Path | None  # the 25-fps copy of the video (keep_source), in a temporary folder
+    reference_frames: int
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.fixed_crops)
+
+
+def _check_frame_limits(min_frames: int, max_frames: int) -> tuple[int, int]:
+    min_frames, max_frames = int(min_frames), int(max_frames)
+    if min_frames < 1 or max_frames < min_frames:
+        raise ConfigError(f"need 1 <= min_frames <= max_frames, got min_frames={min_frames}, max_frames={max_frames}")
+    return min_frames, max_frames
+
+
+def prepare_video(
+    video: str | os.PathLike,
+    out: str | os.PathLike,
+    detect: LandmarkDetector,
+    face_model_cfg: Mapping[str, Any] | None = None,
+    max_frames: int = 400,
+    min_frames: int = MIN_FRAMES,
+    progress: bool = True,
+    *,
+    overwrite: bool = False,
+    landmarks_cfg: TrackOptions | Mapping[str, Any] | None = None,
+    reference_frames: int = 25,
+    source_dir: Path | None = None,
+    name: str | None = None,
+) -> PreparedVideo:
+    """Steps 1-3 for one video with the detector ``detect`` (not closed here): checks (nothing is
+    written before they pass), landmarks (first decoding pass), alignment and crops (second pass;
+    with ``source_dir`` the 25-fps copy of the video is written there as ``source.mp4``). Bad
+    input raises a one-line :class:`InputError`."""
+    from talkinghead.video.io import iter_video, read_video_audio
+
+    min_frames, max_frames = _check_frame_limits(min_frames, max_frames)
+    out = Path(out).expanduser()
+    info = check_video(video, min_frames)
+    _check_out(out, overwrite)
+    video = info.path
+    track_options = landmarks_cfg if isinstance(landmarks_cfg, TrackOptions) else TrackOptions.from_mapping(landmarks_cfg)
+    spec = face_model_spec(face_model_cfg or DEFAULT_FACE_MODEL)
+    if not info.has_audio:
+        log.warning("%s has no audio track: the clip can fine-tune Stage 2 (the GAN) but not Stage 1 "
+                    "(audio to expression/pose)", video)
+
+    raw = detect_video(iter_video(video, FPS, max_frames), detect, progress=progress, total=max_frames)
+    num_frames = raw.num_frames
+    if num_frames < min_frames:
+        raise InputError(
+            f"{video} has {num_frames} frames at {FPS} fps ({num_frames / FPS:.1f} s) but at least {min_frames} "
+            f"({min_frames / FPS:.0f} s) are needed; use a longer video"
+        )
+    track = clean_track(raw, str(video), track_options)
+
+    aligned_t = alignment_transforms(track.landmarks, CROP_SIZE)  # [N, 2, 3]
+    fixed_t = fixed_transform(track.landmarks, CROP_SIZE, reference_frames)  # [2, 3]
+    audio = _fit_audio(read_video_audio(video, SAMPLE_RATE), num_frames) if info.has_audio else None
+    source = Path(source_dir) / "source.mp4" if source_dir is not None else None
+    fixed_crops, aligned_crops = _cut_crops(video, num_frames, fixed_t, aligned_t, source, audio, progress)
+    return PreparedVideo(
+        video=video, out=out, name=name or out.name, info=info, face_model_spec=dict(spec), track=track,
+        detector_name=getattr(detect, "name", type(detect).__name__), fixed_transform=fixed_t,
+        aligned_transforms=aligned_t, fixed_crops=fixed_crops, aligned_crops=aligned_crops,
+        landmarks_fixed=apply_transform(track.landmarks, fixed_t), audio=audio, source=source,
+        reference_frames=int(reference_frames),
+    )
+
+
+def write_prepared(prepared: PreparedVideo, result: FitResult, fitting: FittingConfig, overwrite: bool = False) -> Path:
+    """Step 5: write the person clip of ``prepared`` with its fit ``result`` (atomic)."""
+    from talkinghead.data.clip import ClipMeta, default_split, write_clip
+
+    train_frames, test_frames = default_split(prepared.num_frames)
+    track, info = prepared.track, prepared.info
+    meta = ClipMeta(
+        name=prepared.name,
+        num_frames=prepared.num_frames,
+        crop_size=CROP_SIZE,
+        sample_rate=SAMPLE_RATE,
+        source="video",
+        split="person",
+        train_frames=train_frames,
+        test_frames=test_frames,
+        face_model=dict(prepared.face_model_spec),
+        extra={
+            "video": str(prepared.video),
+            "video_fps": info.fps,
+            "video_size": [info.width, info.height],
+            "detector": prepared.detector_name,
+            "landmarks": {**track.report, "missing_frames": track.report["missing_frames"][:50]},
+            "reference_frames": prepared.reference_frames,
+            "fit": result.summary(),
+            "fitting": config_dict(fitting),
+            "stage1_usable": prepared.audio is not None,
+        },
+    )
+    path = write_clip(prepared.out, meta, result.coeffs, prepared.landmarks_fixed, prepared.fixed_crops,
+                      prepared.aligned_crops, prepared.fixed_transform, prepared.aligned_transforms,
+                      audio=prepared.audio, source_video=prepared.source, overwrite=overwrite)
+    log.info("wrote %s: %d frames, landmark error %.2f px", path, prepared.num_frames,
+             float(result.landmark_error_px.mean()))
+    return path
+
+
 def preprocess_video(
     video: str | os.PathLike,
     out: str | os.PathLike,
@@ -142,82 +267,48 @@ def preprocess_video(
     cleaning/smoothing options (:class:`TrackOptions`). Bad input raises a one-line
     :class:`InputError` and leaves ``out`` untouched.
     """
-    from talkinghead.data.clip import ClipMeta, default_split, write_clip
-    from talkinghead.video.io import iter_video, read_video_audio
-
-    # 1. checks (nothing is written before they pass)
-    min_frames, max_frames = int(min_frames), int(max_frames)
-    if min_frames < 1 or max_frames < min_frames:
-        raise ConfigError(f"need 1 <= min_frames <= max_frames, got min_frames={min_frames}, max_frames={max_frames}")
-    out = Path(out).expanduser()
-    info = check_video(video, min_frames)
-    _check_out(out, overwrite)
-    video = info.path
+    _check_frame_limits(min_frames, max_frames)
+    check_video(video, int(min_frames))  # before a detector is built
+    _check_out(Path(out).expanduser(), overwrite)
     fitting = fitting_cfg if isinstance(fitting_cfg, FittingConfig) else FittingConfig.from_mapping(fitting_cfg)
-    track_options = landmarks_cfg if isinstance(landmarks_cfg, TrackOptions) else TrackOptions.from_mapping(landmarks_cfg)
-    spec = face_model_spec(face_model_cfg or DEFAULT_FACE_MODEL)
-    face_model = make_face_model(spec)
-    if not info.has_audio:
-        log.warning("%s has no audio track: the clip can fine-tune Stage 2 (the GAN) but not Stage 1 "
-                    "(audio to expression/pose)", video)
-
-    # 2. landmarks (first decoding pass)
+    face_model = make_face_model(face_model_spec(face_model_cfg or DEFAULT_FACE_MODEL))  # a missing file: said first
     owns_detector = not isinstance(detector, LandmarkDetector)
     detect = make_detector(detector) if owns_detector else detector
-    try:
-        raw = detect_video(iter_video(video, FPS, max_frames), detect, progress=progress, total=max_frames)
-    finally:
-        if owns_detector:
-            detect.close()
-    num_frames = raw.num_frames
-    if num_frames < min_frames:
-        raise InputError(
-            f"{video} has {num_frames} frames at {FPS} fps ({num_frames / FPS:.1f} s) but at least {min_frames} "
-            f"({min_frames / FPS:.0f} s) are needed; use a longer video"
-        )
-    track = clean_track(raw, str(video), track_options)
-
-    # 3. alignment and crops (second decoding pass)
-    aligned_t = alignment_transforms(track.landmarks, CROP_SIZE)  # [N, 2, 3]
-    fixed_t = fixed_transform(track.landmarks, CROP_SIZE, reference_frames)  # [2, 3]
-    audio = _fit_audio(read_video_audio(video, SAMPLE_RATE), num_frames) if info.has_audio else None
     with tempfile.TemporaryDirectory(prefix="talkinghead_preprocess_") as tmp:
-        source = Path(tmp) / "source.mp4" if keep_source else None
-        fixed_crops, aligned_crops = _cut_crops(video, num_frames, fixed_t, aligned_t, source, audio, progress)
-        landmarks_fixed = apply_transform(track.landmarks, fixed_t)  # [N, 68, 2] fixed-crop pixels
+        try:
+            prepared = prepare_video(video, out, detect, face_model_cfg, max_frames, min_frames, progress,
+                                     overwrite=overwrite, landmarks_cfg=landmarks_cfg,
+                                     reference_frames=reference_frames,
+                                     source_dir=Path(tmp) if keep_source else None, name=name)
+        finally:
+            if owns_detector:
+                detect.close()
+        result = fit_coefficients(prepared.fixed_crops, prepared.landmarks_fixed, face_model, fitting,
+                                  renderer=renderer, device=device, progress=progress)
+        return write_prepared(prepared, result, fitting, overwrite)
 
-        # 4. fitting
-        result = fit_coefficients(fixed_crops, landmarks_fixed, face_model, fitting, renderer=renderer,
-                                  device=device, progress=progress)
 
-        # 5. writing
-        train_frames, test_frames = default_split(num_frames)
-        meta = ClipMeta(
-            name=name or out.name,
-            num_frames=num_frames,
-            crop_size=CROP_SIZE,
-            sample_rate=SAMPLE_RATE,
-            source="video",
-            split="person",
-            train_frames=train_frames,
-            test_frames=test_frames,
-            face_model=dict(spec),
-            extra={
-                "video": str(video),
-                "video_fps": info.fps,
-                "video_size": [info.width, info.height],
-                "detector": getattr(detect, "name", type(detect).__name__),
-                "landmarks": {**track.report, "missing_frames": track.report["missing_frames"][:50]},
-                "reference_frames": int(reference_frames),
-                "fit": result.summary(),
-                "fitting": config_dict(fitting),
-                "stage1_usable": audio is not None,
-            },
-        )
-        path = write_clip(out, meta, result.coeffs, landmarks_fixed, fixed_crops, aligned_crops, fixed_t, aligned_t,
-                          audio=audio, source_video=source, overwrite=overwrite)
-    log.info("wrote %s: %d frames, landmark error %.2f px", path, num_frames, float(result.landmark_error_px.mean()))
-    return path
+def fit_prepared(
+    prepared: Sequence[PreparedVideo],
+    fitting_cfg: FittingConfig | Mapping[str, Any] | None = None,
+    device: str = "auto",
+    renderer: str | Renderer = "torch",
+    progress: bool = False,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Steps 4-5 for many prepared videos at once: one batched fit (:func:`fit_clips`,
+    ``fitting.batch_clips`` clips per optimisation; a clip's result does not depend on its
+    companions), then each clip written. All must share one face model spec."""
+    fitting = fitting_cfg if isinstance(fitting_cfg, FittingConfig) else FittingConfig.from_mapping(fitting_cfg)
+    if not prepared:
+        return []
+    specs = {json.dumps(p.face_model_spec, sort_keys=True) for p in prepared}
+    if len(specs) > 1:
+        raise ConfigError(f"fit_prepared: the videos use {len(specs)} face models; fit them in separate calls")
+    face_model = make_face_model(prepared[0].face_model_spec)
+    results = fit_clips([p.fixed_crops for p in prepared], [p.landmarks_fixed for p in prepared], face_model,
+                        fitting, renderer=renderer, device=device, progress=progress)
+    return [write_prepared(p, r, fitting, overwrite) for p, r in zip(prepared, results)]
 
 
 def fit_image(
