@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import random
 import warnings
 from types import SimpleNamespace
@@ -213,7 +214,9 @@ def test_checkpoint_round_trip_restores_weights_optimiser_and_state(tmp_path):
 def test_checkpoint_files_describe_themselves(tmp_path):
     models, opts = _trained(0)
     step_dir = ckpt.save_checkpoint(tmp_path, 12, models, opts, {"step": 12}, meta={"stage": "toy", "data": tmp_path})
-    meta = json.loads((step_dir / "meta.json").read_text())
+    meta_text = (step_dir / "meta.json").read_text()
+    assert meta_text.splitlines()[:2] == ["{", '  "format": "talkinghead-checkpoint",']  # indented for people to read
+    meta = json.loads(meta_text)
     created = meta.pop("created")
     assert datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%S%z").tzinfo is not None
     files = {name: {"bytes": (step_dir / name).stat().st_size, "sha256": hashlib.sha256((step_dir / name).read_bytes()).hexdigest()}
@@ -260,20 +263,13 @@ def test_saving_a_step_again_replaces_it_and_clears_leftovers(tmp_path):
 
 
 def test_a_failed_save_leaves_nothing_behind(tmp_path):
-    class Extra(torch.nn.Module):
-        def get_extra_state(self):
-            return {"not": "a tensor"}
-
-        def set_extra_state(self, state):
-            pass
-
     models, opts = _trained(0)
     ckpt.save_checkpoint(tmp_path, 1, models, opts, {})
     with pytest.raises(TrainingError, match=r"^model 'extra' has non-tensor state '_extra_state' \(get_extra_state\); store it as a buffer"):
-        ckpt.save_checkpoint(tmp_path, 2, {**models, "extra": Extra()}, opts, {})
+        ckpt.save_checkpoint(tmp_path, 2, {**models, "extra": _WithExtraState()}, opts, {})
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1] and _hidden(tmp_path) == []
     with pytest.raises(TrainingError, match="non-tensor state"):
-        ckpt.export_weights({"extra": Extra()}, tmp_path / "w" / "extra.safetensors")
+        ckpt.export_weights({"extra": _WithExtraState()}, tmp_path / "w" / "extra.safetensors")
     assert list((tmp_path / "w").iterdir()) == []
 
 
@@ -374,11 +370,55 @@ def test_loading_a_checkpoint_says_what_does_not_fit(tmp_path):
     fewer = torch.optim.Adam(_trained(1)[0]["net"].parameters())  # other parameter groups than the saved one
     with pytest.raises(TrainingError, match=rf"^checkpoint {step_dir}: optimizer 'adam' state does not fit \(.+\); resume with"):
         ckpt.load_checkpoint(step_dir, _trained(1)[0], {"adam": fewer})
-    with pytest.raises(TrainingError, match=r"has no weights for model 'other'"):  # weights are loaded strictly
-        ckpt.load_checkpoint(step_dir, {**_trained(1)[0], "other": torch.nn.Linear(1, 1)})
+    with pytest.raises(TrainingError, match=rf"^{step_dir / 'models.safetensors'} has no weights for model 'other'"):
+        ckpt.load_checkpoint(step_dir, {**_trained(1)[0], "other": torch.nn.Linear(1, 1)})  # weights are loaded strictly
+    two = ckpt.save_checkpoint(tmp_path, 5, models, {**opts, "sgd": torch.optim.SGD(models["net"].parameters(), lr=0.1)}, {},
+                               keep_last=5)
+    with pytest.raises(TrainingError, match=r"has no state for optimizer 'd' \(it has: adam, sgd\)"):
+        ckpt.load_checkpoint(two, _trained(1)[0], {"d": opts["adam"]})
     (step_dir / "models.safetensors").unlink()
     with pytest.raises(TrainingError, match=rf"^cannot read checkpoint {step_dir} \(\w+: .+\)$"):
         ckpt.load_checkpoint(step_dir, _trained(1)[0])
+
+
+def test_a_state_file_without_optimizers_loads_weights_and_state(tmp_path):
+    models, opts = _trained(0)
+    step_dir = ckpt.save_checkpoint(tmp_path, 1, models, {}, {})
+    torch.save({"step": 1}, step_dir / "state.pt")  # written by hand or by an older version
+    fresh, fresh_opts = _trained(1)
+    assert ckpt.load_checkpoint(step_dir, fresh) == {"step": 1}
+    assert torch.equal(fresh["net"].weight, models["net"].weight)
+    with pytest.raises(TrainingError, match=r"has no state for optimizer 'adam' \(it has: none\)"):
+        ckpt.load_checkpoint(step_dir, fresh, fresh_opts)
+
+
+def test_folders_that_cannot_be_deleted_do_not_stop_saving(tmp_path, monkeypatch):
+    """Removing a leftover, a replaced or an old checkpoint is best effort (a busy network file
+    system may refuse): the new checkpoint is written all the same."""
+    models, opts = _trained(0)
+    for step in (1, 2):
+        ckpt.save_checkpoint(tmp_path, step, models, opts, {})
+    (tmp_path / ".tmp_step_0000009_1").mkdir()
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(f"busy: {path}")
+
+    monkeypatch.setattr(os, "rmdir", refuse)
+    third = ckpt.save_checkpoint(tmp_path, 3, models, opts, {"step": 3})  # prunes step 1, clears the leftover
+    again = ckpt.save_checkpoint(tmp_path, 3, models, opts, {"step": 3, "again": True})  # replaces step 3
+    assert third == again and ckpt.load_checkpoint(again, _trained(1)[0])["again"] is True
+    with pytest.raises(TrainingError, match="non-tensor state"):  # the error, not the failed clean-up
+        ckpt.save_checkpoint(tmp_path, 4, {"bad": _WithExtraState()}, {}, {})
+    monkeypatch.undo()
+    assert ckpt.find_latest_checkpoint(tmp_path) == third
+
+
+class _WithExtraState(torch.nn.Module):
+    def get_extra_state(self):
+        return {"not": "a tensor"}
+
+    def set_extra_state(self, state):
+        pass
 
 
 class _NotATensor:
@@ -440,6 +480,10 @@ def test_initial_weights_non_strict_leaves_missing_models_as_they_are(tmp_path):
         assert ckpt.load_initial_weights(fresh, partial, strict=False) == partial
     assert torch.equal(fresh["net"].weight, models["net"].weight)
     assert all(torch.equal(fresh["aux"].state_dict()[k], v) for k, v in aux_before.items())
+    later = torch.nn.Linear(3, 2)  # a missing model before one in the file: the later one still loads
+    with pytest.warns(ckpt.CheckpointWarning, match="no weights for model 'aux'"):
+        ckpt.load_initial_weights({"aux": fresh["aux"], "net": later}, partial, strict=False)
+    assert torch.equal(later.weight, models["net"].weight)
     with pytest.raises(TrainingError, match=r"^initial weights not found at .*; produce them with `make weights` or point"):
         ckpt.load_initial_weights(fresh, tmp_path / "none", produced_by="make weights")
 
@@ -478,7 +522,7 @@ def test_loading_keeps_parameter_objects_and_ignores_other_models(tmp_path):
     param = net.weight
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        weights.load_weights({"net": net, "stateless": torch.nn.ReLU()}, path)  # a model without state needs no weights
+        weights.load_weights({"stateless": torch.nn.ReLU(), "net": net}, path)  # a model without state needs no weights
     assert net.weight is param and torch.equal(param, source["net"].weight)  # in place: optimisers stay valid
 
 

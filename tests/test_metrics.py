@@ -249,6 +249,7 @@ def test_gaussian_window_is_centred_and_normalised():
     expected = np.exp(-(x**2) / (2 * 1.5**2))
     np.testing.assert_allclose(taps.numpy(), expected / expected.sum(), rtol=1e-6)
     assert taps.dtype == torch.float32 and gaussian_window(dtype=torch.float64).dtype == torch.float64
+    assert gaussian_window(device="meta").device.type == "meta"  # made where the images are (CUDA in training)
 
 
 def test_ssim_in_double_precision():
@@ -373,6 +374,13 @@ def test_sharpness_resizes_to_its_size_first():
     small = torch.rand(1, 3, 112, 112, generator=gen, dtype=torch.float64)  # bilinear, pixel centres aligned
     upscaled = np.stack([cv2.resize(c, (224, 224), interpolation=cv2.INTER_LINEAR) for c in small[0].numpy()])[None]
     np.testing.assert_allclose(sharpness(small).numpy(), reference_sharpness(upscaled), rtol=1e-6)
+    tall = torch.rand(1, 3, 448, 224, generator=gen, dtype=torch.float64)  # halved in height only
+    np.testing.assert_allclose(sharpness(tall).numpy(), reference_sharpness(tall.view(1, 3, 224, 2, 224).mean(3).numpy()), rtol=1e-9)
+    # area at a non-integer factor (336 -> 224 columns): output column i averages the input columns
+    # floor(1.5 i) .. ceil(1.5 (i + 1)) - 1 (torch's "area", i.e. adaptive average pooling)
+    wider = torch.rand(1, 3, 224, 336, generator=gen, dtype=torch.float64).numpy()
+    pooled = np.stack([wider[..., int(np.floor(1.5 * i)):int(np.ceil(1.5 * (i + 1)))].mean(-1) for i in range(224)], -1)
+    np.testing.assert_allclose(sharpness(torch.from_numpy(wider)).numpy(), reference_sharpness(pooled), rtol=1e-9)
     # another working size: the central size/2 square of a size x size image
     x = torch.rand(1, 3, 64, 64, generator=gen, dtype=torch.float64)
     grey = (0.299 * x[0, 0] + 0.587 * x[0, 1] + 0.114 * x[0, 2]).numpy() * 255

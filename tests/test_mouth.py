@@ -1,5 +1,5 @@
-"""The mouth synthesis (talkinghead/pipeline/mouth.py), its frames (pipeline/frames.py),
-soft-alpha paste-back, the short-clip split and the real-person benchmark's
+"""The mouth synthesis (talkinghead/pipeline/mouth.py), its frames (pipeline/frames.py), the
+short-clip split and the real-person benchmark's
 table logic. Clips come from the synthetic world at a small size (a few seconds to build)."""
 
 from __future__ import annotations
@@ -115,17 +115,6 @@ def test_evaluate_mouth_on_held_out_frames(clip, parts):
     assert result["frames"] == clip.test_slice.stop - clip.test_slice.start and result["size"] == 224
     assert result["psnr_region"] > 25 and 0.5 < result["ssim_face"] <= 1
     assert 0.6 < result["sharpness_ratio"] < 1.5
-
-
-def test_soft_alpha_paste_back_blends_exactly_the_given_alpha():
-    frame = np.full((60, 80, 3), 50, np.uint8)
-    crop = np.full((20, 20, 3), 250, np.uint8)
-    alpha = np.zeros((20, 20), np.float32)
-    alpha[5:15, 5:15] = 0.5
-    crop_to_frame = np.array([[1.0, 0, 30], [0, 1.0, 20]])  # the crop's pixel (x, y) lands at (x + 30, y + 20)
-    out = paste_back(frame, crop, crop_to_frame, mask=alpha, seamless=False, feather=0)
-    assert np.all(out[20 + 7, 30 + 7] == 150)  # 0.5 * 250 + 0.5 * 50
-    assert np.all(out[20 + 2, 30 + 2] == 50) and np.all(out[:20] == 50)  # alpha 0: the frame untouched
 
 
 def test_high_res_crop_transform_keeps_pixel_centres():
