@@ -205,6 +205,8 @@ def test_checkpoint_round_trip_restores_weights_optimiser_and_state(tmp_path):
     for index, param_state in saved_adam["state"].items():
         for key, value in param_state.items():
             assert torch.equal(loaded_adam["state"][index][key], value), (index, key)
+    # the state's tensors go where the caller says (the training device; "meta" here: no CUDA needed)
+    assert ckpt.load_checkpoint(step_dir, _trained(1)[0], map_location="meta")["rng"]["torch"].device.type == "meta"
     # without optimisers: only the weights and the state come back
     weights_only, _ = _trained(2)
     assert sorted(ckpt.load_checkpoint(step_dir, weights_only)) == ["epoch", "rng", "step", "task"]

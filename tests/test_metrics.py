@@ -416,6 +416,7 @@ def test_masked_psnr_weights_each_pixel():
     mse = (weight * (a - b).numpy() ** 2).reshape(2, -1).sum(1) / weight.reshape(2, -1).sum(1)
     np.testing.assert_allclose(masked_psnr(a, b, mask).numpy(), 10 * np.log10(1 / mse), rtol=1e-6)
     np.testing.assert_allclose(masked_psnr(255 * a, 255 * b, mask, data_range=255.0).numpy(), 10 * np.log10(1 / mse), rtol=1e-6)
+    assert masked_psnr(a.float(), b.float(), mask.double()).dtype == torch.float32  # the images' precision, not the mask's
     with pytest.raises(InputError, match="of the same shape"):
         masked_psnr(a, b[:1], mask)
 
