@@ -267,7 +267,8 @@ def test_saving_a_step_again_replaces_it_and_clears_leftovers(tmp_path):
 def test_a_failed_save_leaves_nothing_behind(tmp_path):
     models, opts = _trained(0)
     ckpt.save_checkpoint(tmp_path, 1, models, opts, {})
-    with pytest.raises(TrainingError, match=r"^model 'extra' has non-tensor state '_extra_state' \(get_extra_state\); store it as a buffer"):
+    expected = r"^model 'extra' has non-tensor state '_extra_state' \(get_extra_state\); store it as a buffer"
+    with pytest.raises(TrainingError, match=expected):
         ckpt.save_checkpoint(tmp_path, 2, {**models, "extra": _WithExtraState()}, opts, {})
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1] and _hidden(tmp_path) == []
     with pytest.raises(TrainingError, match="non-tensor state"):
@@ -293,7 +294,8 @@ def test_listing_checkpoints_orders_by_step_and_ignores_other_names(tmp_path):
     for name in ("step_10", "step_9", "step_0000100", "stepx_1", "step_3a", "notes"):
         (tmp_path / name).mkdir()
     (tmp_path / "step_5").write_text("a file")
-    assert ckpt.list_checkpoints(tmp_path) == [(9, tmp_path / "step_9"), (10, tmp_path / "step_10"), (100, tmp_path / "step_0000100")]
+    assert ckpt.list_checkpoints(tmp_path) == [(9, tmp_path / "step_9"), (10, tmp_path / "step_10"),
+                                               (100, tmp_path / "step_0000100")]
     assert [ckpt.checkpoint_dir_name(s) for s in (0, 42, 12345678)] == ["step_0000000", "step_0000042", "step_12345678"]
 
 
@@ -560,5 +562,6 @@ def test_a_model_missing_from_the_file_is_named(tmp_path):
                               "pass the weights produced by the matching training stage")
     with pytest.raises(TrainingError, match=r"has no weights for model 'gen' \(it holds: nothing\)"):
         weights._load_model_tensors({"gen": torch.nn.Linear(1, 1)}, {}, path, strict=True)
-    assert [weights._describe_keys(list("abcde")), weights._describe_keys(list("abcd")), weights._describe_keys(list("abc"), limit=2)] == [
-        "a, b, c, d, ... (5 in all)", "a, b, c, d", "a, b, ... (3 in all)"]
+    assert weights._describe_keys(list("abcde")) == "a, b, c, d, ... (5 in all)"
+    assert weights._describe_keys(list("abcd")) == "a, b, c, d"
+    assert weights._describe_keys(list("abc"), limit=2) == "a, b, ... (3 in all)"

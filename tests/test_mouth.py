@@ -19,7 +19,6 @@ from talkinghead.pipeline.frames import high_res_size, scaled_transform
 from talkinghead.pipeline.mouth import MouthCompositor, MouthOptions, mouth_options
 from talkinghead.render import get_renderer
 from talkinghead.errors import ConfigError
-from talkinghead.video import paste_back
 
 
 @pytest.fixture(scope="module")
