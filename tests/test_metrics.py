@@ -1,5 +1,6 @@
 """Metrics: HS (our definition), LMD, lip-sync correlation, PSNR/SSIM."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -19,6 +20,7 @@ from talkinghead.metrics import (
     ssim,
     stage1_mouth_lmd,
 )
+from talkinghead.metrics.image import masked_psnr, sharpness
 
 
 def angles(n: int = 400, period: float = 50.0, amplitude: float = 0.1, offset: float = 0.0, seed: int = 0) -> np.ndarray:
@@ -247,6 +249,7 @@ def test_gaussian_window_is_centred_and_normalised():
     expected = np.exp(-(x**2) / (2 * 1.5**2))
     np.testing.assert_allclose(taps.numpy(), expected / expected.sum(), rtol=1e-6)
     assert taps.dtype == torch.float32 and gaussian_window(dtype=torch.float64).dtype == torch.float64
+    assert gaussian_window(device="meta").device.type == "meta"  # made where the images are (CUDA in training)
 
 
 def test_ssim_in_double_precision():
@@ -347,3 +350,73 @@ def test_landmark_distance_single_frame_tensors_and_errors():
         landmark_distance(a, b[:60])
     with pytest.raises(InputError, match=r"^pred_landmarks \(1, 68, 2\) and true_landmarks \(2, 68, 2\) must have the same"):
         landmark_distance(a[None], np.stack([b, b]))
+
+
+# ----------------------------------------------------------------------------- sharpness, masked PSNR
+def reference_sharpness(images: np.ndarray) -> list[float]:
+    """Variance of OpenCV's Laplacian over the central half of the 0-255 luma of 224 x 224 images."""
+    grey = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]) * 255
+    return [cv2.Laplacian(g, cv2.CV_64F)[56:168, 56:168].var() for g in grey]
+
+
+def test_sharpness_is_the_laplacian_variance_of_the_centre():
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    np.testing.assert_allclose(sharpness(images).numpy(), reference_sharpness(images.numpy()), rtol=1e-9)
+    blurred = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1)
+    assert torch.all(sharpness(blurred) < 0.2 * sharpness(images))
+    np.testing.assert_allclose(sharpness(images.float()).numpy(), sharpness(images).numpy(), rtol=1e-4)  # float32 too
+
+
+def test_sharpness_resizes_to_its_size_first():
+    gen = torch.Generator().manual_seed(1)
+    wide = torch.rand(2, 3, 224, 448, generator=gen, dtype=torch.float64)  # area: the mean of each pair of columns
+    np.testing.assert_allclose(sharpness(wide).numpy(), reference_sharpness(wide.view(2, 3, 224, 224, 2).mean(-1).numpy()), rtol=1e-9)
+    small = torch.rand(1, 3, 112, 112, generator=gen, dtype=torch.float64)  # bilinear, pixel centres aligned
+    upscaled = np.stack([cv2.resize(c, (224, 224), interpolation=cv2.INTER_LINEAR) for c in small[0].numpy()])[None]
+    np.testing.assert_allclose(sharpness(small).numpy(), reference_sharpness(upscaled), rtol=1e-6)
+    tall = torch.rand(1, 3, 448, 224, generator=gen, dtype=torch.float64)  # halved in height only
+    np.testing.assert_allclose(sharpness(tall).numpy(), reference_sharpness(tall.view(1, 3, 224, 2, 224).mean(3).numpy()), rtol=1e-9)
+    # area at a non-integer factor (336 -> 224 columns): output column i averages the input columns
+    # floor(1.5 i) .. ceil(1.5 (i + 1)) - 1 (torch's "area", i.e. adaptive average pooling)
+    wider = torch.rand(1, 3, 224, 336, generator=gen, dtype=torch.float64).numpy()
+    pooled = np.stack([wider[..., int(np.floor(1.5 * i)):int(np.ceil(1.5 * (i + 1)))].mean(-1) for i in range(224)], -1)
+    np.testing.assert_allclose(sharpness(torch.from_numpy(wider)).numpy(), reference_sharpness(pooled), rtol=1e-9)
+    # another working size: the central size/2 square of a size x size image
+    x = torch.rand(1, 3, 64, 64, generator=gen, dtype=torch.float64)
+    grey = (0.299 * x[0, 0] + 0.587 * x[0, 1] + 0.114 * x[0, 2]).numpy() * 255
+    np.testing.assert_allclose(sharpness(x, size=64).numpy(), [cv2.Laplacian(grey, cv2.CV_64F)[16:48, 16:48].var()], rtol=1e-9)
+
+
+def test_sharpness_input_errors():
+    with pytest.raises(InputError, match=r"^sharpness expects RGB images \[B, 3, H, W\], got <class 'list'>$"):
+        sharpness([[0.0]])
+    for shape in ((3, 32, 32), (1, 1, 32, 32), (1, 4, 32, 32)):
+        with pytest.raises(InputError, match=rf"got torch.Size\({list(shape)}\)$".replace("[", r"\[").replace("]", r"\]")):
+            sharpness(torch.zeros(shape))
+
+
+def test_masked_psnr():
+    a, b = torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)
+    b[..., :4] = 0.1  # error only on the left half
+    left = torch.zeros(1, 1, 8, 8)
+    left[..., :4] = 1
+    assert torch.allclose(masked_psnr(a, b, torch.ones(1, 1, 8, 8)), psnr(a, b))
+    assert torch.allclose(masked_psnr(a, b, left), torch.tensor([20.0]), atol=1e-4)
+    assert torch.isinf(masked_psnr(a, b, 1 - left)).all()  # no error under the mask
+
+
+def test_masked_psnr_weights_each_pixel():
+    gen = torch.Generator().manual_seed(2)
+    a = torch.rand(2, 3, 6, 5, generator=gen, dtype=torch.float64)
+    b = torch.rand(2, 3, 6, 5, generator=gen, dtype=torch.float64)
+    mask = torch.rand(2, 1, 6, 5, generator=gen)  # float32 weights for float64 images
+    mask[1] = 0
+    mask[1, 0, 2, 3] = 0.2  # one pixel at a fifth: less than one pixel's weight in all
+    weight = np.repeat(mask.double().numpy(), 3, axis=1)
+    mse = (weight * (a - b).numpy() ** 2).reshape(2, -1).sum(1) / weight.reshape(2, -1).sum(1)
+    np.testing.assert_allclose(masked_psnr(a, b, mask).numpy(), 10 * np.log10(1 / mse), rtol=1e-6)
+    np.testing.assert_allclose(masked_psnr(255 * a, 255 * b, mask, data_range=255.0).numpy(), 10 * np.log10(1 / mse), rtol=1e-6)
+    assert masked_psnr(a.float(), b.float(), mask.double()).dtype == torch.float32  # the images' precision, not the mask's
+    with pytest.raises(InputError, match="of the same shape"):
+        masked_psnr(a, b[:1], mask)
+

@@ -1,5 +1,5 @@
 """The mouth synthesis (talkinghead/pipeline/mouth.py), its frames (pipeline/frames.py), the
-sharpness metric, soft-alpha paste-back, the short-clip split and the real-person benchmark's
+short-clip split and the real-person benchmark's
 table logic. Clips come from the synthetic world at a small size (a few seconds to build)."""
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from talkinghead.data.clip import default_split, read_clip
 from talkinghead.data.synthetic import make_corpus
 from talkinghead.face.coeffs import SLICES
 from talkinghead.face.factory import make_face_model
-from talkinghead.metrics.image import masked_psnr, psnr, sharpness
+from talkinghead.metrics.image import psnr
 from talkinghead.pipeline.benchmark import contact_sheet, format_tables, sheet_frames
 from talkinghead.pipeline.evaluate import evaluate_mouth
 from talkinghead.pipeline.frames import high_res_size, scaled_transform
 from talkinghead.pipeline.mouth import MouthCompositor, MouthOptions, mouth_options
 from talkinghead.render import get_renderer
 from talkinghead.errors import ConfigError
-from talkinghead.video import paste_back
 
 
 @pytest.fixture(scope="module")
@@ -115,36 +114,6 @@ def test_evaluate_mouth_on_held_out_frames(clip, parts):
     assert result["frames"] == clip.test_slice.stop - clip.test_slice.start and result["size"] == 224
     assert result["psnr_region"] > 25 and 0.5 < result["ssim_face"] <= 1
     assert 0.6 < result["sharpness_ratio"] < 1.5
-
-
-def test_sharpness_is_the_laplacian_variance_of_the_centre():
-    cv2 = pytest.importorskip("cv2")
-    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    grey = (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2]).numpy() * 255
-    expected = [cv2.Laplacian(g.astype(np.float64), cv2.CV_64F)[56:168, 56:168].var() for g in grey]
-    np.testing.assert_allclose(sharpness(images).numpy(), expected, rtol=1e-4)
-    blurred = torch.nn.functional.avg_pool2d(images, 3, stride=1, padding=1)
-    assert torch.all(sharpness(blurred) < 0.2 * sharpness(images))
-
-
-def test_masked_psnr():
-    a, b = torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8)
-    b[..., :4] = 0.1  # error only on the left half
-    left = torch.zeros(1, 1, 8, 8)
-    left[..., :4] = 1
-    assert torch.allclose(masked_psnr(a, b, torch.ones(1, 1, 8, 8)), psnr(a, b))
-    assert torch.allclose(masked_psnr(a, b, left), torch.tensor([20.0]), atol=1e-4)
-
-
-def test_soft_alpha_paste_back_blends_exactly_the_given_alpha():
-    frame = np.full((60, 80, 3), 50, np.uint8)
-    crop = np.full((20, 20, 3), 250, np.uint8)
-    alpha = np.zeros((20, 20), np.float32)
-    alpha[5:15, 5:15] = 0.5
-    crop_to_frame = np.array([[1.0, 0, 30], [0, 1.0, 20]])  # the crop's pixel (x, y) lands at (x + 30, y + 20)
-    out = paste_back(frame, crop, crop_to_frame, mask=alpha, seamless=False, feather=0)
-    assert np.all(out[20 + 7, 30 + 7] == 150)  # 0.5 * 250 + 0.5 * 50
-    assert np.all(out[20 + 2, 30 + 2] == 50) and np.all(out[:20] == 50)  # alpha 0: the frame untouched
 
 
 def test_high_res_crop_transform_keeps_pixel_centres():

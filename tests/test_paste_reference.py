@@ -161,6 +161,36 @@ def test_outside_the_frame_and_input_errors():
         paste_back(frame, crop, PLACES["inside"], mask=np.ones((31, 32), bool))
 
 
+def test_feather_zero_blends_exactly_the_given_alpha():
+    """``feather=0``: a soft mask (the mouth compositor's) is the alpha as it is, no erosion or blur."""
+    frame = np.full((60, 80, 3), 50, np.uint8)
+    crop = np.full((20, 20, 3), 250, np.uint8)
+    alpha = np.zeros((20, 20), np.float32)
+    alpha[5:15, 5:15] = 0.5
+    alpha[8:12, 8:12] = 1.0
+    out = paste_back(frame, crop, [[1.0, 0, 30], [0, 1.0, 20]], mask=alpha, seamless=False, feather=0)  # (x, y) -> (x + 30, y + 20)
+    expected = frame.copy()
+    expected[25:35, 35:45] = 150  # 0.5 * 250 + 0.5 * 50
+    expected[28:32, 38:42] = 250
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_a_feather_under_one_pixel_still_softens_one_pixel():
+    frame, crop, matrix, mask = _frame(), _crop(), PLACES["inside"], _disc_mask()
+    out = paste_back(frame, crop, matrix, mask=mask, seamless=False, feather=0.4)
+    np.testing.assert_array_equal(out, paste_back(frame, crop, matrix, mask=mask, seamless=False, feather=1.0))
+    diff = np.abs(out.astype(int) - reference_feathered(frame, crop, matrix, _float_mask(mask), 0.4).astype(int))
+    assert diff.max() <= 2 and (diff > 0).mean() < 0.005
+
+
+@pytest.mark.parametrize("seamless", [True, False])
+def test_integer_matrix_as_a_list(seamless):
+    frame, crop = _frame(), _crop()
+    as_list = [[1, 0, 30], [0, 1, 14]]  # what a user may type
+    np.testing.assert_array_equal(paste_back(frame, crop, as_list, seamless=seamless),
+                                  paste_back(frame, crop, np.array(as_list, np.float64), seamless=seamless))
+
+
 def test_invert_affine_round_trip():
     matrix = PLACES["inside"]
     inverse = invert_affine(matrix.astype(np.float32))
