@@ -69,8 +69,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 
 def sharpness(images: torch.Tensor, size: int = 224) -> torch.Tensor:
     """Detail of images ``[B, 3, H, W]`` in [0, 1]: the variance of the Laplacian of the grey
-    image (ITU-R 601 luma, 0-255 scale) in the central half (``size/2`` square) after an
-    area resize to ``size`` px, per image ``[B]``. Compare generated and real frames by the ratio
+    image (ITU-R 601 luma, 0-255 scale) in the central half (``size/2`` square) after a resize
+    to ``size`` x ``size`` px (area when the width is above ``size``, else bilinear: the crops
+    compared are square, so both sides shrink or both grow), per image ``[B]``. Compare generated and real frames by the ratio
     of their sharpness: a blur lowers it, a resize to fewer pixels and back lowers it too."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         raise InputError(f"sharpness expects RGB images [B, 3, H, W], got {getattr(images, 'shape', type(images))}")
