@@ -34,6 +34,25 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from talkinghead.audio import save_wav
+from talkinghead.cli import compose_config
+from talkinghead.data.clip import ClipMeta, read_clip, write_clip
+from talkinghead.data.stage1_dataset import reference_expression
+from talkinghead.data.synthetic.people import sample_people
+from talkinghead.data.synthetic.speech import Voice, make_speech
+from talkinghead.data.synthetic.world import DEFAULT_FACE_MODEL, person_signals
+from talkinghead.devices import resolve_precision
+from talkinghead.face.coeffs import split_coeffs
+from talkinghead.face.factory import make_face_model
+from talkinghead.models.audio2coeff import ExpressionPoseLSTM
+from talkinghead.models.features import make_identity_feature
+from talkinghead.models.refiner import MemoryAugmentedGenerator
+from talkinghead.pipeline.infer import InferenceOptions, PersonModels, generate_video
+from talkinghead.pipeline.stage2 import Refiner
+from talkinghead.render import get_renderer
 
 FPS, SAMPLE_RATE, REF_FRAMES = 25, 16000, 300
 OVERHEAD_STAGES = ("audio", "pose", "render", "encode")
@@ -43,10 +62,6 @@ OVERHEAD_STAGES = ("audio", "pose", "render", "encode")
 def make_person_clip(root: Path, size: int = 224) -> Path:
     """A person clip with a synthetic person's coefficients and speech (300 frames); the frames
     are plain gradients (their content does not matter for speed)."""
-    from talkinghead.data.clip import ClipMeta, write_clip
-    from talkinghead.data.synthetic.people import sample_people
-    from talkinghead.data.synthetic.world import DEFAULT_FACE_MODEL, person_signals
-
     person = sample_people(1, seed=0)[0]
     signals = person_signals(person, REF_FRAMES)
     ramp = np.linspace(40, 200, size, dtype=np.float32)
@@ -61,9 +76,6 @@ def make_person_clip(root: Path, size: int = 224) -> Path:
 
 def make_audio(path: Path, seconds: float) -> Path:
     """``seconds`` of synthetic speech (20 s synthesised, tiled) as a 16 kHz WAV."""
-    from talkinghead.audio import save_wav
-    from talkinghead.data.synthetic.speech import Voice, make_speech
-
     rng = np.random.default_rng(1)
     speech, _ = make_speech(min(20.0, seconds), Voice.sample(rng), rng)
     samples = int(round(seconds * SAMPLE_RATE))
@@ -75,21 +87,6 @@ def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim
     """:class:`PersonModels` with random-weight models (no training, no files) on ``device``;
     ``overrides`` are Hydra overrides of ``configs/infer.yaml`` choosing Stage 1's size (default:
     the CPU preset; ``["audio2coeff=paper"]`` the paper's)."""
-    import torch
-    import torch.nn.functional as F
-
-    from talkinghead.cli import compose_config
-    from talkinghead.face.factory import make_face_model
-    from talkinghead.models.audio2coeff import ExpressionPoseLSTM
-    from talkinghead.models.features import make_identity_feature
-    from talkinghead.models.refiner import MemoryAugmentedGenerator
-    from talkinghead.pipeline.infer import PersonModels
-    from talkinghead.pipeline.stage2 import Refiner
-    from talkinghead.data.clip import read_clip
-    from talkinghead.data.stage1_dataset import reference_expression
-    from talkinghead.face.coeffs import split_coeffs
-    from talkinghead.render import get_renderer
-
     torch.manual_seed(0)
     cfg = compose_config("infer", ["person=p", "audio=a.wav", "out=o.mp4", *overrides])
     stage1 = ExpressionPoseLSTM(**dict(cfg.audio2coeff.model)).eval()
@@ -119,12 +116,7 @@ def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim
 # ----------------------------------------------------------------------------- one run (child)
 def run_child(args) -> dict:
     """One inference run in this process; returns its figures (printed as JSON)."""
-    import torch
-
     torch.set_num_threads(args.threads)
-    from talkinghead.pipeline.infer import InferenceOptions, generate_video
-    from talkinghead.devices import resolve_precision
-
     started = time.perf_counter()
     person = build_person_models(Path(args.clip), args.size, args.ngf, args.slots, args.key_dim, args.top_k, args.renderer)
     setup = time.perf_counter() - started

@@ -34,7 +34,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
+
+from talkinghead.audio import load_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 #: (distribution, version) the image lacks; versions are the ones the project is tested with.
@@ -129,8 +132,6 @@ def download_wheels(dest: Path, wheels, python_version: str = "3.12") -> list[Pa
 def pack_clip(clip_dir: Path, out: Path, frames: int = 400, quality: int = 95) -> Path:
     """A person clip -> one compressed npz: JPEG crops, landmarks, coefficients, transforms,
     meta and the 16-kHz soundtrack as int16 (what ``gpu_check._load_inputs`` reads)."""
-    import cv2
-
     clip_dir = Path(clip_dir)
     if not (clip_dir / "meta.json").is_file():
         raise CarryError(f"no person clip at {clip_dir} (meta.json missing); make one with: python scripts/preprocess.py "
@@ -157,8 +158,6 @@ def pack_clip(clip_dir: Path, out: Path, frames: int = 400, quality: int = 95) -
         arrays["coeffs"] = np.load(coeffs)[:n].astype(np.float32)
     audio = clip_dir / "audio.wav"
     if audio.is_file():
-        from talkinghead.audio import load_audio
-
         samples = load_audio(audio, int(meta.get("sample_rate", 16000)))
         keep = int(round(n / float(meta.get("fps", 25)) * int(meta.get("sample_rate", 16000))))
         arrays["audio"] = (np.clip(samples[:keep], -1, 1) * 32767).astype(np.int16)

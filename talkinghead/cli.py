@@ -5,9 +5,13 @@ errors turned into a single line on stderr with a non-zero exit (a traceback onl
 Scripts stay thin::
 
     from talkinghead.cli import run_cli
-    from talkinghead.pipeline.infer import infer_from_config
+
+    def main(cfg):
+        from talkinghead.pipeline.infer import infer_from_config  # local: --help, --cfg and bad keys stay fast
+        return infer_from_config(cfg)
+
     if __name__ == "__main__":
-        run_cli("infer", infer_from_config)
+        run_cli("infer", main)
 
 We use Hydra's compose API rather than ``@hydra.main`` so that (a) config errors can be
 reported as one line, (b) no output directory or working-directory change is imposed, and
@@ -24,7 +28,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from talkinghead.errors import ConfigError, TalkingHeadError
 from talkinghead.instantiate import to_plain  # noqa: F401 -- re-exported: scripts take it from here
@@ -37,11 +48,6 @@ _TRUE = {"true", "1", "yes", "on"}
 
 def compose_config(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose ``configs/<config_name>.yaml`` with Hydra overrides; bad keys raise :class:`ConfigError`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
     if not (CONFIG_DIR / f"{config_name}.yaml").is_file():
         raise ConfigError(f"config {config_name!r} not found in {CONFIG_DIR}; set TALKINGHEAD_CONFIG_DIR to the repo's configs/")
     GlobalHydra.instance().clear()
@@ -125,12 +131,6 @@ def run_hydra_cli(config_name: str, main: Callable[[DictConfig], Any], argv: Seq
     Hydra's own flags (``--multirun``, ``--cfg job``, ``--help``) apply, and Hydra writes its run
     folder (the config's ``hydra.run.dir`` / ``hydra.sweep.dir``). Errors are the same one line
     and exit code as :func:`run_cli`, also when they come back from a launched job."""
-    import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException
-    from hydra.types import RunMode
-    from omegaconf.errors import OmegaConfBaseException
-
     args = list(sys.argv[1:] if argv is None else argv)
     verbose = _wants_verbose(args)
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a traceback; we print one line

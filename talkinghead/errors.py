@@ -8,6 +8,8 @@ traceback is shown only with ``verbose=true``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class TalkingHeadError(Exception):
     """An error the user can fix; ``str(err)`` is a single line naming the file/key and the fix."""
@@ -34,10 +36,8 @@ class TrainingError(TalkingHeadError):
     """Training cannot continue (NaN/inf loss, missing checkpoint, ...)."""
 
 
-def require_file(path, what: str, fix: str = "") -> "Path":
+def require_file(path, what: str, fix: str = "") -> Path:
     """Return ``Path(path)`` if it is an existing file, else raise :class:`InputError`."""
-    from pathlib import Path
-
     p = Path(path).expanduser()
     if not p.is_file():
         hint = f"; {fix}" if fix else ""

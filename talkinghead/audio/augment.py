@@ -79,7 +79,7 @@ def reverberate(audio: np.ndarray, rt60: float, rng: np.random.Generator, sample
     """``audio [S]`` convolved with a synthetic room response of reverberation time ``rt60``
     seconds (exponentially decaying noise after a direct path ``direct_ratio_db`` above the
     reverberant energy); same length and RMS as the input (float32)."""
-    from scipy.signal import fftconvolve
+    from scipy.signal import fftconvolve  # local: scipy.signal costs 0.9 s; only augmentation needs it
 
     audio = np.asarray(audio, np.float32)
     n = max(int(rt60 * sample_rate), 16)
@@ -109,7 +109,7 @@ def random_eq(audio: np.ndarray, rng: np.random.Generator, max_db: float = 6.0, 
 
 def band_limit(audio: np.ndarray, low: float = 300.0, high: float = 3400.0, sample_rate: int = 16000) -> np.ndarray:
     """``audio [S]`` band-limited to ``[low, high]`` Hz (4th-order Butterworth, zero phase; float32)."""
-    from scipy.signal import butter, sosfiltfilt
+    from scipy.signal import butter, sosfiltfilt  # local: scipy.signal costs 0.9 s; only augmentation needs it
 
     nyquist = sample_rate / 2.0
     high = min(high, 0.95 * nyquist)
@@ -130,7 +130,7 @@ def speed_perturb(audio: np.ndarray, factor: float) -> np.ndarray:
     """``audio [S]`` played ``factor`` times faster (resampled: pitch and tempo both scale):
     ``[round(S / factor)]`` float32. Frame ``t'`` of the result is time ``t' * factor`` of the
     input. ``factor`` is used to 1/100 (polyphase resampling by 100 / round(100 factor))."""
-    from scipy.signal import resample_poly
+    from scipy.signal import resample_poly  # local: scipy.signal costs 0.9 s; only augmentation needs it
 
     down = int(round(factor * 100))
     out = resample_poly(np.asarray(audio, np.float64), 100, down)

@@ -49,7 +49,9 @@ from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
+import scipy.fft
 
+from talkinghead.audio.augment import cmvn_stats
 from talkinghead.errors import ConfigError, InputError
 
 # Settings of python_speech_features.mfcc (defaults) = the method's settings.
@@ -170,8 +172,6 @@ def _emphasised_segment(audio: np.ndarray, pad: int, start: int, stop: int) -> n
 
 def _cepstra(frames: np.ndarray, sample_rate: int) -> np.ndarray:
     """``[n, frame_len]`` pre-emphasised frames -> ``[n, 12]`` liftered cepstra c1..c12 (float64)."""
-    import scipy.fft
-
     spectrum = scipy.fft.rfft(frames, n=NFFT, axis=1)  # [n, 257] complex
     power = (spectrum.real**2 + spectrum.imag**2) / NFFT
     energies = power @ mel_filterbank(sample_rate).T  # [n, 26]
@@ -218,8 +218,6 @@ def _window_start_rows(frames: np.ndarray, fps: float, sample_rate: int) -> np.n
 
 def utterance_cmvn(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
     """CMVN statistics of mono ``audio [S]``: mean and std ``[12]`` of its MFCC rows."""
-    from talkinghead.audio.augment import cmvn_stats
-
     return cmvn_stats(mfcc(audio, sample_rate))
 
 

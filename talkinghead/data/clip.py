@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from talkinghead.audio.io import load_audio as _load_audio  # read_clip has a parameter load_audio
+from talkinghead.audio.io import save_wav
 from talkinghead.errors import InputError
 from talkinghead.face.coeffs import COEFF_DIM
 from talkinghead.face.factory import DEFAULT_FACE_MODEL
@@ -164,8 +166,6 @@ def write_clip(
     overwrite: bool = True,
 ) -> Path:
     """Validate and write a clip atomically (temp dir + rename). Returns the clip path."""
-    from talkinghead.audio.io import save_wav  # local: keep this module light to import
-
     root = Path(root)
     n = len(coeffs)
     meta.num_frames = n
@@ -249,8 +249,6 @@ def read_clip(root: str | os.PathLike, load_audio: bool = True) -> PersonClip:
     _validate_arrays(root, meta, arrays, fixed_t, aligned_t)
     audio = None
     if meta.has_audio and load_audio:
-        from talkinghead.audio.io import load_audio as _load_audio
-
         audio = _load_audio(root / "audio.wav", meta.sample_rate)
     return PersonClip(root, meta, arrays["coeffs"], arrays["landmarks"], arrays["fixed"], arrays["aligned"],
                       fixed_t, aligned_t, audio)

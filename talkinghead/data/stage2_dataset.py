@@ -42,6 +42,9 @@ from torch.utils.data import Dataset
 
 from talkinghead.data.clip import PersonClip, read_clip
 from talkinghead.errors import InputError
+from talkinghead.face.factory import make_face_model
+from talkinghead.models.features import clip_identity, make_identity_feature
+from talkinghead.render import get_renderer
 from talkinghead.render.blend import render_blended, to_unit
 
 log = logging.getLogger(__name__)
@@ -108,11 +111,6 @@ class RefinerDataset(Dataset):
         render_batch: int = 32,
         cache_dir: str | Path | None = None,
     ):
-        from talkinghead.face.factory import make_face_model
-        from talkinghead.models.features import make_identity_feature
-        from talkinghead.models.features import clip_identity
-        from talkinghead.render import get_renderer
-
         if not clips:
             raise InputError("RefinerDataset got no person clips; check data.root (make one with scripts/make_synthetic.py)")
         self.image_size = int(image_size)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
 
 from talkinghead.errors import InputError, MissingWeightsError
 from talkinghead.face.coeffs import EXP_DIM, ID_DIM, TEX_DIM
@@ -73,8 +74,6 @@ def _raise_missing(src: Path, missing: list[str]) -> None:
 
 
 def _loadmat(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
-    from scipy.io import loadmat
-
     try:
         data = loadmat(str(path))
     except NotImplementedError as err:  # MATLAB v7.3 (HDF5) files

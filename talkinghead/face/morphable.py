@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import json
+import warnings
 import weakref
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from talkinghead.errors import InputError
 from talkinghead.face.camera import Camera, pose_planes, pose_vertices
@@ -312,8 +315,6 @@ class MorphableModel(torch.nn.Module):
         device; not a buffer, so it is never saved)."""
         cache = _DERIVED.setdefault(self, {}).setdefault("incidence", {})
         if (device, dtype) not in cache:
-            import warnings
-
             tri = self.triangles.to(device)
             rows = tri.reshape(-1)
             cols = torch.arange(tri.shape[0], device=device).repeat_interleave(3)
@@ -380,8 +381,6 @@ class MorphableModel(torch.nn.Module):
     # ------------------------------------------------------------------------------- I/O
     def save(self, path: str | Path) -> Path:
         """Write the buffers and metadata to a ``.safetensors`` file; returns its path."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {key: getattr(self, key).detach().cpu().contiguous() for key in (*_REQUIRED_BUFFERS, "skin_mask")}
@@ -399,8 +398,6 @@ class MorphableModel(torch.nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> "MorphableModel":
         """Read a model written by :meth:`save`; bad or missing files raise :class:`InputError`."""
-        from safetensors import safe_open
-
         path = Path(path).expanduser()
         if not path.is_file():
             raise InputError(f"face model file not found: {path}; give the path of a saved .safetensors face model")

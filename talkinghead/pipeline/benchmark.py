@@ -28,10 +28,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 
+from talkinghead.audio import save_wav
+from talkinghead.data.clip import read_clip
 from talkinghead.errors import InputError
+from talkinghead.metrics.image import sharpness
+from talkinghead.metrics.lipsync import mouth_opening
+from talkinghead.pipeline.evaluate import (_bilinear, _plain, evaluate_mouth, evaluate_pose_modes, evaluate_refiner,
+                                           evaluate_stage1, held_out_frames, write_json)
+from talkinghead.pipeline.finetune import ensure_clip, finetune_person
+from talkinghead.pipeline.frames import SourceFrames
+from talkinghead.pipeline.infer import InferenceOptions, generate_video, load_person
+from talkinghead.pipeline.stage1 import load_audio2coeff
+from talkinghead.render.blend import to_unit
+from talkinghead.video import read_video
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +84,6 @@ class Stopwatch:
 
 
 def _mouth_opening_of_clip(clip, frames: slice) -> np.ndarray:
-    from talkinghead.metrics.lipsync import mouth_opening
-
     return mouth_opening(np.asarray(clip.landmarks[frames]))
 
 
@@ -95,8 +106,6 @@ def sheet_frames(opening: np.ndarray, count: int = 8) -> np.ndarray:
 def contact_sheet(rows: Sequence[np.ndarray], height: int = 224) -> np.ndarray:
     """Stack image rows (each uint8 ``[k, H, W, 3]``, the same ``k``) into one uint8 picture,
     every image resized to ``height`` px high."""
-    import cv2
-
     lines = []
     for row in rows:
         resized = [cv2.resize(np.asarray(im), (int(round(im.shape[1] * height / im.shape[0])), height),
@@ -108,8 +117,6 @@ def contact_sheet(rows: Sequence[np.ndarray], height: int = 224) -> np.ndarray:
 
 
 def save_png(path: Path, image: np.ndarray) -> Path:
-    import cv2
-
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2BGR)):
         raise InputError(f"could not write {path}; check that the folder is writable")
@@ -123,15 +130,6 @@ def _to_uint8(images: torch.Tensor) -> np.ndarray:
 def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cpu", source=None) -> dict:
     """All metrics of one fine-tuned person on their held-out frames (see the module docstring);
     ``source``: the clip's decoded :class:`~talkinghead.pipeline.frames.SourceFrames` (made here if None)."""
-    from talkinghead.metrics.image import sharpness
-    from talkinghead.pipeline.frames import SourceFrames
-    from talkinghead.pipeline.evaluate import (_bilinear, _plain, evaluate_mouth, evaluate_pose_modes, evaluate_stage1,
-                                               held_out_frames)
-    from talkinghead.pipeline.infer import load_person
-    from talkinghead.render.blend import to_unit
-    from talkinghead.pipeline.stage1 import load_audio2coeff
-    from talkinghead.pipeline.evaluate import evaluate_refiner
-
     models = load_person(person, weights, device=device, with_audio=True)
     clip = models.clip
     frames = held_out_frames(clip)
@@ -161,13 +159,6 @@ def evaluate_video(person: Path, general: Path, weights: Path, device: str = "cp
 def run_video(video: Path, out: Path, general: Path, cfg, foreign: Path | None = None, fresh: bool = True,
               device: str = "cpu") -> dict:
     """The whole protocol for one video; returns its row (metrics, timings, written files)."""
-    from talkinghead.audio import save_wav
-    from talkinghead.data.clip import read_clip
-    from talkinghead.pipeline.finetune import ensure_clip, finetune_person
-    from talkinghead.pipeline.frames import SourceFrames
-    from talkinghead.pipeline.infer import InferenceOptions, generate_video, load_person
-    from talkinghead.video import read_video
-
     name = video.stem
     person = out / name
     weights = person / "finetuned"
@@ -300,8 +291,6 @@ def format_tables(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def write_report(rows: Sequence[Mapping[str, Any]], out: Path) -> tuple[Path, Path]:
     """``OUT/real.json`` (every figure) and ``OUT/real.md`` (the tables), written atomically."""
-    from talkinghead.pipeline.evaluate import write_json
-
     out.mkdir(parents=True, exist_ok=True)
     json_path = write_json(out / "real.json", list(rows))
     md_path = out / "real.md"

@@ -28,10 +28,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 
+from talkinghead.audio import load_audio, save_wav
+from talkinghead.cli import cfg_get
+from talkinghead.data.clip import list_clips, read_clip
+from talkinghead.data.synthetic.world import make_corpus
 from talkinghead.errors import ConfigError, InputError
+from talkinghead.pipeline.evaluate import evaluate_person, format_person_metrics, write_json
+from talkinghead.pipeline.finetune import finetune_person
+from talkinghead.pipeline.infer import InferenceOptions, generate_video, load_person
 from talkinghead.render import get_renderer
+from talkinghead.stagedir import is_done
+from talkinghead.train.audio2coeff import train_audio2coeff
+from talkinghead.train.refiner import train_refiner
+from talkinghead.video import probe_media, read_video
 
 
 @dataclass
@@ -51,8 +63,6 @@ def ensure_corpus(root: Path, persons: int, heldout: int, frames: int, seed: int
                   progress: bool) -> Path:
     """The synthetic corpus at ``root``: reused if its ``corpus.json`` matches the requested
     size, built otherwise (a mismatching corpus is an error, never silently overwritten)."""
-    from talkinghead.data.synthetic.world import make_corpus
-
     index = root / "corpus.json"
     if index.is_file():
         info = json.loads(index.read_text())
@@ -70,21 +80,14 @@ def ensure_corpus(root: Path, persons: int, heldout: int, frames: int, seed: int
 
 def train_general(cfg, root: Path, general: Path) -> dict[str, Path]:
     """General models of both stages over the corpus's training persons (skipped when done)."""
-    from talkinghead.data.clip import list_clips
-    from talkinghead.stagedir import is_done
-
     train = list_clips(root, "train")
     out = {}
     for stage in ("audio2coeff", "refiner"):
         stage_dir = general / stage
         if not is_done(stage_dir):
             if stage == "audio2coeff":
-                from talkinghead.train.audio2coeff import train_audio2coeff
-
                 train_audio2coeff(train, stage_dir, cfg, mode="general")
             else:
-                from talkinghead.train.refiner import train_refiner
-
                 train_refiner(train, stage_dir, cfg, mode="general")
         out[stage] = stage_dir
     return out
@@ -93,10 +96,6 @@ def train_general(cfg, root: Path, general: Path) -> dict[str, Path]:
 def contact_sheet(video: Path, clip, frames: slice, path: Path, columns: int = 8, tile: int = 128) -> Path:
     """``path`` (PNG): the real fixed crops of ``frames`` (top row) above the frames of
     ``video`` at the same time steps (frame ``i`` of the video = clip frame ``frames.start + i``)."""
-    import cv2
-
-    from talkinghead.video import read_video
-
     generated = read_video(video)  # [N, S, S, 3]
     count = min(len(generated), frames.stop - frames.start)
     picks = np.linspace(0, count - 1, min(columns, count)).round().astype(int)
@@ -122,9 +121,6 @@ def contact_sheet(video: Path, clip, frames: slice, path: Path, columns: int = 8
 
 def stream_durations(video: Path) -> tuple[float, float]:
     """(video stream seconds = frames / 25, audio stream seconds = decoded samples / 16 kHz)."""
-    from talkinghead.audio import load_audio
-    from talkinghead.video import probe_media
-
     info = probe_media(video, count_frames=True)
     return info.num_frames / 25.0, len(load_audio(video, 16000)) / 16000.0
 
@@ -141,13 +137,6 @@ def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
 
 def run_demo(cfg) -> DemoResult:
     """Run the five steps (see the module docstring) with the composed ``demo`` config."""
-    from talkinghead.audio import save_wav
-    from talkinghead.cli import cfg_get
-    from talkinghead.data.clip import list_clips, read_clip
-    from talkinghead.pipeline.evaluate import evaluate_person, format_person_metrics, write_json
-    from talkinghead.pipeline.finetune import finetune_person
-    from talkinghead.pipeline.infer import InferenceOptions, generate_video, load_person
-
     out = Path(str(cfg.out)).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     root = Path(str(cfg_get(cfg, "data.root", out / "corpus"))).expanduser()

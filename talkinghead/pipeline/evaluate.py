@@ -29,26 +29,27 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from talkinghead.cli import cfg_get
+from talkinghead.data.stage1_dataset import reference_expression
 from talkinghead.errors import ConfigError, InputError
-from talkinghead.face.coeffs import SLICES
+from talkinghead.face.coeffs import SLICES, split_coeffs
 from talkinghead.metrics.image import masked_psnr, psnr, sharpness, ssim
+from talkinghead.metrics.pose import head_pose_similarity
+from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff
+from talkinghead.pipeline.frames import SourceFrames
+from talkinghead.pipeline.infer import load_person
+from talkinghead.pipeline.mouth import MouthCompositor
 from talkinghead.pipeline.pose import POSE_MODES, PoseControls, resolve_pose
+from talkinghead.pipeline.stage1 import predict_expression_pose
 from talkinghead.pipeline.stage2 import Refiner, refine_frames
 from talkinghead.render import get_renderer
 from talkinghead.render.blend import render_blended, to_unit
+from talkinghead.stagedir import write_json_atomic
 
 #: Stage-2 identity sources evaluated (see :data:`talkinghead.pipeline.infer.IDENTITY_MODES`).
 STAGE2_IDENTITIES = ("memory", "clip", "zero")
-
-
-def _stage1_evaluator():
-    """``evaluate_audio2coeff`` from wherever the Stage-1 module defines it."""
-    try:
-        from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff
-    except ImportError:
-        from talkinghead.pipeline.stage1 import evaluate_audio2coeff
-    return evaluate_audio2coeff
 
 
 def _plain(value: Any) -> Any:
@@ -76,7 +77,7 @@ def held_out_frames(clip, frames: slice | None = None) -> slice:
 
 def evaluate_stage1(model, clip, face_model, frames: slice | None = None, **kwargs) -> dict:
     """Stage-1 metrics of ``model`` on ``clip``'s held-out frames (see the module docstring)."""
-    return _plain(_stage1_evaluator()(model, clip, face_model, frames=held_out_frames(clip, frames), **kwargs))
+    return _plain(evaluate_audio2coeff(model, clip, face_model, frames=held_out_frames(clip, frames), **kwargs))
 
 
 @torch.no_grad()
@@ -157,8 +158,6 @@ def evaluate_stage2(refiner, clip, face_model, renderer, frames: slice | None = 
 
 def _bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
     """Images resized like the clip's crops are cut (bilinear sampling, no antialiasing)."""
-    import torch.nn.functional as F
-
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
 
 
@@ -182,9 +181,6 @@ def evaluate_mouth(clip, face_model, renderer, frames: slice | None = None, opti
     With ``return_frames`` also ``output``, ``real`` ``[n, 3, S, S]`` and ``region`` ``[n, 1, S, S]``.
     ``source``: the clip's :class:`~talkinghead.pipeline.frames.SourceFrames` if already decoded.
     """
-    from talkinghead.pipeline.frames import SourceFrames
-    from talkinghead.pipeline.mouth import MouthCompositor
-
     frames = held_out_frames(clip, frames)
     source = source or SourceFrames(clip, max(frames.stop, clip.train_slice.stop))
     donors = np.arange(clip.train_slice.start, clip.train_slice.stop)
@@ -222,11 +218,6 @@ def evaluate_pose_modes(model, clip, ref_frames: slice | None = None, frames: sl
     """HS (ours) between the real angles of the held-out frames and each pose mode's angles
     driven by the same frames' audio: ``{mode: hs}``. Reference frames default to the clip's
     training frames (what inference uses)."""
-    from talkinghead.face.coeffs import split_coeffs
-    from talkinghead.metrics.pose import head_pose_similarity
-    from talkinghead.data.stage1_dataset import reference_expression
-    from talkinghead.pipeline.stage1 import predict_expression_pose
-
     frames = held_out_frames(clip, frames)
     ref_frames = ref_frames if ref_frames is not None else clip.train_slice
     n = frames.stop - frames.start
@@ -252,8 +243,6 @@ def evaluate_person(
 ) -> dict:
     """All metrics of a person's (fine-tuned) models on their held-out frames:
     ``{"person", "weights", "frames", "stage1": {...}, "stage2": {...}, "pose": {mode: hs}}``."""
-    from talkinghead.pipeline.infer import load_person
-
     controls = controls or PoseControls()
     models = load_person(person, weights, device=device, renderer=renderer, with_audio=True)
     clip = models.clip
@@ -305,15 +294,11 @@ def format_person_metrics(result: Mapping[str, Any]) -> str:
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write metrics ``data`` as JSON atomically (:func:`talkinghead.stagedir.write_json_atomic`)."""
-    from talkinghead.stagedir import write_json_atomic
-
     return write_json_atomic(path, _plain(data))
 
 
 def evaluate_from_config(cfg) -> dict:
     """``scripts/evaluate.py``: ``person`` (required), ``weights``, ``out``, ``pose.*``."""
-    from talkinghead.cli import cfg_get
-
     person = cfg_get(cfg, "person")
     if not person:
         raise ConfigError("person= is required: a person clip with fine-tuned models (PERSON/finetuned)")

@@ -24,8 +24,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from talkinghead.stagedir import DONE_FILE, is_done
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+from talkinghead.cli import cfg_get, compose_config
+from talkinghead.data.clip import read_clip
 from talkinghead.errors import ConfigError, InputError, TrainingError
+from talkinghead.preprocess.pipeline import preprocess_from_config
+from talkinghead.stagedir import DONE_FILE, is_done
+from talkinghead.train.audio2coeff import train_audio2coeff
+from talkinghead.train.refiner import train_refiner
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +86,6 @@ def ensure_clip(person: Path, video: str | os.PathLike | None, cfg) -> Path:
     if video is None:
         raise InputError(f"no person clip at {person} (meta.json missing); pass video=FILE to preprocess a video "
                          f"into it, or point person= at an existing clip")
-    from omegaconf import OmegaConf
-
-    from talkinghead.cli import compose_config
-    from talkinghead.preprocess.pipeline import preprocess_from_config
-
     pre = compose_config("preprocess", [f"video={video}", f"out={person}"])
     OmegaConf.set_struct(pre, False)
     for key in PREPROCESS_KEYS:
@@ -95,11 +98,7 @@ def ensure_clip(person: Path, video: str | os.PathLike | None, cfg) -> Path:
 
 def _train_stage(stage: str, clip, out_dir: Path, cfg, init_dir: Path) -> Path:
     if stage == "audio2coeff":
-        from talkinghead.train.audio2coeff import train_audio2coeff
-
         return train_audio2coeff([clip], out_dir, cfg, mode="finetune", init_dir=init_dir)
-    from talkinghead.train.refiner import train_refiner
-
     return train_refiner([clip], out_dir, cfg, mode="finetune", init_dir=init_dir)
 
 
@@ -118,11 +117,6 @@ def finetune_person(
     ``refiner.finetune``, ``trainer``, ``seed``; ``detector``/``fitting``/``face_model`` for
     preprocessing). Returns where the models went and which steps ran or were skipped.
     """
-    from tqdm.auto import tqdm
-
-    from talkinghead.cli import cfg_get
-    from talkinghead.data.clip import read_clip
-
     person = Path(person).expanduser()
     out = Path(out).expanduser() if out is not None else person / "finetuned"
     needs_clip = not (person / "meta.json").is_file()
@@ -172,8 +166,6 @@ def finetune_person(
 
 def finetune_from_config(cfg) -> FinetuneResult:
     """``scripts/finetune.py``: ``person`` (required), ``video``, ``stage``, ``general``, ``out``."""
-    from talkinghead.cli import cfg_get
-
     person = cfg_get(cfg, "person")
     if not person:
         raise ConfigError("person= is required: the person clip directory (created from video=FILE if missing)")

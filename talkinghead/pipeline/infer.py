@@ -45,19 +45,26 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from talkinghead.data.clip import PersonClip
+from talkinghead.audio import check_not_silent, load_audio
+from talkinghead.cli import cfg_get
+from talkinghead.data.clip import PersonClip, read_clip
+from talkinghead.data.stage1_dataset import reference_expression
 from talkinghead.devices import PRECISIONS, resolve_device
-from talkinghead.errors import ConfigError, InputError, TalkingHeadError
+from talkinghead.errors import ConfigError, InputError, TalkingHeadError, require_file
 from talkinghead.face.coeffs import SLICES, split_coeffs
+from talkinghead.face.factory import make_face_model
 from talkinghead.instantiate import to_plain
 from talkinghead.pipeline.frames import SourceFrames
 from talkinghead.pipeline.mouth import MouthCompositor, MouthOptions, mouth_options
 from talkinghead.pipeline.pose import PoseControls, resolve_pose
+from talkinghead.pipeline.stage1 import load_audio2coeff, predict_expression_pose
 from talkinghead.pipeline.stage2 import Refiner, RefinerStream, load_refiner
 from talkinghead.render.blend import render_blended
 from talkinghead.render import Renderer, get_renderer
 from talkinghead.stagedir import check_trained
+from talkinghead.video import VideoWriter, check_output_path, invert_affine, paste_back
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -245,11 +252,6 @@ def load_person(
     (``meta.json: face_model``). ``with_audio`` also loads the clip's own soundtrack (for
     evaluation). Raises a one-line error for a missing clip or missing weights.
     """
-    from talkinghead.data.clip import read_clip
-    from talkinghead.data.stage1_dataset import reference_expression
-    from talkinghead.face.factory import make_face_model
-    from talkinghead.pipeline.stage1 import load_audio2coeff
-
     person = Path(person)
     clip = read_clip(person, load_audio=with_audio)
     weights = Path(weights) if weights is not None else finetuned_dir(person)
@@ -284,8 +286,6 @@ def load_person(
 
 def load_speech(path: str | os.PathLike) -> np.ndarray:
     """Audio file -> 16 kHz mono float32 ``[S]``; refuses missing/corrupt/empty/silent audio."""
-    from talkinghead.audio import check_not_silent, load_audio
-
     audio = load_audio(path, SAMPLE_RATE)
     check_not_silent(audio, path)
     return audio
@@ -303,8 +303,6 @@ def predict_motion(person: PersonModels, audio: np.ndarray, controls: PoseContro
                    chunk_frames: int = 250) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Stage 1 over the whole audio, then the pose mode: ``(expression [N, 64], raw predicted
     pose [N, 6], resolved pose [N, 6], ref_index [N])``."""
-    from talkinghead.pipeline.stage1 import predict_expression_pose
-
     expression, pred_pose = predict_expression_pose(person.stage1, audio, chunk_frames=chunk_frames,
                                                     device=person.device,
                                                     expression_reference=person.expression_reference)
@@ -379,8 +377,6 @@ def source_frames(person: PersonModels) -> SourceFrames:
 def paste_frames(person: PersonModels, refined: torch.Tensor, alpha: torch.Tensor, ref_index: np.ndarray) -> np.ndarray:
     """Paste refined crops ``[n, 3, S, S]`` into the full frames of ``ref_index`` using the face
     mask ``alpha [n, 1, S, S]`` (Poisson blending): uint8 ``[n, H, W, 3]``."""
-    from talkinghead.video import invert_affine, paste_back
-
     full = source_frames(person)
     crop_size = person.clip.meta.crop_size
     crop_to_frame = invert_affine(full.frame_to_crop)  # the clip's own crop size
@@ -421,8 +417,6 @@ def paste_regions(person: PersonModels, frames: torch.Tensor, regions: torch.Ten
     """Blend composed crops ``[n, 3, S, S]`` into their reference frames' full frames with their
     soft regions ``[n, 1, S, S]`` as alpha: uint8 ``[n, H, W, 3]``. Outside the region the crop
     is the reference frame itself, so there is no seam to hide."""
-    from talkinghead.video import paste_back
-
     source = source_frames(person)
     crops = _to_uint8(frames)
     alphas = regions[:, 0].cpu().numpy()
@@ -530,11 +524,6 @@ def generate_video(
     Returns the frame count and the seconds spent per stage (``audio``, ``stage1``, ``pose``,
     ``render``, ``stage2``, ``encode``, ``paste_back``).
     """
-    from tqdm.auto import tqdm
-
-    from talkinghead.pipeline.stage1 import predict_expression_pose
-    from talkinghead.video import VideoWriter, check_output_path
-
     options = options or InferenceOptions()
     timer = StageTimer(person.device)
     out = check_output_path(out)
@@ -579,8 +568,6 @@ class ManifestRow:
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     """Rows of a CSV manifest with the header ``person,audio,out`` (extra columns ignored).
     Relative paths are taken relative to the manifest's own directory."""
-    from talkinghead.errors import require_file
-
     path = require_file(path, "manifest", "pass manifest=FILE.csv with columns person,audio,out")
     base = path.parent
     try:
@@ -647,8 +634,6 @@ def _describe(result: InferenceResult) -> str:
 
 def infer_from_config(cfg) -> list[InferenceResult]:
     """``scripts/infer.py``: one person/audio/out, or a ``manifest`` of them."""
-    from talkinghead.cli import cfg_get
-
     options = InferenceOptions.from_config(cfg)
     device = cfg_get(cfg, "device", "auto")
     renderer = get_renderer(cfg_get(cfg, "renderer", "torch"))
@@ -662,8 +647,6 @@ def infer_from_config(cfg) -> list[InferenceResult]:
     if missing:
         raise ConfigError(f"missing {', '.join(k + '=' for k in missing)}; usage: python scripts/infer.py "
                           "person=DIR audio=FILE out=FILE.mp4 (or manifest=FILE.csv)")
-    from talkinghead.video import check_output_path
-
     out = check_output_path(values["out"])  # cheap checks first: no model loading for a bad path
     audio = load_speech(values["audio"])
     person = load_person(values["person"], weights, device=device, renderer=renderer)

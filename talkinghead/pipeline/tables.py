@@ -31,7 +31,11 @@ from typing import Sequence
 
 import numpy as np
 
+from talkinghead.cli import cfg_get, to_plain
+from talkinghead.data.clip import list_clips
 from talkinghead.errors import ConfigError, InputError
+from talkinghead.face.factory import make_face_model
+from talkinghead.models.audio2coeff import read_model_json
 from talkinghead.pipeline.evaluate import (
     STAGE2_IDENTITIES,
     evaluate_pose_modes,
@@ -41,8 +45,14 @@ from talkinghead.pipeline.evaluate import (
     held_out_frames,
     write_json,
 )
+from talkinghead.pipeline.evaluate_stage1 import fit_loudness_baseline
+from talkinghead.pipeline.finetune import finetune_person
+from talkinghead.pipeline.infer import load_person
 from talkinghead.pipeline.pose import PoseControls
+from talkinghead.pipeline.stage1 import load_audio2coeff
+from talkinghead.pipeline.stage2 import load_refiner
 from talkinghead.render import get_renderer
+from talkinghead.stagedir import check_trained, is_done
 
 MODELS = ("general", "finetuned")
 POSE_MODE_ORDER = ("still", "predicted", "matched")
@@ -63,12 +73,6 @@ def evaluate_for_tables(person: str | os.PathLike, general: str | os.PathLike, d
                         renderer: str = "torch", controls: PoseControls | None = None,
                         loudness_baseline=None) -> PersonTables:
     """All numbers of the three tables for one person (fine-tuned models in ``PERSON/finetuned``)."""
-    from talkinghead.face.factory import make_face_model
-    from talkinghead.pipeline.infer import load_person
-    from talkinghead.stagedir import check_trained
-    from talkinghead.pipeline.stage1 import load_audio2coeff
-    from talkinghead.pipeline.stage2 import load_refiner
-
     controls = controls or PoseControls()
     tuned = load_person(person, device=device, renderer=renderer, with_audio=True)
     clip, frames = tuned.clip, held_out_frames(tuned.clip)
@@ -218,13 +222,6 @@ def build_tables(results: Sequence[PersonTables]) -> tuple[str, dict]:
 # ----------------------------------------------------------------------------- entry point
 def reproduce_tables_from_config(cfg) -> str:
     """``scripts/reproduce_tables.py``: evaluate, print the tables, write ``OUT/tables.md``."""
-    from talkinghead.cli import cfg_get, to_plain
-    from talkinghead.data.clip import list_clips
-    from talkinghead.pipeline.evaluate_stage1 import fit_loudness_baseline
-    from talkinghead.pipeline.finetune import finetune_person
-    from talkinghead.stagedir import check_trained, is_done
-    from talkinghead.models.audio2coeff import read_model_json
-
     root = Path(str(cfg_get(cfg, "data.root", "data/synthetic")))
     general = Path(str(cfg_get(cfg, "general", "checkpoints/general")))
     out = Path(str(cfg_get(cfg, "out", "outputs/tables")))

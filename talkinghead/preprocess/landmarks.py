@@ -30,6 +30,7 @@ frame-to-frame jitter while keeping fast mouth motion).
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 import os
@@ -40,8 +41,15 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
+from talkinghead.data.clip import read_clip
+from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
+from talkinghead.face.align import apply_transform, invert_transform
+from talkinghead.face.camera import Camera
+from talkinghead.face.factory import make_face_model
 from talkinghead.instantiate import build
 
 log = logging.getLogger(__name__)
@@ -174,7 +182,7 @@ class MediaPipeDetector:
     ):
         self._quiet = not native_log
         try:
-            import mediapipe
+            import mediapipe  # optional dependency
 
             face_mesh = mediapipe.solutions.face_mesh
         except (ImportError, AttributeError) as err:  # pragma: no cover - mediapipe is a dev dependency here
@@ -227,8 +235,6 @@ FACE_ALIGNMENT_FILES = ("2DFAN4-cd938726ad.zip", "s3fd-619a316812.pth")
 
 def torch_hub_checkpoints() -> Path:
     """The folder torch.hub (and face-alignment) caches downloads in: ``$TORCH_HOME/hub/checkpoints``."""
-    import torch
-
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
@@ -250,8 +256,6 @@ def _urls_in(module: Any, names: Iterable[str]) -> list[str]:
 
 def face_alignment_weight_files(module: Any) -> list[str]:
     """File names of the 2-D FAN and SFD weights the installed face-alignment would download."""
-    import importlib
-
     urls = []
     for sub, attrs in (("api", ("models_urls", "default_model_urls")),
                        ("detection.sfd.sfd_detector", ("models_urls",))):
@@ -277,14 +281,12 @@ class FaceAlignmentDetector:
 
     def __init__(self, device: str = "auto", face_detector: str = "sfd", flip_input: bool = False):
         try:
-            import face_alignment
+            import face_alignment  # optional dependency
         except ImportError:
             raise ConfigError(
                 "detector=face_alignment needs the face-alignment package, which is not installed; "
                 "pip install --no-deps face-alignment (keeps one OpenCV), or use detector=mediapipe"
             ) from None
-        from talkinghead.devices import resolve_device
-
         landmarks_type = getattr(face_alignment.LandmarksType, "TWO_D", None) or getattr(face_alignment.LandmarksType, "_2D")
         kwargs: dict[str, Any] = {"device": str(resolve_device(device)), "flip_input": bool(flip_input),
                                   "face_detector": face_detector}
@@ -362,18 +364,11 @@ class GroundTruthDetector:
     @classmethod
     def from_clip(cls, clip_dir: str | os.PathLike, noise_px: float = 0.0, seed: int = 0) -> "GroundTruthDetector":
         """Coefficients and face model of a (synthetic) person clip."""
-        from talkinghead.data.clip import read_clip
-        from talkinghead.face.factory import make_face_model
-
         clip = read_clip(clip_dir, load_audio=False)
         return cls(np.asarray(clip.coeffs), make_face_model(clip.meta.face_model), noise_px, seed)
 
     def landmarks_for_size(self, image_size: int) -> np.ndarray:
         """Projected landmarks ``[N, 68, 2]`` in an ``image_size`` square frame (noise included)."""
-        import torch
-
-        from talkinghead.face.camera import Camera
-
         if self._landmarks is None or self._size != image_size:
             with torch.no_grad():
                 lm = self.face_model.landmarks_2d(torch.from_numpy(self.coeffs), Camera().with_size(image_size)).numpy()
@@ -441,9 +436,6 @@ class SavedLandmarksDetector:
     @classmethod
     def from_clip(cls, clip_dir: str | os.PathLike) -> "SavedLandmarksDetector":
         """A person clip's landmarks in full-frame pixels (the inverse of its fixed transform)."""
-        from talkinghead.data.clip import read_clip
-        from talkinghead.face.align import apply_transform, invert_transform
-
         clip = read_clip(clip_dir, load_audio=False)
         frame = apply_transform(np.asarray(clip.landmarks), invert_transform(clip.fixed_transform))
         return cls(frame, str(clip_dir))
@@ -543,8 +535,6 @@ class RawTrack:
 def detect_video(frames: Iterable[np.ndarray], detector: LandmarkDetector, progress: bool = False,
                  total: int | None = None) -> RawTrack:
     """Run ``detector`` over ``frames`` (fed in order) and keep the largest face of each frame."""
-    from tqdm.auto import tqdm
-
     landmarks, counts, ratios = [], [], []
     frame_size = (0, 0)
     for index, frame in enumerate(tqdm(frames, total=total, desc="landmarks", unit="frame", disable=not progress)):
@@ -613,7 +603,7 @@ def smooth_landmarks(landmarks: np.ndarray, window: int = 5, polyorder: int = 2)
     """Savitzky-Golay filter over time (axis 0) of ``[N, 68, 2]`` landmarks. A local polynomial
     fit keeps peaks (mouth openings) better than a moving average of the same width; windows
     of at most 2 frames, or clips shorter than the window, are returned unchanged."""
-    from scipy.signal import savgol_filter
+    from scipy.signal import savgol_filter  # local: scipy.signal costs 0.9 s; only smoothing needs it
 
     window = int(window)
     if window <= 2:

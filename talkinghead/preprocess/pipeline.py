@@ -32,14 +32,18 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
 
-from talkinghead.data.clip import MIN_FRAMES
+from talkinghead.cli import cfg_get, to_plain
+from talkinghead.data.clip import MIN_FRAMES, ClipMeta, default_split, read_clip, write_clip
 from talkinghead.errors import ConfigError, InputError, require_file
 from talkinghead.face.factory import DEFAULT_FACE_MODEL, face_model_spec, make_face_model
 from talkinghead.face.align import alignment_transforms, apply_transform, fixed_transform, warp_crop
 from talkinghead.preprocess.fit import FitResult, FittingConfig, config_dict, fit_clips, fit_coefficients
-from talkinghead.preprocess.landmarks import LandmarkDetector, TrackOptions, clean_track, detect_video, make_detector
+from talkinghead.preprocess.landmarks import LandmarkDetector, RawTrack, TrackOptions, clean_track, detect_video, make_detector
 from talkinghead.render import Renderer, get_renderer
+from talkinghead.video.io import VideoWriter, iter_video, probe_media, read_video_audio
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +55,6 @@ CROP_SIZE = 224
 def check_video(video: str | os.PathLike, min_frames: int = MIN_FRAMES):
     """Check that ``video`` is a readable video long enough for ``min_frames`` frames at 25 fps
     (estimated from its duration); returns its :class:`~talkinghead.video.io.MediaInfo`."""
-    from talkinghead.video.io import probe_media
-
     path = require_file(video, "video", "check the video= path")
     info = probe_media(path)
     if not info.has_video:
@@ -90,10 +92,6 @@ def _cut_crops(video: Path, num_frames: int, fixed: np.ndarray, aligned: np.ndar
                audio: np.ndarray | None, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Second decoding pass: fixed and aligned crops ``[N, S, S, 3]`` of every frame, and
     (optionally) the 25-fps source video with its audio written to ``source_out``."""
-    from tqdm.auto import tqdm
-
-    from talkinghead.video.io import VideoWriter, iter_video
-
     fixed_crops = np.empty((num_frames, CROP_SIZE, CROP_SIZE, 3), np.uint8)
     aligned_crops = np.empty_like(fixed_crops)
     writer = VideoWriter(source_out, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE) if source_out else None
@@ -324,8 +322,6 @@ def fit_image(
     dominant face, align it to the 224 crop, fit. Returns ``(crop [224, 224, 3], landmarks in
     the crop [68, 2], FitResult)``; a still image needs no smoothing and uses
     ``static_image_mode`` for MediaPipe (``detector=None``)."""
-    from talkinghead.preprocess.landmarks import RawTrack
-
     owns_detector = not isinstance(detector, LandmarkDetector)
     if detector is None:  # MediaPipe, in its mode for unrelated images
         detect = make_detector(static_image_mode=True)
@@ -348,10 +344,6 @@ def fit_image(
 
 def preprocess_from_config(cfg) -> Path:
     """``scripts/preprocess.py``: compose-config entry (keys: ``configs/preprocess.yaml``)."""
-    from omegaconf import OmegaConf
-
-    from talkinghead.cli import cfg_get, to_plain
-
     for key in ("video", "out"):
         if OmegaConf.is_missing(cfg, key):
             raise ConfigError(f"{key}= is required: python scripts/preprocess.py video=FILE out=DIR")
@@ -372,8 +364,6 @@ def preprocess_from_config(cfg) -> Path:
         keep_source=bool(cfg_get(cfg, "keep_source", True)),
         name=cfg_get(cfg, "name"),
     )
-    from talkinghead.data.clip import read_clip
-
     clip = read_clip(path, load_audio=False)
     fit = clip.meta.extra.get("fit", {})
     audio_note = "" if clip.meta.has_audio else " (no audio: usable for Stage 2 fine-tuning only)"

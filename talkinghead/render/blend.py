@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from talkinghead.errors import InputError
 from talkinghead.face.camera import Camera
@@ -25,8 +26,6 @@ def fill_holes(alpha: torch.Tensor, max_iters: int | None = None) -> torch.Tenso
     """
     if alpha.device.type != "cpu":
         return fill_holes_by_dilation(alpha, max_iters)
-    from scipy import ndimage
-
     background = (alpha < 0.5)[:, 0].numpy()  # [B, H, W]
     structure = np.zeros((3, 3, 3), bool)
     structure[1] = True  # 8-connected inside an image, never across images of the batch

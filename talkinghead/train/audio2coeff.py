@@ -49,22 +49,29 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
+from talkinghead.audio.features import frame_windows
 from talkinghead.cli import cfg_get, to_plain
 from talkinghead.data.clip import PersonClip, read_clip
-from talkinghead.data.stage1_dataset import Stage1WindowDataset
+from talkinghead.data.stage1_dataset import Stage1WindowDataset, reference_expression
 from talkinghead.errors import ConfigError
-from talkinghead.models.audio2coeff import ExpressionPoseLSTM, make_optimizer, stage1_loss
-from talkinghead.train import checkpoint as ckpt
+from talkinghead.face.coeffs import EXP_DIM, SLICES
 from talkinghead.models.audio2coeff import (
     GENERAL_COMMAND,
     MODEL_KEYS,
     MODEL_NAME,
     RESIDUAL_FILE,
+    ExpressionPoseLSTM,
     NormalizedExpressionPoseLSTM,
+    make_optimizer,
+    predict_sequence,
     read_model_json,
+    stage1_loss,
 )
+from talkinghead.models.linear import select_person_blend
+from talkinghead.train import checkpoint as ckpt
 from talkinghead.stagedir import AUDIO2COEFF, DONE_FILE, MODEL_FILE, WEIGHTS_FILE, write_json_atomic
 from talkinghead.train.distributed import barrier, is_main, unwrap
 from talkinghead.train.loop import Trainer, TrainerConfig, seed_everything
@@ -323,14 +330,6 @@ def fit_person_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | str
     too, ignores the recording channel) to the expression; its penalty and the blend weight of the
     network are chosen on the last sixth of the frames (250-299) after fitting on the rest, then
     the ridge is refitted on all of them and written to ``path``. Returns the ridge."""
-    import numpy as np
-
-    from talkinghead.audio.features import frame_windows
-    from talkinghead.data.stage1_dataset import reference_expression
-    from talkinghead.face.coeffs import EXP_DIM, SLICES
-    from talkinghead.models.audio2coeff import predict_sequence
-    from talkinghead.models.linear import select_person_blend
-
     plain, truth, network = [], [], []
     for clip in clips:
         clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
@@ -476,12 +475,12 @@ def train_audio2coeff(
         unknown = sorted(set(extra) - {"count", "speech", "seed", "frames"})
         if unknown:
             raise ConfigError(f"unknown config key {STAGE}.train.extra_speakers.{unknown[0]}; valid keys: count, frames, seed, speech")
+        # local: the synthetic world (scipy.signal, eSpeak) costs 1 s to import; only general training with extra speakers needs it
+        from talkinghead.data.synthetic.espeak import available
         from talkinghead.data.synthetic.world import speech_clips
 
         speech = str(extra.get("speech", "espeak"))
         if speech != "source_filter":
-            from talkinghead.data.synthetic.espeak import available
-
             problem = available()
             if problem is not None:  # degrade: the world's own voices instead of eSpeak's
                 log.warning("audio2coeff.train.extra_speakers: %s; using speech=source_filter instead", problem)

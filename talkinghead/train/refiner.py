@@ -59,11 +59,17 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from talkinghead.stagedir import DONE_FILE, MODEL_FILE, REFINER as STAGE_NAME, WEIGHTS_FILE, read_model_json, write_json_atomic
+from talkinghead.data.clip import PersonClip, read_clip
+from talkinghead.data.stage2_dataset import RefinerDataset
 from talkinghead.errors import ConfigError, InputError
-from talkinghead.models.refiner import PatchDiscriminator, discriminator_loss, generator_loss
-from talkinghead.models.refiner import build_generator
+from talkinghead.metrics.image import psnr
+from talkinghead.models.features import identity_feature_spec, key_encoder_spec, make_identity_feature
+from talkinghead.models.refiner import PatchDiscriminator, build_generator, discriminator_loss, generator_loss
+from talkinghead.render import get_renderer
+from talkinghead.stagedir import DONE_FILE, MODEL_FILE, REFINER as STAGE_NAME, WEIGHTS_FILE, read_model_json, write_json_atomic
+from talkinghead.train.checkpoint import export_weights, load_weights
 from talkinghead.train.distributed import (
     DistInfo,
     all_gather_rows,
@@ -76,7 +82,7 @@ from talkinghead.train.distributed import (
     unwrap,
     wrap_ddp,
 )
-from talkinghead.models.features import identity_feature_spec, key_encoder_spec, make_identity_feature
+from talkinghead.train.loop import Trainer, TrainerConfig, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +109,6 @@ def _to_unit(images: torch.Tensor) -> torch.Tensor:
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean PSNR (dB) of images in [-1, 1], measured in [0, 1]."""
-    from talkinghead.metrics.image import psnr
-
     return psnr(_to_unit(a), _to_unit(b)).mean()
 
 
@@ -271,13 +275,8 @@ class RefinerTask:
 # ---------------------------------------------------------------------------------------------
 def _plain(node: Any) -> Any:
     """A config node (OmegaConf or mapping) as plain Python containers."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(node, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(node, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf ships with hydra
-        pass
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True)
     return node
 
 
@@ -332,8 +331,6 @@ def model_spec_from_config(model_cfg: Mapping[str, Any]) -> dict:
 # Training entry point
 # ---------------------------------------------------------------------------------------------
 def _load_clips(clips: Sequence[Any]) -> list:
-    from talkinghead.data.clip import PersonClip, read_clip
-
     return [c if isinstance(c, PersonClip) else read_clip(c, load_audio=False) for c in clips]
 
 
@@ -358,10 +355,6 @@ def train_refiner(
     Rerunning the same call resumes from the last checkpoint. Under ``torchrun`` every process
     calls it with the same arguments (see the module docstring).
     """
-    from talkinghead.data.stage2_dataset import RefinerDataset
-    from talkinghead.render import get_renderer
-    from talkinghead.train import Trainer, TrainerConfig, export_weights, load_weights, seed_everything
-
     if mode not in MODES:
         raise ConfigError(f"refiner training mode={mode!r} is unknown; use one of {', '.join(MODES)}")
     refiner_cfg = _plain(cfg.refiner)

@@ -16,7 +16,9 @@ from pathlib import Path
 from talkinghead.cli import cfg_get
 from talkinghead.data.clip import list_clips
 from talkinghead.errors import ConfigError, InputError
+from talkinghead.train.audio2coeff import train_audio2coeff
 from talkinghead.train.distributed import cleanup, is_main
+from talkinghead.train.refiner import train_refiner
 
 __all__ = ["STAGES", "train_from_config"]
 
@@ -45,12 +47,8 @@ def train_from_config(cfg) -> Path:
     clips = list_clips(root, "train")
     try:
         if stage == "audio2coeff":
-            from talkinghead.train.audio2coeff import train_audio2coeff
-
             written = train_audio2coeff(clips, out, cfg, mode="general", val_clips=_heldout_clips(root))
         else:
-            from talkinghead.train.refiner import train_refiner
-
             written = train_refiner(clips, out, cfg, mode="general", val_clips=_heldout_clips(root))
         if is_main():
             print(f"wrote {written}: the general {stage} model (weights.safetensors, model.json, done.json; "

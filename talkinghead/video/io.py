@@ -25,6 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import imageio_ffmpeg
 import numpy as np
 
 from talkinghead.audio.io import ffmpeg_exe, last_error_line, load_audio, publish_file, run_ffmpeg, save_wav
@@ -142,8 +143,6 @@ def _count_video_frames(path: Path) -> int | None:
 # --------------------------------------------------------------------------------------------
 def _iter_raw_frames(path: str | os.PathLike, fps: float | None, max_frames: int | None) -> Iterator[np.ndarray]:
     """Decoded read-only RGB frames ``[H, W, 3]`` uint8 (views on ffmpeg's output buffers)."""
-    import imageio_ffmpeg
-
     info = probe_media(path)
     if not info.has_video:
         raise InputError(f"{info.path} has no video stream; provide a video file")

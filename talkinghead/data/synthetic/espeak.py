@@ -28,11 +28,15 @@ each call of :func:`espeak_speech` synthesises in a fresh ``python -c`` process
 from __future__ import annotations
 
 import ctypes
+import json
+import subprocess
+import sys
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from talkinghead.data.synthetic.speech import INDEX, SAMPLE_RATE, Timeline
 from talkinghead.errors import ConfigError
@@ -117,7 +121,7 @@ sys.stdout.buffer.write(b"".join(out))
 def _paths() -> tuple[str, str]:
     """(libespeak-ng, its data folder) from the ``espeakng-loader`` wheel; the library is
     loaded once here to check it (synthesis runs in worker processes)."""
-    import espeakng_loader
+    import espeakng_loader  # optional dependency
 
     library, data = str(espeakng_loader.get_library_path()), str(espeakng_loader.get_data_path())
     ctypes.CDLL(library)
@@ -138,10 +142,6 @@ def available() -> str | None:
 def synthesize_texts(texts: list[str], voice: "EspeakVoice", max_seconds: float) -> tuple[int, list[tuple[np.ndarray, list]]]:
     """Speak ``texts`` in order with ``voice`` in a fresh eSpeak process, stopping once
     ``max_seconds`` are spoken: ``(sample rate, [(int16 audio [n], [(ipa, start ms), ...]), ...])``."""
-    import json
-    import subprocess
-    import sys
-
     library, data = _paths()
     job = {"library": library, "data": data, "voice": voice.name, "rate": voice.rate, "pitch": voice.pitch,
            "range": voice.pitch_range, "word_gap": voice.word_gap, "texts": texts,
@@ -241,8 +241,6 @@ def random_text(rng: np.random.Generator, words: int) -> str:
 
 
 def _resample(audio: np.ndarray, rate: int) -> np.ndarray:
-    from scipy.signal import resample_poly
-
     g = np.gcd(SAMPLE_RATE, rate)
     return resample_poly(audio.astype(np.float64), SAMPLE_RATE // g, rate // g).astype(np.float32)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 
 from talkinghead.data.synthetic.people import Person
 from talkinghead.face.camera import Camera, pose_vertices
@@ -65,8 +66,6 @@ class FaceAttributes:
 
     @classmethod
     def from_model(cls, model: MorphableModel, texture_size: int = _DETAIL_SIZE) -> "FaceAttributes":
-        from scipy.spatial import cKDTree
-
         n = model.num_vertices
         jaw = torch.zeros(1, model.exp_basis.shape[1])
         jaw[0, EXPRESSION_UNITS["jaw_open"]] = 1.0

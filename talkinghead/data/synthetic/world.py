@@ -30,22 +30,29 @@ fixed frames with the 5-point alignment of :mod:`talkinghead.face.align`.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import cv2
 import numpy as np
 import torch
 from scipy.ndimage import convolve1d
+from tqdm import tqdm
 
-from talkinghead.data.clip import ClipMeta, default_split, write_clip, write_corpus_index
+from talkinghead.cli import cfg_get, to_plain
+from talkinghead.data.clip import ClipMeta, PersonClip, default_split, read_clip, write_clip, write_corpus_index
+from talkinghead.data.synthetic.espeak import available, espeak_speech
+from talkinghead.data.synthetic.frames import FaceAttributes, FrameSynthesizer
 from talkinghead.data.synthetic.motion import blinks, brow_raises, head_motion
 from talkinghead.data.synthetic.mouth import MOUTH_UNITS, mouth_trajectory
 from talkinghead.data.synthetic.people import Person, sample_people
 from talkinghead.data.synthetic.speech import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, Timeline, make_speech
 from talkinghead.errors import ConfigError
+from talkinghead.face.align import alignment_transforms, warp_crop
 from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, SLICES
 from talkinghead.face.factory import DEFAULT_FACE_MODEL, face_model_spec, is_procedural, make_face_model
 from talkinghead.face.procedural import EXPRESSION_UNITS
@@ -96,8 +103,6 @@ def person_speech(person: Person, num_frames: int, speech: str = "source_filter"
     if speech == "mix":
         speech = "espeak" if rng.random() < 0.5 else "source_filter"
     if speech == "espeak":
-        from talkinghead.data.synthetic.espeak import espeak_speech
-
         audio, timeline, _ = espeak_speech(num_frames / FPS, rng)
         audio = np.clip(audio * 10.0 ** (person.voice.gain_db / 20.0), -0.99, 0.99) + rng.normal(0.0, 2e-4, len(audio))
         return audio.astype(np.float32), timeline, speech
@@ -143,8 +148,6 @@ def speech_clips(count: int, frames: int = 400, seed: int = 1, speech: str = "es
     the world's audio and coefficients of persons sampled from ``seed`` speaking with
     ``speech`` (default eSpeak NG). About half a second each: a general Stage-1 model hears far
     more voices and languages than the rendered corpus holds (``audio2coeff.train.extra_speakers``)."""
-    from talkinghead.data.clip import ClipMeta, PersonClip
-
     if count < 1:
         return []
     people = sample_people(count, seed, 0)
@@ -167,8 +170,6 @@ def speech_clips(count: int, frames: int = 400, seed: int = 1, speech: str = "es
 def render_frames(model, person: Person, coeffs: np.ndarray, crop_size: int = 224, attributes=None,
                   on_chunk: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Real frames ``uint8 [N, S, S, 3]`` and landmarks ``[N, 68, 2]`` of ``coeffs [N, 257]``."""
-    from talkinghead.data.synthetic.frames import FrameSynthesizer
-
     noise_seed = int(person.streams()["frames"].integers(2**31))
     synth = FrameSynthesizer(model, person, crop_size, attributes=attributes, seed=noise_seed)
     n = len(coeffs)
@@ -185,8 +186,6 @@ def render_frames(model, person: Person, coeffs: np.ndarray, crop_size: int = 22
 
 def aligned_crops(frames: np.ndarray, landmarks: np.ndarray, crop_size: int = 224) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame 5-point aligned crops ``[N, S, S, 3]`` and their transforms ``[N, 2, 3]``."""
-    from talkinghead.face.align import alignment_transforms, warp_crop
-
     transforms = alignment_transforms(landmarks, crop_size)
     aligned = np.stack([warp_crop(f, t, crop_size) for f, t in zip(frames, transforms)])
     return aligned, transforms
@@ -196,8 +195,6 @@ def make_person(out: str | os.PathLike, person: Person, num_frames: int, face_mo
                 crop_size: int = 224, on_chunk: Callable[[int], None] | None = None,
                 speech: str = "source_filter") -> Path:
     """Generate ``person``'s clip of ``num_frames`` frames into ``out`` (a clip directory)."""
-    from talkinghead.data.synthetic.frames import FaceAttributes
-
     spec = face_model_spec(face_model or DEFAULT_FACE_MODEL)
     model = make_face_model(spec)
     signals = person_signals(person, num_frames, speech)
@@ -233,8 +230,6 @@ def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0
     if speech not in SPEECH_SOURCES:
         raise ConfigError(f"speech={speech!r}; use one of {', '.join(SPEECH_SOURCES)}")
     if speech != "source_filter":
-        from talkinghead.data.synthetic.espeak import available
-
         problem = available()
         if problem is not None:
             raise ConfigError(f"speech={speech} needs eSpeak NG: {problem}; or use speech=source_filter")
@@ -247,8 +242,6 @@ def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0
     people = sample_people(persons, seed, heldout)
     workers = min(persons, workers if workers > 0 else (os.cpu_count() or 1))
     jobs = [(str(out), persons, seed, heldout, i, frames, spec, crop_size, speech) for i in range(persons)]
-    from tqdm import tqdm
-
     with tqdm(total=persons * frames, unit="frame", desc="synthetic corpus", disable=not progress) as bar:
         if workers <= 1:
             threads = torch.get_num_threads()
@@ -259,8 +252,6 @@ def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0
             finally:
                 torch.set_num_threads(threads)
         else:
-            import multiprocessing
-
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 for _ in pool.map(_make_person_job, jobs):
                     bar.update(frames)
@@ -296,11 +287,6 @@ def write_preview(out: str | os.PathLike, people: list[Person], face_model: dict
                   columns: int = 5, crop_size: int = 224) -> Path:
     """Contact sheet ``OUT/preview.png``: per person a row of plain 3DMM renders and a row of
     the real frames of the same time steps (read back from the written clips)."""
-    import cv2
-
-    from talkinghead.data.clip import read_clip
-    from talkinghead.data.synthetic.frames import FrameSynthesizer
-
     out = Path(out)
     model = make_face_model(dict(face_model or DEFAULT_FACE_MODEL))
     rows = []
@@ -328,8 +314,6 @@ def write_preview(out: str | os.PathLike, people: list[Person], face_model: dict
 def main(cfg: Any) -> Path:
     """``scripts/make_synthetic.py``: build the corpus the composed config describes (keys
     ``out persons heldout frames seed preview workers progress``; optional ``face_model``)."""
-    from talkinghead.cli import cfg_get, to_plain
-
     face_model = cfg_get(cfg, "face_model", None)
     heldout = cfg_get(cfg, "heldout", None)
     if heldout is None:  # the default: data.heldout (4), at most all persons but one
