@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from talkinghead.cli import compose_config, to_plain
 from talkinghead.errors import TalkingHeadError
 from talkinghead.train import Trainer, TrainerConfig, cleanup, export_weights, is_main, seed_everything
 
@@ -124,11 +125,18 @@ def build(seed: int = 0, lr: float = 1e-2, dropout: float = 0.1, kill_at=None, n
     return task, ToyDataset(train_size, data_seed=1234), ToyDataset(40, data_seed=99)
 
 
+def loop_settings(**overrides) -> dict:
+    """The trainer preset's loop settings (``configs/trainer/cpu.yaml``, on the CPU, no progress
+    bar) with ``overrides``: what :class:`TrainerConfig` requires besides the stage's values."""
+    preset = to_plain(compose_config("train", ["device=cpu", "progress=false"]).trainer)
+    return {**preset, **overrides}
+
+
 def run(out_dir, steps: int = 20, ckpt_every: int = 5, batch_size: int = 8, seed: int = 0, lr: float = 1e-2,
         dropout: float = 0.1, workers: int = 0, kill_at=None, nan_at=None, device: str = "cpu", **trainer_overrides):
     """Train the toy task; returns ``(task, trainer, result)``."""
     task, train_set, val_set = build(seed, lr, dropout, kill_at, nan_at)
-    cfg = TrainerConfig(
+    cfg = TrainerConfig(**loop_settings(
         out_dir=str(out_dir),
         max_steps=steps,
         batch_size=batch_size,
@@ -143,7 +151,7 @@ def run(out_dir, steps: int = 20, ckpt_every: int = 5, batch_size: int = 8, seed
         progress=False,
         desc="toy",
         **trainer_overrides,
-    )
+    ))
     trainer = Trainer(task, train_set, val_set, cfg)
     result = trainer.fit()
     return task, trainer, result

@@ -344,21 +344,24 @@ def test_per_sample_seeding_is_repeatable_and_leaves_global_rng_alone():
 
 def test_config_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="trainer.max_steps or trainer.max_epochs"):
-        TrainerConfig(out_dir=str(tmp_path))
+        TrainerConfig(**_toy_train.loop_settings(out_dir=str(tmp_path)))
     with pytest.raises(ConfigError, match="trainer.bacth_size"):
         TrainerConfig.coerce({"out_dir": str(tmp_path), "max_steps": 3, "bacth_size": 4})
-    merged = TrainerConfig.coerce({"device": "cpu", "ckpt_every": 200}, out_dir=str(tmp_path), max_steps=7)
-    assert (merged.device, merged.ckpt_every, merged.max_steps) == ("cpu", 200, 7)
+    merged = TrainerConfig.coerce(_toy_train.loop_settings(device="cpu", ckpt_every=300), out_dir=str(tmp_path), max_steps=7)
+    assert (merged.device, merged.ckpt_every, merged.max_steps) == ("cpu", 300, 7)
+    without_keep_last = {k: v for k, v in _toy_train.loop_settings().items() if k != "keep_last"}
+    with pytest.raises(ConfigError, match="trainer.keep_last is not set; see configs/trainer/cpu.yaml"):
+        TrainerConfig.coerce(without_keep_last, out_dir=str(tmp_path), max_steps=7)
     with pytest.raises(ConfigError, match="trainer.batch_size=0"):
-        TrainerConfig(out_dir=str(tmp_path), max_steps=3, batch_size=0)
+        TrainerConfig(**_toy_train.loop_settings(out_dir=str(tmp_path), max_steps=3, batch_size=0))
     task, train_set, _ = _toy_train.build()
     with pytest.raises(ConfigError, match="fewer than trainer.batch_size=200"):
-        Trainer(task, train_set, None, {"out_dir": str(tmp_path), "max_steps": 3, "batch_size": 200, "device": "cpu"})
+        Trainer(task, train_set, None, _toy_train.loop_settings(out_dir=str(tmp_path), max_steps=3, batch_size=200))
 
 
 def test_max_epochs_sets_the_number_of_steps(tmp_path):
     task, train_set, val_set = _toy_train.build()
-    trainer = Trainer(task, train_set, val_set, TrainerConfig(out_dir=str(tmp_path), max_epochs=2, batch_size=32, device="cpu", progress=False))
+    trainer = Trainer(task, train_set, val_set, TrainerConfig(**_toy_train.loop_settings(out_dir=str(tmp_path), max_epochs=2, batch_size=32)))
     result = trainer.fit()
     assert result["step"] == 6 and trainer.epoch == 2 and trainer.batch_in_epoch == 0  # 96 samples / 32
 

@@ -262,39 +262,32 @@ class Audio2CoeffTask:
 # ----------------------------------------------------------------------------------------------
 
 
+#: Keys of ``audio2coeff.train`` and ``audio2coeff.finetune``; their values live in
+#: configs/audio2coeff/default.yaml (and its presets) only.
+SCHEDULE_KEYS = ("lr", "lr_schedule", "min_lr_ratio", "batch_size", "val_batch_size", "window", "stride",
+                 "random_offset", "frames", "val_frames", "max_steps", "grad_clip", "input_norm", "ema_decay",
+                 "center_expression", "cmvn", "augment", "extra_speakers", "train_layers", "anchor_weight",
+                 "early_stop", "person_ridge")
+#: The keys one mode's section does not state, with what their absence means in that mode.
+_UNUSED_IN_MODE = {
+    "general": {"train_layers": None, "anchor_weight": 0.0, "early_stop": None, "person_ridge": False},
+    "finetune": {"center_expression": None, "cmvn": None,  # None: the general model's
+                 "augment": None, "extra_speakers": None},
+}
+
+
 def _schedule(cfg, mode: str) -> dict[str, Any]:
-    """The mode's training settings with defaults filled in."""
-    node = cfg_get(cfg, f"{STAGE}.{'train' if mode == 'general' else 'finetune'}", {})
-    sched = {
-        "lr": 2e-4 if mode == "general" else 1e-4,
-        "lr_schedule": "constant",
-        "min_lr_ratio": 0.05,
-        "batch_size": 16,
-        "val_batch_size": None,
-        "window": 16,
-        "stride": 1,
-        "random_offset": False,
-        "frames": None,  # general: all frames; finetune: the person's fine-tuning frames (meta.json train_frames)
-        "val_frames": [0, 300] if mode == "general" else None,  # finetune: the person's held-out frames (logged only)
-        "max_steps": 1000,
-        "grad_clip": None,
-        "input_norm": mode == "general",
-        "ema_decay": None,
-        "center_expression": False if mode == "general" else None,  # finetune: the general model's
-        "cmvn": False if mode == "general" else None,  # finetune: the general model's
-        "augment": None,  # channel/room augmentation (talkinghead.audio.augment.AugmentConfig)
-        "extra_speakers": None,  # general: {count, speech, seed, frames} in-memory speakers (world.speech_clips)
-        "train_layers": None,  # parts that learn (null: all): audio_encoder, audio_fc, lstm, head
-        "anchor_weight": 0.0,  # L2-SP pull toward the starting weights
-        "early_stop": None,  # {holdout: [start, stop] of the training frames, patience, every}
-        "person_ridge": False,  # finetune: blend with a per-person ridge (talkinghead.models.linear)
-    }
-    values = to_plain(node) or {}
-    unknown = sorted(set(values) - set(sched))
+    """The mode's training settings (``audio2coeff.train`` or ``.finetune``): every key of
+    :data:`SCHEDULE_KEYS` must be set there, except those the mode does not use."""
+    section = "train" if mode == "general" else "finetune"
+    values = to_plain(cfg_get(cfg, f"{STAGE}.{section}", {})) or {}
+    unknown = sorted(set(values) - set(SCHEDULE_KEYS))
     if unknown:
-        section = "train" if mode == "general" else "finetune"
-        raise ConfigError(f"unknown config key {STAGE}.{section}.{unknown[0]}; valid keys: {', '.join(sorted(sched))}")
-    sched.update({k: v for k, v in values.items()})
+        raise ConfigError(f"unknown config key {STAGE}.{section}.{unknown[0]}; valid keys: {', '.join(sorted(SCHEDULE_KEYS))}")
+    sched = {**_UNUSED_IN_MODE[mode], **values}
+    missing = [k for k in SCHEDULE_KEYS if k not in sched]
+    if missing:
+        raise ConfigError(f"{STAGE}.{section}.{missing[0]} is not set; see configs/{STAGE}/default.yaml")
     return sched
 
 

@@ -110,9 +110,12 @@ class TrainTask(Protocol):
     def validation_step(self, batch: Any) -> dict[str, torch.Tensor]: ...
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainerConfig:
-    """Loop settings; plain fields so ``TrainerConfig(**hydra_node)`` works.
+    """Loop settings; plain fields so ``TrainerConfig(**hydra_node)`` works. The fields of
+    :data:`PRESET_KEYS` have no default here: their values are written once, in
+    ``configs/trainer/cpu.yaml`` (``gpu.yaml`` states what differs), and a missing one is a
+    :class:`ConfigError` naming it.
 
     Give ``max_steps`` or ``max_epochs`` (both: stop at whichever comes first). Intervals are
     in optimisation steps; ``None`` or ``0`` switches that action off (a final checkpoint and a
@@ -121,20 +124,22 @@ class TrainerConfig:
     """
 
     out_dir: str
+    # the preset's settings (configs/trainer/): required
+    device: str
+    num_workers: int
+    log_every: int | None
+    val_every: int | None
+    ckpt_every: int | None
+    image_every: int | None
+    keep_last: int
+    resume: bool
+    progress: bool
+    # set by the stage (its schedule) or fixed
     max_steps: int | None = None
     max_epochs: int | None = None
     batch_size: int = 16
     val_batch_size: int | None = None  # global; defaults to batch_size
-    num_workers: int = 0
     seed: int = 0
-    device: str = "auto"
-    log_every: int | None = 50
-    val_every: int | None = None
-    ckpt_every: int | None = 1000
-    image_every: int | None = None
-    keep_last: int = 2
-    resume: bool = True
-    progress: bool = True
     shuffle: bool = True
     drop_last: bool = True
     grad_clip: float | None = None  # for the task to use (e.g. clip_grad_norm_)
@@ -173,7 +178,15 @@ class TrainerConfig:
             raise ConfigError(f"unknown trainer config key trainer.{unknown[0]}; valid keys: {', '.join(sorted(known))}")
         if "out_dir" not in values:
             raise ConfigError("trainer.out_dir is required (where checkpoints and logs go)")
+        missing = [key for key in PRESET_KEYS if key not in values]
+        if missing:
+            raise ConfigError(f"trainer.{missing[0]} is not set; see configs/trainer/cpu.yaml")
         return cls(**values)
+
+
+#: The :class:`TrainerConfig` fields a trainer preset (``configs/trainer/cpu.yaml``) sets.
+PRESET_KEYS = ("device", "num_workers", "log_every", "val_every", "ckpt_every", "image_every", "keep_last", "resume",
+               "progress")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -286,6 +286,36 @@ def _require(mapping: Mapping[str, Any], key: str, where: str) -> Any:
     return mapping[key]
 
 
+#: Keys of ``refiner.train`` and ``refiner.finetune`` (fine-tuning starts from ``train`` and
+#: replaces what ``finetune`` states); their values live in configs/refiner/default.yaml only.
+SCHEDULE_KEYS = ("lr", "beta1", "batch_size", "max_steps", "max_epochs", "lambda_l1", "lambda_mask", "lambda_tv",
+                 "val_frames")
+
+
+def refiner_schedule(cfg, mode: str) -> dict[str, Any]:
+    """The mode's training settings: ``refiner.train``, updated by ``refiner.finetune`` when
+    fine-tuning. Every key but ``max_steps``/``max_epochs`` (one of them) must be set; an unknown
+    key is a :class:`ConfigError` listing the valid ones."""
+    refiner_cfg = _plain(cfg.refiner)
+    sections = ("train", "finetune") if mode == "finetune" else ("train",)
+    schedule: dict[str, Any] = {}
+    for section in sections:
+        values = dict(refiner_cfg.get(section) or {})
+        unknown = sorted(set(values) - set(SCHEDULE_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown config key refiner.{section}.{unknown[0]}; valid keys: {', '.join(sorted(SCHEDULE_KEYS))}")
+        schedule.update(values)
+    where = f"refiner.{sections[-1]}"
+    for key in ("lr", "beta1", "batch_size", "lambda_l1", "lambda_mask", "lambda_tv", "val_frames"):
+        _require(schedule, key, where)
+    if not schedule.get("max_steps") and not schedule.get("max_epochs"):
+        raise ConfigError(f"{where}: set max_steps or max_epochs")
+    val = schedule["val_frames"]
+    if not (isinstance(val, (list, tuple)) and len(val) == 2 and all(isinstance(v, int) for v in val)):
+        raise ConfigError(f"{where}.val_frames={val!r} must be [start, stop] frame indices (e.g. [250, 300])")
+    return schedule
+
+
 def model_spec_from_config(model_cfg: Mapping[str, Any]) -> dict:
     """``refiner.model`` config -> the ``model.json`` spec (everything that rebuilds the model)."""
     m = dict(_plain(model_cfg))
@@ -358,7 +388,7 @@ def train_refiner(
     if mode not in MODES:
         raise ConfigError(f"refiner training mode={mode!r} is unknown; use one of {', '.join(MODES)}")
     refiner_cfg = _plain(cfg.refiner)
-    schedule = dict(refiner_cfg.get("train") or {})
+    schedule = refiner_schedule(cfg, mode)
     clips = _load_clips(clips)
     if not clips:
         raise InputError("no person clips to train the refiner on; check data.root (scripts/make_synthetic.py makes some)")
@@ -367,7 +397,6 @@ def train_refiner(
         if init_dir is None:
             raise ConfigError("fine-tuning the refiner needs the general model directory (config key general)")
         spec = read_model_json(init_dir, STAGE_NAME, f"python scripts/train.py stage=refiner out={init_dir}")
-        schedule.update(refiner_cfg.get("finetune") or {})
         train_stop = min(c.train_slice.stop for c in clips)
         frames = slice(2 + min(c.train_slice.start for c in clips), train_stop)
         if val_clips is None:
@@ -376,10 +405,6 @@ def train_refiner(
         spec = model_spec_from_config(refiner_cfg["model"])
         frames = slice(2, None)
     spec = {**spec, "mode": mode, "init": str(init_dir) if init_dir is not None else None}
-    for key in ("lr", "batch_size"):
-        _require(schedule, key, f"refiner.{'finetune' if mode == 'finetune' else 'train'}")
-    if not schedule.get("max_steps") and not schedule.get("max_epochs"):
-        raise ConfigError(f"refiner.{'finetune' if mode == 'finetune' else 'train'}: set max_steps or max_epochs")
 
     out_dir = Path(out_dir)
     overrides = {"out_dir": str(out_dir), "batch_size": int(schedule["batch_size"]), "seed": int(cfg.seed),
@@ -401,7 +426,7 @@ def train_refiner(
     identity_feature = make_identity_feature(spec["identity_feature"])
     data_args = dict(image_size=image_size, renderer=renderer, identity_feature=identity_feature,
                      render_size=int(spec["render_size"]), cache_dir=out_dir / RENDER_CACHE_DIR)
-    val_start, val_stop = (int(v) for v in schedule.get("val_frames") or (250, 300))
+    val_start, val_stop = (int(v) for v in schedule["val_frames"])
     val_clips = [c for c in _load_clips(val_clips or []) if c.num_frames > val_start]  # clips long enough
     if not is_main():
         barrier()  # rank 0 renders the inputs into the cache first; the others read them
@@ -416,10 +441,10 @@ def train_refiner(
     task = RefinerTask(
         spec,
         lr=float(schedule["lr"]),
-        lambda_l1=float(schedule.get("lambda_l1", 100.0)),
-        lambda_mask=float(schedule.get("lambda_mask", 0.1)),
-        lambda_tv=float(schedule.get("lambda_tv", 1e-5)),
-        beta1=float(schedule.get("beta1", 0.5)),
+        lambda_l1=float(schedule["lambda_l1"]),
+        lambda_mask=float(schedule["lambda_mask"]),
+        lambda_tv=float(schedule["lambda_tv"]),
+        beta1=float(schedule["beta1"]),
     )
     if mode == "finetune":
         load_weights(task.models, Path(init_dir) / WEIGHTS_FILE)  # the resume below overrides it if a checkpoint exists
