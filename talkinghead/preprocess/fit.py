@@ -72,14 +72,17 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.face.camera import CAMERA_Z, Camera, pose_vertices
 from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, ID_DIM, SH_DIM, SLICES, TEX_DIM, join_coeffs, split_coeffs
+from talkinghead.render import get_renderer
 
 #: Per-landmark weights of the reprojection loss (iBUG 68 order).
 LANDMARK_WEIGHTS = np.ones(68, dtype=np.float32)
@@ -469,8 +472,6 @@ def fit_clips(
     follows the same optimisation as when fitted alone (:func:`fit_coefficients`), up to float
     rounding, whatever its batch companions. Returns one :class:`FitResult` per clip, in order;
     ``seconds`` is each clip's share of its batch's wall time."""
-    from talkinghead.render import get_renderer
-
     config = config if isinstance(config, FittingConfig) else FittingConfig.from_mapping(config)
     config.validate()
     photometric = config.photometric_steps > 0
@@ -512,8 +513,6 @@ def _fit_batch(crops: list, landmarks: list[np.ndarray], inits: list, clip_ids: 
                config: FittingConfig, dev: torch.device, size: int, progress: bool,
                record_history: bool) -> list[FitResult]:
     """One batch of checked clips in one optimisation (:func:`fit_clips`)."""
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     camera = Camera().with_size(size)
     render_camera = Camera().with_size(int(config.render_size))
@@ -745,8 +744,6 @@ def draw_fit_overlay(image: np.ndarray, detected: np.ndarray, fitted: np.ndarray
     """A visual check: ``image`` (uint8 ``[S, S, 3]``) with the rendered face blended in
     (``render_rgba`` float ``[S, S, 4]`` in [0, 1]), detected landmarks as green dots and
     fitted (projected) landmarks as red crosses. Returns uint8 ``[S, S, 3]``."""
-    import cv2
-
     canvas = np.asarray(image, dtype=np.float32).copy()
     if render_rgba is not None:
         alpha = render_rgba[..., 3:4] * blend
@@ -763,8 +760,6 @@ def draw_fit_overlay(image: np.ndarray, detected: np.ndarray, fitted: np.ndarray
 
 def render_coeffs(face_model, coeffs: np.ndarray | torch.Tensor, image_size: int, renderer: str | Any = "torch") -> np.ndarray:
     """Render coefficients ``[N, 257]`` to float RGBA ``[N, S, S, 4]`` in [0, 1] (no hole filling)."""
-    from talkinghead.render import get_renderer
-
     render = get_renderer(renderer) if isinstance(renderer, str) else renderer
     coeffs = torch.as_tensor(np.asarray(coeffs), dtype=torch.float32, device=face_model.mean_shape.device)
     camera = Camera().with_size(int(image_size))
