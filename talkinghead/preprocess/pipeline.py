@@ -166,8 +166,6 @@ def prepare_video(
     written before they pass), landmarks (first decoding pass), alignment and crops (second pass;
     with ``source_dir`` the 25-fps copy of the video is written there as ``source.mp4``). Bad
     input raises a one-line :class:`InputError`."""
-    from talkinghead.video.io import iter_video, read_video_audio
-
     min_frames, max_frames = _check_frame_limits(min_frames, max_frames)
     out = Path(out).expanduser()
     info = check_video(video, min_frames)
@@ -204,8 +202,6 @@ def prepare_video(
 
 def write_prepared(prepared: PreparedVideo, result: FitResult, fitting: FittingConfig, overwrite: bool = False) -> Path:
     """Step 5: write the person clip of ``prepared`` with its fit ``result`` (atomic)."""
-    from talkinghead.data.clip import ClipMeta, default_split, write_clip
-
     train_frames, test_frames = default_split(prepared.num_frames)
     track, info = prepared.track, prepared.info
     meta = ClipMeta(
