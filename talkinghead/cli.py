@@ -38,10 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from talkinghead.errors import ConfigError, TalkingHeadError
-from talkinghead.instantiate import to_plain  # noqa: F401 -- re-exported: scripts take it from here
+from talkinghead.instantiate import CONFIG_DIR, to_plain  # noqa: F401 -- re-exported: scripts take it from here
 
-#: configs/ at the repository root (override with TALKINGHEAD_CONFIG_DIR).
-CONFIG_DIR = Path(os.environ.get("TALKINGHEAD_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 
 _TRUE = {"true", "1", "yes", "on"}
 

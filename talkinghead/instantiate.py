@@ -10,7 +10,10 @@ turns them into one :class:`ConfigError` line naming the config key and the fix,
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
@@ -18,6 +21,27 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from talkinghead.errors import ConfigError, TalkingHeadError
+
+
+#: configs/ at the repository root (override with TALKINGHEAD_CONFIG_DIR).
+CONFIG_DIR = Path(os.environ.get("TALKINGHEAD_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+
+
+@lru_cache(maxsize=None)
+def _config_file(relative: str) -> dict:
+    path = CONFIG_DIR / relative
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; set TALKINGHEAD_CONFIG_DIR to the repository's configs/")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def config_default(relative: str, key: str) -> Any:
+    """The value of ``key`` (dotted) written in ``configs/<relative>``: the one place a default is
+    written; the dataclasses that mirror a config group take their field defaults from here."""
+    value: Any = _config_file(relative)
+    for part in key.split("."):
+        value = value[part]
+    return value
 
 
 def to_plain(node: Any) -> Any:

@@ -160,3 +160,25 @@ def test_pose_group_is_shared():
         assert PoseControls.from_config(cfg.pose) == PoseControls(mode="matched", amplitude=0.5, smoothing=7)
     with pytest.raises(ConfigError, match="pose.speed"):
         PoseControls.from_config({"speed": 2})
+
+
+def test_dataclass_defaults_are_the_yaml_values():
+    """Each default is written once, in its YAML: the dataclasses that mirror a config group have
+    exactly its keys, and a dataclass built without arguments equals the composed config."""
+    from dataclasses import asdict, fields
+
+    from talkinghead.cli import compose_config
+    from talkinghead.instantiate import to_plain
+    from talkinghead.pipeline.infer import InferenceOptions
+    from talkinghead.pipeline.mouth import MouthOptions
+    from talkinghead.pipeline.pose import PoseControls
+    from talkinghead.preprocess.fit import FittingConfig
+
+    preprocess = to_plain(compose_config("preprocess", ["video=x", "out=y"]))
+    infer = to_plain(compose_config("infer", ["person=p", "audio=a", "out=o"]))
+    assert asdict(FittingConfig()) == preprocess["fitting"]
+    assert asdict(PoseControls()) == infer["pose"]
+    assert asdict(MouthOptions()) == infer["mouth"]
+    options = asdict(InferenceOptions())
+    for key in {f.name for f in fields(InferenceOptions)} - {"pose", "mouth", "precision", "progress"}:
+        assert options[key] == infer[key], key

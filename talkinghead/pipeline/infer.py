@@ -55,7 +55,7 @@ from talkinghead.devices import PRECISIONS, resolve_device
 from talkinghead.errors import ConfigError, InputError, TalkingHeadError, require_file
 from talkinghead.face.coeffs import SLICES, split_coeffs
 from talkinghead.face.factory import make_face_model
-from talkinghead.instantiate import to_plain
+from talkinghead.instantiate import config_default, to_plain
 from talkinghead.pipeline.frames import SourceFrames
 from talkinghead.pipeline.mouth import MouthCompositor, MouthOptions, mouth_options
 from talkinghead.pipeline.pose import PoseControls, resolve_pose
@@ -132,15 +132,15 @@ class InferenceOptions:
     """
 
     pose: PoseControls = field(default_factory=PoseControls)
-    chunk_frames: int = 50
-    batch_size: int = 4
-    render_batch: int = 16
-    identity: str = "memory"
-    paste_back: bool = False
-    out_size: int | None = None
-    precision: str = "fp32"
+    chunk_frames: int = config_default("infer.yaml", "chunk_frames")  # defaults: configs/infer.yaml
+    batch_size: int = config_default("infer.yaml", "batch_size")
+    render_batch: int = config_default("infer.yaml", "render_batch")
+    identity: str = config_default("infer.yaml", "identity")
+    paste_back: bool = config_default("infer.yaml", "paste_back")
+    out_size: int | None = config_default("infer.yaml", "out_size")
+    precision: str = "fp32"  # the CLI's default is auto (infer.yaml); a library call stays bit-stable unless asked
     progress: bool = False
-    synthesis: str = "auto"
+    synthesis: str = config_default("infer.yaml", "synthesis")
     mouth: MouthOptions = field(default_factory=MouthOptions)
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.face.camera import Camera, pose_planes
 from talkinghead.face.coeffs import SLICES, split_coeffs
+from talkinghead.instantiate import config_default
 from talkinghead.metrics.image import gaussian_window
 
 #: 0-based iBUG-68 landmarks that describe the mouth for retrieval: the lower jaw 5-11 and the
@@ -51,20 +52,21 @@ NOSE_BOTTOM, UPPER_LIP_TOP = 33, 51
 
 @dataclass
 class MouthOptions:
-    """Settings of :class:`MouthCompositor` (``configs/synthesis/mouth.yaml``).
+    """Settings of :class:`MouthCompositor` (the ``mouth:`` block of ``configs/infer.yaml``, where
+    each is explained and its default written).
 
     Sizes are fractions of the crop side unless named in pixels; ``pose_weight`` is in squared
     224-crop pixels per squared degree; ``hysteresis`` in squared 224-crop pixels.
     """
 
-    render_size: int = 160        # resolution of the warp field and region (smooth: upsampled to the crop)
-    pose_weight: float = 0.1      # donor cost: + pose_weight * (angle difference in degrees)^2
-    hysteresis: float = 0.5       # keep the previous donor unless the best is this much cheaper
-    dilate: float = 0.035         # region grown past the lower face (covers the jaw line)
-    feather: float = 0.025        # Gaussian sigma of the region's soft edge
-    extrapolate_sigma: float = 0.04  # smoothness of the displacement off the mesh
-    colour_match: bool = True
-    batch_size: int = 8           # frames composed at once (the rasteriser is fastest on small batches on CPU)
+    render_size: int = config_default("infer.yaml", "mouth.render_size")
+    pose_weight: float = config_default("infer.yaml", "mouth.pose_weight")
+    hysteresis: float = config_default("infer.yaml", "mouth.hysteresis")
+    dilate: float = config_default("infer.yaml", "mouth.dilate")
+    feather: float = config_default("infer.yaml", "mouth.feather")
+    extrapolate_sigma: float = config_default("infer.yaml", "mouth.extrapolate_sigma")
+    colour_match: bool = config_default("infer.yaml", "mouth.colour_match")
+    batch_size: int = config_default("infer.yaml", "mouth.batch_size")
 
 
 def mouth_options(values=None) -> MouthOptions:

@@ -37,7 +37,7 @@ from scipy.signal import find_peaks
 from scipy.spatial.distance import cdist
 
 from talkinghead.errors import ConfigError, InputError
-from talkinghead.instantiate import to_plain
+from talkinghead.instantiate import config_default, to_plain
 
 POSE_MODES = ("matched", "predicted", "still")
 #: Roll (rotation about the camera axis) is the z Euler angle: pose column 2.
@@ -213,9 +213,9 @@ class PoseControls:
         roll signal whose extrema are the keyframes (``matched``); <= 1 disables it.
     """
 
-    mode: str = "matched"
-    amplitude: float = 1.0
-    smoothing: int = 7
+    mode: str = config_default("pose/default.yaml", "mode")  # defaults written once, in the YAML
+    amplitude: float = config_default("pose/default.yaml", "amplitude")
+    smoothing: int = config_default("pose/default.yaml", "smoothing")
 
     def __post_init__(self) -> None:
         self.validate()

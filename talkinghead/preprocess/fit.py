@@ -80,6 +80,7 @@ from tqdm.auto import tqdm
 
 from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, TrainingError
+from talkinghead.instantiate import config_default
 from talkinghead.face.camera import CAMERA_Z, Camera, pose_vertices
 from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, ID_DIM, SH_DIM, SLICES, TEX_DIM, join_coeffs, split_coeffs
 from talkinghead.render import get_renderer
@@ -107,34 +108,38 @@ EXPRESSION_TO_PX = 20.0
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
+def _fitting_default(key: str) -> Any:
+    return config_default("fitting/default.yaml", key)
+
+
 @dataclass
 class FittingConfig:
-    """The keys of ``configs/fitting/default.yaml``."""
+    """The keys of ``configs/fitting/default.yaml`` (their defaults are read from there: written once)."""
 
-    landmark_steps: int = 300
-    photometric_steps: int = 150
-    lr: float = 0.05
-    final_lr_ratio: float = 0.05
-    pose_fraction: float = 0.3
-    appearance_fraction: float = 0.3
-    refine_lr_ratio: float = 0.5
-    photometric_warmup: float = 0.2
-    shape_angle_lr_ratio: float = 0.5
-    render_size: int = 112
-    w_landmark: float = 1.0
-    w_landmark_photo: float = 3.0
-    w_photo: float = 3000.0
-    w_id_prior: float = 1.0e-3
-    w_exp_prior: float = 1.0e-2
-    w_exp_prior_photo: float = 1.0
-    w_tex_prior: float = 1.0e-3
-    w_light_prior: float = 1.0e-3
-    w_smooth_pose: float = 1.0
-    w_smooth_exp: float = 0.1
-    batch_frames: int = 400
-    batch_clips: int = 16
-    photo_robust_scale: float = 0.05
-    photo_robust_anneal: float = 8.0
+    landmark_steps: int = _fitting_default("landmark_steps")
+    photometric_steps: int = _fitting_default("photometric_steps")
+    lr: float = _fitting_default("lr")
+    final_lr_ratio: float = _fitting_default("final_lr_ratio")
+    pose_fraction: float = _fitting_default("pose_fraction")
+    appearance_fraction: float = _fitting_default("appearance_fraction")
+    refine_lr_ratio: float = _fitting_default("refine_lr_ratio")
+    photometric_warmup: float = _fitting_default("photometric_warmup")
+    shape_angle_lr_ratio: float = _fitting_default("shape_angle_lr_ratio")
+    render_size: int = _fitting_default("render_size")
+    w_landmark: float = _fitting_default("w_landmark")
+    w_landmark_photo: float = _fitting_default("w_landmark_photo")
+    w_photo: float = _fitting_default("w_photo")
+    w_id_prior: float = _fitting_default("w_id_prior")
+    w_exp_prior: float = _fitting_default("w_exp_prior")
+    w_exp_prior_photo: float = _fitting_default("w_exp_prior_photo")
+    w_tex_prior: float = _fitting_default("w_tex_prior")
+    w_light_prior: float = _fitting_default("w_light_prior")
+    w_smooth_pose: float = _fitting_default("w_smooth_pose")
+    w_smooth_exp: float = _fitting_default("w_smooth_exp")
+    batch_frames: int = _fitting_default("batch_frames")
+    batch_clips: int = _fitting_default("batch_clips")
+    photo_robust_scale: float = _fitting_default("photo_robust_scale")
+    photo_robust_anneal: float = _fitting_default("photo_robust_anneal")
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None = None, **overrides) -> "FittingConfig":
