@@ -82,7 +82,7 @@ def _clip_identities(out: Path) -> dict[str, tuple[int, int]]:
     """Each finished clip's (inode of its folder, mtime of its meta.json): a clip written again
     gets a new folder (write_clip renames a temporary one into place)."""
     return {p.name: (p.stat().st_ino, (p / "meta.json").stat().st_mtime_ns)
-            for p in out.iterdir() if (p / "meta.json").is_file()}
+            for p in out.iterdir() if not p.name.startswith(".") and (p / "meta.json").is_file()}  # not temporaries
 
 
 def _report(out: Path, shard: int, shards: int) -> dict:
@@ -265,7 +265,8 @@ def test_sigkill_midway_then_rerun_completes_every_clip_once(tmp_path, lrw_like)
     src, truth = lrw_like
     out = tmp_path / "corpus"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *_overrides(src, truth, out)], env=env,
+    # one clip per fit, so that the kill lands inside a fit, not in a batch's burst of writes
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *_overrides(src, truth, out, "fitting.batch_clips=1")], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
