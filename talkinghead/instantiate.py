@@ -6,6 +6,10 @@ A node such as ``configs/renderer/torch.yaml`` names the class (or function) in 
 and its keyword arguments beside it. Hydra's own errors are multi-line tracebacks; :func:`build`
 turns them into one :class:`ConfigError` line naming the config key and the fix, and lets a
 :class:`TalkingHeadError` raised by the part itself through unchanged.
+
+:func:`config_default` reads a value from a config file: the dataclasses that mirror a config
+group (``FittingConfig``, ``PoseControls``, ``MouthOptions``, ``InferenceOptions``) take their field
+defaults from there, so each default is written once, in the YAML.
 """
 
 from __future__ import annotations
