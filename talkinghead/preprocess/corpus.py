@@ -46,8 +46,7 @@ from talkinghead.data.clip import write_corpus_index
 from talkinghead.errors import ConfigError, InputError, TalkingHeadError
 from talkinghead.preprocess.landmarks import detector_name, make_detector
 from talkinghead.preprocess.fit import FittingConfig
-from talkinghead.preprocess.pipeline import PreparedVideo, check_video, fit_prepared, prepare_video
-from talkinghead.render import get_renderer
+from talkinghead.preprocess.pipeline import PreparedVideo, check_video, fit_prepared, prepare_video, preprocess_options
 from talkinghead.stagedir import write_json_atomic
 
 VIDEO_SUFFIX = ".mp4"
@@ -259,10 +258,11 @@ def preprocess_shard(
                     source_dir.mkdir()
                 detect = shared
                 try:  # target exists here only as a folder that is not a clip (no meta.json): replaced
-                    check_video(video.path, int(options.get("min_frames", 1)))  # before a per-video detector
-                    detect = shared or make_detector({**spec, "clip": str(Path(ground_truth_root) / video.name)})
+                    info = check_video(video.path, int(options.get("min_frames", 1)))  # before a per-video detector
+                    if shared is None:
+                        detect = make_detector({**spec, "clip": str(Path(ground_truth_root) / video.name)})
                     batch.append((video, prepare_video(video.path, target, detect, overwrite=True, name=video.name,
-                                                       source_dir=source_dir, **options)))
+                                                       source_dir=source_dir, info=info, **options)))
                 except InputError as err:
                     reject(video, err)
                 finally:
@@ -347,17 +347,8 @@ def preprocess_corpus_from_config(cfg) -> ShardReport | Path:
         path = write_index(cfg.out, videos, cfg.src)
         _print_index(path)
         return path
-    options = dict(
-        face_model_cfg=to_plain(cfg.face_model),
-        fitting_cfg=to_plain(cfg.fitting),
-        landmarks_cfg=to_plain(cfg.landmarks),
-        min_frames=int(cfg.min_frames),
-        max_frames=int(cfg.max_frames),
-        renderer=get_renderer(cfg_get(cfg, "renderer", "torch")),
-        reference_frames=int(cfg.reference_frames),
-        keep_source=bool(cfg.keep_source),
-    )
-    common = dict(detector=to_plain(cfg.detector), ground_truth_root=cfg_get(cfg, "ground_truth_root"), **options)
+    common = dict(detector=to_plain(cfg.detector), ground_truth_root=cfg_get(cfg, "ground_truth_root"),
+                  **preprocess_options(cfg))
     if cfg.shard is not None:
         shard = int(cfg.shard)
         report = preprocess_shard(videos, cfg.out, shard, shards, device=_device(cfg, shard), **common)

@@ -161,14 +161,16 @@ def prepare_video(
     reference_frames: int = 25,
     source_dir: Path | None = None,
     name: str | None = None,
+    info: Any = None,
 ) -> PreparedVideo:
     """Steps 1-3 for one video with the detector ``detect`` (not closed here): checks (nothing is
     written before they pass), landmarks (first decoding pass), alignment and crops (second pass;
-    with ``source_dir`` the 25-fps copy of the video is written there as ``source.mp4``). Bad
-    input raises a one-line :class:`InputError`."""
+    with ``source_dir`` the 25-fps copy of the video is written there as ``source.mp4``). ``info``:
+    the video's :func:`check_video` result when the caller has checked it already (not probed
+    again). Bad input raises a one-line :class:`InputError`."""
     min_frames, max_frames = _check_frame_limits(min_frames, max_frames)
     out = Path(out).expanduser()
-    info = check_video(video, min_frames)
+    info = info if info is not None else check_video(video, min_frames)
     _check_out(out, overwrite)
     video = info.path
     track_options = landmarks_cfg if isinstance(landmarks_cfg, TrackOptions) else TrackOptions.from_mapping(landmarks_cfg)
@@ -262,7 +264,7 @@ def preprocess_video(
     :class:`InputError` and leaves ``out`` untouched.
     """
     _check_frame_limits(min_frames, max_frames)
-    check_video(video, int(min_frames))  # before a detector is built
+    info = check_video(video, int(min_frames))  # before a detector is built
     _check_out(Path(out).expanduser(), overwrite)
     fitting = fitting_cfg if isinstance(fitting_cfg, FittingConfig) else FittingConfig.from_mapping(fitting_cfg)
     face_model = make_face_model(face_model_spec(face_model_cfg or DEFAULT_FACE_MODEL))  # a missing file: said first
@@ -273,7 +275,7 @@ def preprocess_video(
             prepared = prepare_video(video, out, detect, face_model_cfg, max_frames, min_frames, progress,
                                      overwrite=overwrite, landmarks_cfg=landmarks_cfg,
                                      reference_frames=reference_frames,
-                                     source_dir=Path(tmp) if keep_source else None, name=name)
+                                     source_dir=Path(tmp) if keep_source else None, name=name, info=info)
         finally:
             if owns_detector:
                 detect.close()
@@ -338,6 +340,22 @@ def fit_image(
     return crop, landmarks[0], result
 
 
+def preprocess_options(cfg) -> dict[str, Any]:
+    """The keyword arguments of :func:`preprocess_video` that ``configs/preprocess.yaml`` and
+    ``configs/preprocess_corpus.yaml`` share (face model, fitting, landmark track, frame limits,
+    renderer, reference frames, keep_source), read from a composed config."""
+    return dict(
+        face_model_cfg=to_plain(cfg.face_model),
+        fitting_cfg=to_plain(cfg.fitting),
+        landmarks_cfg=to_plain(cfg_get(cfg, "landmarks", {})),
+        min_frames=int(cfg.min_frames),
+        max_frames=int(cfg.max_frames),
+        renderer=get_renderer(cfg_get(cfg, "renderer", "torch")),
+        reference_frames=int(cfg_get(cfg, "reference_frames", 25)),
+        keep_source=bool(cfg_get(cfg, "keep_source", True)),
+    )
+
+
 def preprocess_from_config(cfg) -> Path:
     """``scripts/preprocess.py``: compose-config entry (keys: ``configs/preprocess.yaml``)."""
     for key in ("video", "out"):
@@ -347,18 +365,11 @@ def preprocess_from_config(cfg) -> Path:
         cfg.video,
         cfg.out,
         detector=to_plain(cfg.detector),
-        face_model_cfg=to_plain(cfg.face_model),
-        fitting_cfg=to_plain(cfg.fitting),
-        max_frames=int(cfg.max_frames),
-        min_frames=int(cfg.min_frames),
         device=str(cfg_get(cfg, "device", "auto")),
         progress=bool(cfg_get(cfg, "progress", True)),
         overwrite=bool(cfg_get(cfg, "overwrite", False)),
-        renderer=get_renderer(cfg_get(cfg, "renderer", "torch")),
-        landmarks_cfg=to_plain(cfg_get(cfg, "landmarks", {})),
-        reference_frames=int(cfg_get(cfg, "reference_frames", 25)),
-        keep_source=bool(cfg_get(cfg, "keep_source", True)),
         name=cfg_get(cfg, "name"),
+        **preprocess_options(cfg),
     )
     clip = read_clip(path, load_audio=False)
     fit = clip.meta.extra.get("fit", {})
