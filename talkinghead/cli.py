@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import hydra
