@@ -53,6 +53,25 @@ def to_plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
+def target_from_kind(spec: Mapping[str, Any], key: str, kinds: Mapping[str, str], default: str | None = None) -> dict:
+    """``spec`` with its ``_target_`` taken from a short name ``kind`` when it has none: specs
+    written before the configs named ``_target_`` (saved clips and models) and names such as
+    ``detector="mediapipe"``. ``kinds`` maps each name to its ``_target_``; ``default`` is the
+    name used when ``spec`` gives neither. An unknown name is a one-line :class:`ConfigError`."""
+    spec = dict(spec)
+    if "_target_" in spec:
+        return spec
+    kind = spec.pop("kind", default)
+    if kind is None:
+        return spec
+    kind = str(kind).lower()
+    if kind not in kinds:
+        raise ConfigError(f"{key}.kind={kind!r} is not one of {', '.join(kinds)}; choose one of configs/"
+                          f"{key.split('.')[0]}/ or give {key}._target_=module.Class")
+    spec["_target_"] = kinds[kind]
+    return spec
+
+
 def plain_spec(node: Any, key: str) -> dict:
     """``node`` (a config node or mapping with ``_target_``) as a plain dict; a missing
     ``_target_`` raises :class:`ConfigError` naming ``key``."""

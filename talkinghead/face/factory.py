@@ -11,8 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Mapping
 
-from talkinghead.errors import ConfigError
-from talkinghead.instantiate import build, plain_spec
+from talkinghead.instantiate import build, plain_spec, target_from_kind
 
 PROCEDURAL_TARGET = "talkinghead.face.procedural.make_procedural_model"
 #: The face model used where none is configured (the same as configs/face_model/procedural.yaml).
@@ -25,12 +24,7 @@ def face_model_spec(cfg: Mapping[str, Any]) -> dict:
     """A plain spec dict (``_target_`` + arguments, ``None`` values dropped) from a config node
     or a clip's ``meta.face_model`` (old ``kind`` specs included)."""
     spec = {k: v for k, v in dict(cfg).items() if v is not None}
-    if "_target_" not in spec and "kind" in spec:
-        kind = spec.pop("kind")
-        if kind not in LEGACY_KINDS:
-            raise ConfigError(f"unknown face_model.kind {kind!r}; use face_model=procedural or face_model=bfm09")
-        spec["_target_"] = LEGACY_KINDS[kind]
-    return plain_spec(spec, "face_model")
+    return plain_spec(target_from_kind(spec, "face_model", LEGACY_KINDS), "face_model")
 
 
 def is_procedural(spec: Mapping[str, Any]) -> bool:

@@ -30,7 +30,7 @@ from torch import nn
 
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
 from talkinghead.face.coeffs import COEFF_DIM, ID_DIM, SLICES, TEX_DIM
-from talkinghead.instantiate import build, to_plain
+from talkinghead.instantiate import build, target_from_kind, to_plain
 from talkinghead.render.blend import to_unit
 
 __all__ = [
@@ -309,13 +309,7 @@ LEGACY_KEY_ENCODER_KINDS = {"small": SMALL_TARGET, "resnet18": f"{__name__}.ResN
 
 def _spec(cfg: Mapping[str, Any] | None, cfg_key: str, legacy: Mapping[str, str]) -> dict:
     spec = {} if cfg is None else {k: v for k, v in to_plain(cfg).items() if v is not None}
-    if "_target_" not in spec:
-        kind = str(spec.pop("kind", next(iter(legacy)))).lower()
-        if kind not in legacy:
-            raise ConfigError(f"{cfg_key}.kind={kind!r} is unknown; give {cfg_key}._target_ "
-                              f"(one of {', '.join(legacy.values())})")
-        spec["_target_"] = legacy[kind]
-    return spec
+    return target_from_kind(spec, cfg_key, legacy, default=next(iter(legacy)))
 
 
 def identity_feature_spec(cfg: Mapping[str, Any] | None = None) -> dict:

@@ -50,7 +50,7 @@ from talkinghead.errors import ConfigError, InputError, MissingWeightsError
 from talkinghead.face.align import apply_transform, invert_transform
 from talkinghead.face.camera import Camera
 from talkinghead.face.factory import make_face_model
-from talkinghead.instantiate import build
+from talkinghead.instantiate import build, target_from_kind
 
 log = logging.getLogger(__name__)
 
@@ -504,9 +504,7 @@ def make_detector(detector: Mapping[str, Any] | str | None = None, **overrides) 
     if detector is None:
         return MediaPipeDetector(**overrides)
     if isinstance(detector, str):
-        if detector.lower() not in DETECTOR_TARGETS:
-            raise ConfigError(f"detector={detector!r} is not one of {', '.join(DETECTOR_TARGETS)}")
-        detector = {"_target_": DETECTOR_TARGETS[detector.lower()]}
+        detector = target_from_kind({"kind": detector}, "detector", DETECTOR_TARGETS)
     return build(detector, "detector", **overrides)
 
 
