@@ -14,7 +14,10 @@ from talkinghead.cli import compose_config
 from talkinghead.data.clip import list_clips, read_clip
 from talkinghead.data.synthetic import make_corpus
 from talkinghead.errors import InputError
-from talkinghead.pipeline.benchmark import find_videos, format_tables, run_video, write_report
+from talkinghead.face.factory import make_face_model
+from talkinghead.pipeline.benchmark import cross_speaker_sync, find_videos, format_tables, run_video, write_report
+from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff
+from talkinghead.pipeline.stage1 import load_audio2coeff
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -40,7 +43,7 @@ def bench(tmp_path_factory):
     foreign = save_wav(root / "foreign.wav", np.asarray(clips[0].audio_for_frames(slice(0, 30))))
     finetune_cfg = compose_config("finetune", ["person=unused", *FAST])
     row = run_video(root / "tiny.mp4", out, general, finetune_cfg, foreign=foreign, device="cpu")
-    return {"row": row, "out": out, "clip": clips[1]}
+    return {"row": row, "out": out, "clip": clips[1], "other": clips[0], "general": general}
 
 
 def test_a_row_has_every_metric_step_time_and_file(bench):
@@ -77,6 +80,33 @@ def test_report_files_and_tables(bench, tmp_path):
     assert text == format_tables([row, {**row, "name": "copy"}])
     lmd = f"{row['stage1']['lmd']:.3f}"
     assert "| tiny |" in text and "| **mean** |" in text and lmd in text
+
+
+def test_cross_speaker_sync_drives_each_model_with_the_other_videos_speech(bench, tmp_path):
+    """Two "videos": each person's models run on the other clip's whole audio, scored against
+    that clip's own mouth; the table gains its section."""
+    out, general = tmp_path / "out", bench["general"]
+    out.mkdir()
+    (out / "tiny").symlink_to(bench["out"] / "tiny")
+    (out / "other").mkdir()
+    for item in bench["other"].root.iterdir():
+        (out / "other" / item.name).symlink_to(item)
+    (out / "other" / "finetuned").symlink_to(bench["out"] / "tiny" / "finetuned")  # any fine-tuned model will do
+    rows = [{**bench["row"]}, {**bench["row"], "name": "other"}]
+    cross_speaker_sync(rows, out, general)
+    other = bench["other"]
+    expected = evaluate_audio2coeff(load_audio2coeff(bench["out"] / "tiny" / "finetuned" / "audio2coeff"), other,
+                                    make_face_model(other.meta.face_model), slice(0, other.num_frames), ridge_lam=None)
+    assert rows[0]["cross_speaker"]["pairs"].keys() == {"other"} and rows[1]["cross_speaker"]["pairs"].keys() == {"tiny"}
+    assert rows[0]["cross_speaker"]["finetuned"] == pytest.approx(expected["lipsync_corr"], abs=1e-6)
+    for row in rows:
+        assert all(-1.0 <= row["cross_speaker"][tag] <= 1.0 for tag in ("general", "finetuned"))
+    text = format_tables(rows)
+    assert "driven by the other videos' speech" in text
+    assert f"{rows[1]['cross_speaker']['general']:.3f}" in text.split("driven by the other videos")[1]
+    single = [{**bench["row"]}]
+    cross_speaker_sync(single, out, general)  # one video: nothing to cross
+    assert "cross_speaker" not in single[0] and "driven by the other" not in format_tables(single)
 
 
 def test_find_videos(tmp_path):

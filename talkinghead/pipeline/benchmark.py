@@ -35,6 +35,7 @@ import torch
 from talkinghead.audio import save_wav
 from talkinghead.data.clip import read_clip
 from talkinghead.errors import InputError
+from talkinghead.face.factory import make_face_model
 from talkinghead.metrics.image import sharpness
 from talkinghead.metrics.lipsync import mouth_opening
 from talkinghead.pipeline.evaluate import (_bilinear, _plain, evaluate_mouth, evaluate_pose_modes, evaluate_refiner,
@@ -206,6 +207,27 @@ def run_video(video: Path, out: Path, general: Path, cfg, foreign: Path | None =
             "seconds": {k: round(v, 2) for k, v in watch.seconds.items()}, "files": files}
 
 
+def cross_speaker_sync(rows: Sequence[Mapping[str, Any]], out: Path, general: Path, device: str = "cpu") -> None:
+    """Add ``cross_speaker`` to each row (in place): the general and the row's fine-tuned Stage 1
+    (``OUT/<name>/finetuned``) driven by every other row's whole audio, scored against that
+    clip's own coefficients (see the module docstring): ``{"general": mean corr, "finetuned":
+    mean corr, "pairs": {other: {"general": corr, "finetuned": corr}}}``. Nothing with fewer
+    than two videos."""
+    if len(rows) < 2:
+        return
+    clips = {row["name"]: read_clip(out / row["name"]) for row in rows}
+    face_models = {name: make_face_model(clip.meta.face_model) for name, clip in clips.items()}
+    models = {"general": load_audio2coeff(general / "audio2coeff", device=device)}
+    for row in rows:
+        models["finetuned"] = load_audio2coeff(out / row["name"] / "finetuned" / "audio2coeff", device=device)
+        pairs = {other: {tag: evaluate_stage1(model, clip, face_models[other], slice(0, clip.num_frames),
+                                              ridge_lam=None, device=device)["lipsync_corr"]
+                         for tag, model in models.items()}
+                 for other, clip in clips.items() if other != row["name"]}
+        row["cross_speaker"] = {tag: float(np.mean([pair[tag] for pair in pairs.values()])) for tag in models}
+        row["cross_speaker"]["pairs"] = pairs
+
+
 # ----------------------------------------------------------------------------- tables
 def _get(row: Mapping[str, Any], path: str) -> Any:
     value: Any = row
@@ -251,6 +273,10 @@ STAGE2_COLUMNS = [
     ("refiner sharpness vs fixed.npy", "refiner.sharpness_ratio_fixed"),
     ("input PSNR face", "refiner.psnr_input_face"),
 ]
+CROSS_COLUMNS = [
+    ("corr general", "cross_speaker.general"),
+    ("corr fine-tuned", "cross_speaker.finetuned"),
+]
 TIME_COLUMNS = [
     ("preprocess s", "seconds.preprocess"),
     ("fine-tune Stage 1 s", "seconds.finetune_audio2coeff"),
@@ -285,6 +311,9 @@ def format_tables(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n\n".join([
         _table(rows, STAGE1_COLUMNS, "Stage 1 on the held-out frames (own audio): mouth LMD px at 224, lip-sync correlation, HS (ours)"),
         _table(rows, STAGE2_COLUMNS, "Stage 2 on the held-out frames (true coefficients): mouth synthesis vs the paper's refiner"),
+        *([_table(rows, CROSS_COLUMNS, "Stage 1 driven by the other videos' speech (whole clips): lip-sync correlation "
+                                        "with their real mouths, mean over the other videos")]
+          if any(_get(r, "cross_speaker.general") is not None for r in rows) else []),
         _table(rows, TIME_COLUMNS, "Wall clock per step (this machine)"),
     ]) + "\n"
 
