@@ -314,6 +314,40 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
     np.testing.assert_allclose(blended, blend * network + (1 - blend) * ridge, atol=1e-5)
 
 
+def test_finetune_blends_its_expression_with_the_general_model(corpus, general_run, tmp_path):
+    """general_weight=w: the exported model's expression is (1 - w) * fine-tuned + w * general,
+    its pose the fine-tuned network's; w=0 exports the network alone; bad values and a missing
+    general copy are one-line errors."""
+    from talkinghead.errors import ConfigError, TrainingError
+
+    out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg("audio2coeff.finetune.general_weight=0.4"),
+                            mode="finetune", init_dir=general_run)
+    assert json.loads((out / "model.json").read_text())["general_weight"] == 0.4
+    assert (out / "general_weights.safetensors").read_bytes() == (general_run / "weights.safetensors").read_bytes()
+    clip = read_clip(corpus / "heldout_0")
+    audio, ref = clip.audio_for_frames(slice(300, 340)), reference_expression(clip)
+    model = load_audio2coeff(out)
+    assert model.general is not None and model.general_weight == 0.4
+    expression, pose = predict_expression_pose(model, audio, expression_reference=ref)
+    general_expression, _ = predict_expression_pose(load_audio2coeff(general_run), audio, expression_reference=ref)
+    model.general = None
+    alone_expression, alone_pose = predict_expression_pose(model, audio, expression_reference=ref)
+    assert np.abs(alone_expression - general_expression).max() > 1e-3  # fine-tuning moved it
+    np.testing.assert_allclose(expression, 0.6 * alone_expression + 0.4 * general_expression, atol=1e-5)
+    np.testing.assert_allclose(pose, alone_pose, atol=1e-6)
+
+    plain = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg("audio2coeff.finetune.general_weight=0"),
+                              mode="finetune", init_dir=general_run)  # retrained in place: the copy goes
+    assert not (plain / "general_weights.safetensors").exists() and load_audio2coeff(plain).general is None
+    with pytest.raises(ConfigError, match="general_weight"):
+        train_audio2coeff([corpus / "heldout_0"], tmp_path / "bad", tiny_cfg("audio2coeff.finetune.general_weight=1.5"),
+                          mode="finetune", init_dir=general_run)
+    info = json.loads((plain / "model.json").read_text())
+    (plain / "model.json").write_text(json.dumps({**info, "general_weight": 0.5}))
+    with pytest.raises(TrainingError, match="general_weights.safetensors is missing"):
+        load_audio2coeff(plain)
+
+
 def test_finetune_recipe_freezes_pulls_and_stops_early(corpus, general_run, tmp_path):
     """Fine-tuning with frozen audio layers, an L2-SP pull and early stopping on frames 250-299
     of the training frames: the frozen parts do not move, the training loss falls, the run

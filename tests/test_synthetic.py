@@ -16,7 +16,7 @@ from talkinghead.data.clip import list_clips, read_clip
 from talkinghead.data.synthetic.mouth import MOUTH_UNITS, Articulation, mouth_trajectory
 from talkinghead.data.synthetic.people import sample_people
 from talkinghead.data.synthetic.speech import SAMPLE_RATE, Timeline, Voice, synthesize
-from talkinghead.data.synthetic.world import make_corpus, person_signals
+from talkinghead.data.synthetic.world import make_corpus, person_signals, speech_clips
 from talkinghead.errors import ConfigError
 from talkinghead.face.coeffs import SLICES
 from talkinghead.face.procedural import EXPRESSION_UNITS
@@ -126,6 +126,37 @@ def test_bad_sizes_are_config_errors(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------- speech, mouth
+def test_articulation_gains_from_ranges_are_seeded_and_in_range():
+    ranges = {"jaw_open": (0.5, 1.2), "lip_close": (0.3, 0.3)}
+    base = Articulation(gain=(1.0, 0.9, 1.1, 1.0), lead=0.05)
+    drawn = [base.with_gains_from(ranges, np.random.default_rng(s)) for s in range(20)]
+    assert all(0.5 <= a.gain[0] <= 1.2 and a.gain[3] == pytest.approx(0.3) for a in drawn)
+    assert all(a.gain[1:3] == (0.9, 1.1) and a.lead == 0.05 for a in drawn)  # units not named keep theirs
+    assert len({a.gain[0] for a in drawn}) == 20
+    assert base.with_gains_from(ranges, np.random.default_rng(3)) == drawn[3]
+    for bad in ({"jaw": (0.1, 0.2)}, {"lip_round": (0.9, 0.2)}, {"lip_round": (-0.1, 0.2)}):
+        with pytest.raises(ValueError, match="jaw|lip_round"):
+            base.with_gains_from(bad, np.random.default_rng(0))
+
+
+def test_extra_speakers_articulation_scales_the_mouth_not_the_audio():
+    plain = speech_clips(2, frames=60, seed=3, speech="source_filter")
+    ranges = {"lip_round": (0.2, 0.2), "lip_close": (0.5, 0.5)}
+    quiet = speech_clips(2, frames=60, seed=3, speech="source_filter", articulation=ranges)
+    for a, b in zip(plain, quiet):
+        np.testing.assert_array_equal(a.audio, b.audio)
+        ea, eb = (np.asarray(c.coeffs)[:, SLICES["expression"]] for c in (a, b))
+        for unit, low, high in (("lip_round", 0.2 / 1.15, 0.2 / 0.85), ("lip_close", 0.5, 0.5)):  # world gains: round 0.85-1.15, close 1
+            k = EXPRESSION_UNITS[unit]
+            assert np.abs(ea[:, k]).max() > 0.05
+            ratio = np.abs(eb[:, k]).max() / np.abs(ea[:, k]).max()
+            assert low - 1e-6 <= ratio <= high + 1e-6, unit
+            np.testing.assert_allclose(eb[:, k], ratio * ea[:, k], atol=1e-6)  # the same motion, scaled
+        np.testing.assert_array_equal(ea[:, EXPRESSION_UNITS["jaw_open"]], eb[:, EXPRESSION_UNITS["jaw_open"]])
+    again = speech_clips(2, frames=60, seed=3, speech="source_filter", articulation=ranges)
+    np.testing.assert_array_equal(np.asarray(again[1].coeffs), np.asarray(quiet[1].coeffs))
+
+
 def test_mouth_follows_phonemes():
     symbols = ["sil", "a", "m", "a", "sil", "u", "sil", "i", "sil", "p", "a", "sil", "e", "b", "i", "sil"]
     durations = [0.4, 0.2, 0.1, 0.2, 0.3, 0.2, 0.3, 0.2, 0.3, 0.1, 0.2, 0.3, 0.2, 0.08, 0.2, 0.4]

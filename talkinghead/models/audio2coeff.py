@@ -263,6 +263,8 @@ def make_optimizer(model: nn.Module, lr: float = 2e-4) -> torch.optim.Adam:
 MODEL_NAME = "audio2coeff"
 #: The fine-tuned model's per-person ridge and its blend (audio2coeff.finetune.person_ridge).
 RESIDUAL_FILE = "person_ridge.npz"
+#: The fine-tuned model's copy of the general weights it blends with (audio2coeff.finetune.general_weight).
+GENERAL_WEIGHTS_FILE = "general_weights.safetensors"
 #: The command that produces a general Stage-1 model (quoted in errors).
 GENERAL_COMMAND = "python scripts/train.py stage=audio2coeff data.root=DATA out={out}"
 #: ExpressionPoseLSTM constructor arguments a config may set.

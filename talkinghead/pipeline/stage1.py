@@ -24,11 +24,12 @@ import numpy as np
 import torch
 
 from talkinghead.audio.features import iter_frame_windows
-from talkinghead.errors import InputError
+from talkinghead.errors import InputError, TrainingError
 from talkinghead.face.coeffs import EXP_DIM, from_stage1_output
 from talkinghead.models.audio2coeff import (
     GENERAL_COMMAND,
     MODEL_NAME,
+    GENERAL_WEIGHTS_FILE,
     RESIDUAL_FILE,
     ExpressionPoseLSTM,
     NormalizedExpressionPoseLSTM,
@@ -66,6 +67,15 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
     model.cmvn = bool(info.get("cmvn", False))
     residual = model_dir / RESIDUAL_FILE
     model.residual = WindowRidge.load(residual) if residual.is_file() else None  # per-person ridge + blend
+    model.general, model.general_weight = None, float(info.get("general_weight", 0.0))
+    if model.general_weight > 0.0:  # fine-tuned: its expression is blended with the general model's
+        general_path = model_dir / GENERAL_WEIGHTS_FILE
+        if not general_path.is_file():
+            raise TrainingError(f"{general_path} is missing (model.json general_weight={model.general_weight}); "
+                                f"fine-tune this model again, or set general_weight to 0 in {model_dir / 'model.json'}")
+        model.general = NormalizedExpressionPoseLSTM(**info["model"])
+        load_weights({MODEL_NAME: model.general}, general_path)
+        model.general.to(resolve_device(device)).eval()
     return model.to(resolve_device(device)).eval()
 
 
@@ -116,9 +126,18 @@ def predict_expression_pose(
         outputs = []
         cmvn = bool(getattr(model, "cmvn", False))  # per-utterance CMVN (model.json)
         residual = getattr(model, "residual", None)  # fine-tuned: the person's ridge, blended
-        corrections = []
+        general = getattr(model, "general", None)  # fine-tuned: the general model, blended
+        general_weight = float(getattr(model, "general_weight", 0.0)) if general is not None else 0.0
+        if general is not None:
+            general.to(device).eval()
+        corrections, general_state = [], None
         for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=cmvn):  # [n, 28, 12]
-            pred, state = model(torch.from_numpy(block)[None].to(device), state)  # [1, n, 70]
+            windows = torch.from_numpy(block)[None].to(device)
+            pred, state = model(windows, state)  # [1, n, 70]
+            if general is not None:  # expression: (1 - w) * fine-tuned + w * general; pose: fine-tuned
+                general_pred, general_state = general(windows, general_state)
+                pred = torch.cat([(1.0 - general_weight) * pred[..., :EXP_DIM] + general_weight * general_pred[..., :EXP_DIM],
+                                  pred[..., EXP_DIM:]], dim=-1)
             outputs.append(pred[0].float().cpu())
         if residual is not None:  # on the network's windows
             corrections = [residual.predict_windows(b) for b in iter_frame_windows(audio, chunk_frames, num_frames, cmvn=cmvn)]

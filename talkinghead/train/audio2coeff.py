@@ -29,7 +29,11 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     sixth: 250-299 of 300, 125-149 of a 150-frame clip; training on the rest, validation every
     ``every`` steps on the holdout, never on 300-399; stop after ``patience`` validations without
     a lower ``metric`` loss and export the best validated weights; a resumed run restarts this
-    bookkeeping), ``person_ridge`` (a per-person ridge blended with the network, fitted after
+    bookkeeping), ``general_weight`` (the exported model's expression is ``(1 - w) * fine-tuned
+    + w * general``, its pose the fine-tuned one: an output-space ensemble with the starting
+    model, whose weights are copied to ``general_weights.safetensors`` and recorded in
+    ``model.json``; see :func:`talkinghead.pipeline.stage1.predict_expression_pose`),
+    ``person_ridge`` (a per-person ridge blended with the network, fitted after
     training, :func:`fit_person_ridge`, saved as ``person_ridge.npz`` and applied by inference).
     Without early stopping the held-out frames 300-399 are validated and logged only (nothing
     is selected by them). CMVN and centring are the general model's.
@@ -46,6 +50,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -60,6 +65,7 @@ from talkinghead.errors import ConfigError
 from talkinghead.face.coeffs import EXP_DIM, SLICES
 from talkinghead.models.audio2coeff import (
     GENERAL_COMMAND,
+    GENERAL_WEIGHTS_FILE,
     MODEL_KEYS,
     MODEL_NAME,
     RESIDUAL_FILE,
@@ -267,10 +273,11 @@ class Audio2CoeffTask:
 SCHEDULE_KEYS = ("lr", "lr_schedule", "min_lr_ratio", "batch_size", "val_batch_size", "window", "stride",
                  "random_offset", "frames", "val_frames", "max_steps", "grad_clip", "input_norm", "ema_decay",
                  "center_expression", "cmvn", "augment", "extra_speakers", "train_layers", "anchor_weight",
-                 "early_stop", "person_ridge")
+                 "early_stop", "general_weight", "person_ridge")
 #: The keys one mode's section does not state, with what their absence means in that mode.
 _UNUSED_IN_MODE = {
-    "general": {"train_layers": None, "anchor_weight": 0.0, "early_stop": None, "person_ridge": False},
+    "general": {"train_layers": None, "anchor_weight": 0.0, "early_stop": None, "general_weight": 0.0,
+                "person_ridge": False},
     "finetune": {"center_expression": None, "cmvn": None,  # None: the general model's
                  "augment": None, "extra_speakers": None},
 }
@@ -394,6 +401,9 @@ def train_audio2coeff(
         if init_dir is not None and init_info["model"] != model_kwargs:
             raise ConfigError(f"audio2coeff.model {model_kwargs} differs from {init_dir / MODEL_FILE}; use the same architecture")
 
+    if not 0.0 <= float(sched["general_weight"] or 0.0) <= 1.0:
+        raise ConfigError(f"{STAGE}.finetune.general_weight={sched['general_weight']!r} must be in [0, 1] "
+                          "(0: the fine-tuned expression alone, 1: the general model's)")
     if val_clips is None:
         val_clips = clips if mode == "finetune" else []
     frames, val_frames = _frame_slice(sched["frames"], "frames"), _frame_slice(sched["val_frames"], "val_frames")
@@ -465,9 +475,10 @@ def train_audio2coeff(
     corpus_names = {_clip_name(c) for c in clips}
     extra = dict(to_plain(sched["extra_speakers"]) or {})
     if extra and mode == "general" and int(extra.get("count", 0)) > 0:
-        unknown = sorted(set(extra) - {"count", "speech", "seed", "frames"})
+        unknown = sorted(set(extra) - {"count", "speech", "seed", "frames", "articulation"})
         if unknown:
-            raise ConfigError(f"unknown config key {STAGE}.train.extra_speakers.{unknown[0]}; valid keys: count, frames, seed, speech")
+            raise ConfigError(f"unknown config key {STAGE}.train.extra_speakers.{unknown[0]}; "
+                              "valid keys: articulation, count, frames, seed, speech")
         # local: the synthetic world (scipy.signal, eSpeak) costs 1 s to import; only general training with extra speakers needs it
         from talkinghead.data.synthetic.espeak import available
         from talkinghead.data.synthetic.world import speech_clips
@@ -478,8 +489,11 @@ def train_audio2coeff(
             if problem is not None:  # degrade: the world's own voices instead of eSpeak's
                 log.warning("audio2coeff.train.extra_speakers: %s; using speech=source_filter instead", problem)
                 speech = "source_filter"
-        clips = list(clips) + speech_clips(int(extra["count"]), int(extra.get("frames", 400)), int(extra.get("seed", 1)),
-                                           speech)
+        try:
+            clips = list(clips) + speech_clips(int(extra["count"]), int(extra.get("frames", 400)), int(extra.get("seed", 1)),
+                                               speech, articulation=extra.get("articulation"))
+        except ValueError as err:
+            raise ConfigError(f"{STAGE}.train.extra_speakers.articulation: {err}") from None
     window, stride = int(sched["window"]), int(sched["stride"])
     train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]),
                                     center_expression=center, cmvn=model.cmvn, augment=sched["augment"], seed=seed)
@@ -542,6 +556,14 @@ def train_audio2coeff(
             "format_version": 1,
         }
         ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
+        general_weight = float(sched["general_weight"] or 0.0) if mode == "finetune" else 0.0
+        if general_weight > 0.0:  # the output-space ensemble with the starting (general) model
+            tmp = out_dir / f".tmp_{os.getpid()}_{GENERAL_WEIGHTS_FILE}"
+            shutil.copyfile(init_weights, tmp)
+            os.replace(tmp, out_dir / GENERAL_WEIGHTS_FILE)
+            info["general_weight"] = general_weight
+        elif (out_dir / GENERAL_WEIGHTS_FILE).exists():
+            (out_dir / GENERAL_WEIGHTS_FILE).unlink()
         if mode == "finetune" and sched["person_ridge"]:
             ridge = fit_person_ridge(task.inference_model, clips, _frame_slice(sched["frames"], "frames"),
                                      out_dir / RESIDUAL_FILE)

@@ -71,6 +71,24 @@ class Articulation:
         g = rng.uniform(0.85, 1.15, 3)
         return cls(gain=(float(g[0]), float(g[1]), float(g[2]), 1.0), lead=float(rng.uniform(0.04, 0.08)))
 
+    def with_gains_from(self, ranges: dict[str, tuple[float, float]], rng: np.random.Generator) -> "Articulation":
+        """This articulation (same lead) with each unit's gain drawn uniformly from
+        ``ranges[unit] = (low, high)`` (units of :data:`MOUTH_UNITS`; a unit not named keeps its
+        gain). Real speakers differ far more than the rendered world's persons (0.85-1.15): in
+        the fitted coefficients of two real videos the lip units move 2-3 times less than the
+        world's (README, Stage 1 on real speech)."""
+        unknown = sorted(set(ranges) - set(MOUTH_UNITS))
+        if unknown:
+            raise ValueError(f"unknown mouth unit {unknown[0]!r}; units: {', '.join(MOUTH_UNITS)}")
+        gain = list(self.gain)
+        for k, unit in enumerate(MOUTH_UNITS):  # a fixed draw order: the gains are a function of the seed
+            if unit in ranges:
+                low, high = (float(v) for v in ranges[unit])
+                if not 0.0 <= low <= high:
+                    raise ValueError(f"gain range of {unit} must be 0 <= low <= high, got {ranges[unit]}")
+                gain[k] = float(rng.uniform(low, high))
+        return Articulation(gain=tuple(gain), lead=self.lead)
+
 
 def articulatory_trajectory(timeline: Timeline, times: np.ndarray, stress_boost: float = 0.15) -> np.ndarray:
     """Dominance-blended mouth units at ``times [T]`` (seconds) -> ``[T, 4]`` in [0, 1]."""

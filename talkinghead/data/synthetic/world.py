@@ -33,7 +33,7 @@ import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -142,12 +142,16 @@ def person_signals(person: Person, num_frames: int, speech: str = "source_filter
     return PersonSignals(audio=audio[: num_frames * SAMPLES_PER_FRAME], timeline=timeline, mouth=mouth, coeffs=coeffs)
 
 
-def speech_clips(count: int, frames: int = 400, seed: int = 1, speech: str = "espeak") -> list:
+def speech_clips(count: int, frames: int = 400, seed: int = 1, speech: str = "espeak",
+                 articulation: dict[str, tuple[float, float]] | None = None) -> list:
     """``count`` extra speakers for Stage-1 training, in memory and without images: person clips
     (:class:`~talkinghead.data.clip.PersonClip`, frame arrays ``[N, 1, 1, 3]`` of zeros) holding
     the world's audio and coefficients of persons sampled from ``seed`` speaking with
     ``speech`` (default eSpeak NG). About half a second each: a general Stage-1 model hears far
-    more voices and languages than the rendered corpus holds (``audio2coeff.train.extra_speakers``)."""
+    more voices and languages than the rendered corpus holds (``audio2coeff.train.extra_speakers``).
+    ``articulation``: per mouth unit a ``(low, high)`` range the speakers' articulation gains are
+    drawn from (:meth:`~talkinghead.data.synthetic.mouth.Articulation.with_gains_from`, from a
+    stream of their own, so the audio does not change); ``None`` keeps the world's."""
     if count < 1:
         return []
     people = sample_people(count, seed, 0)
@@ -156,6 +160,10 @@ def speech_clips(count: int, frames: int = 400, seed: int = 1, speech: str = "es
     empty = np.zeros((frames, 1, 1, 3), np.uint8)
     clips = []
     for person in people:
+        if articulation:
+            stream = np.random.SeedSequence(person.seed.entropy, spawn_key=(*person.seed.spawn_key, 1000))
+            person = replace(person, articulation=person.articulation.with_gains_from(
+                articulation, np.random.default_rng(stream)))
         signals = person_signals(person, frames, speech)
         meta = ClipMeta(name=f"{speech}_{seed}_{person.name}", num_frames=frames, crop_size=1, sample_rate=SAMPLE_RATE,
                         source="synthetic", split="train", train_frames=train, test_frames=test)
