@@ -323,13 +323,16 @@ def _fingerprint(payload: Mapping[str, Any]) -> str:
 
 
 def fit_person_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | str | os.PathLike],
-                     frames: slice | None, path: Path):
+                     frames: slice | None, path: Path, general: ExpressionPoseLSTM | None = None,
+                     general_weight: float = 0.0):
     """Fit the fine-tuned ``model``'s per-person ridge and blend (see
     :mod:`talkinghead.models.linear`): ridge regression from the network's MFCC windows of
     ``frames`` (default 0-299; per-utterance CMVN when the model uses it, so that the ridge,
     too, ignores the recording channel) to the expression; its penalty and the blend weight of the
     network are chosen on the last sixth of the frames (250-299) after fitting on the rest, then
-    the ridge is refitted on all of them and written to ``path``. Returns the ridge."""
+    the ridge is refitted on all of them and written to ``path``. With ``general`` the network's
+    prediction is the exported blend ``(1 - general_weight) * model + general_weight * general``
+    (``general_weight``), as inference computes it. Returns the ridge."""
     plain, truth, network = [], [], []
     for clip in clips:
         clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
@@ -337,6 +340,9 @@ def fit_person_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | str
         kwargs = dict(fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
         windows = frame_windows(clip.audio, clip.num_frames, cmvn=bool(getattr(model, "cmvn", False)), **kwargs)
         pred = predict_sequence(model, torch.from_numpy(windows))[:, :EXP_DIM].numpy()  # [N, 64], one utterance
+        if general is not None and general_weight > 0.0:
+            general_pred = predict_sequence(general, torch.from_numpy(windows))[:, :EXP_DIM].numpy()
+            pred = (1.0 - general_weight) * pred + general_weight * general_pred
         if bool(model.expression_centered):
             pred = pred + reference_expression(clip)
         plain.append(windows[start:stop])  # the network's own input (CMVN when it uses it)
@@ -565,8 +571,13 @@ def train_audio2coeff(
         elif (out_dir / GENERAL_WEIGHTS_FILE).exists():
             (out_dir / GENERAL_WEIGHTS_FILE).unlink()
         if mode == "finetune" and sched["person_ridge"]:
+            general = None
+            if general_weight > 0.0:  # the ridge is blended with what inference computes
+                general = NormalizedExpressionPoseLSTM(**model_kwargs)
+                ckpt.load_weights({MODEL_NAME: general}, init_weights)
+                general.cmvn = model.cmvn
             ridge = fit_person_ridge(task.inference_model, clips, _frame_slice(sched["frames"], "frames"),
-                                     out_dir / RESIDUAL_FILE)
+                                     out_dir / RESIDUAL_FILE, general=general, general_weight=general_weight)
             info["person_ridge"] = {"lam": ridge.lam, "blend": ridge.blend}
         elif (out_dir / RESIDUAL_FILE).exists():
             (out_dir / RESIDUAL_FILE).unlink()
