@@ -7,6 +7,8 @@ import torch
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.pipeline.pose import (
     PoseControls,
+    eye_aspect_ratio,
+    eyes_open,
     find_keyframes,
     match_reference_frames,
     nearest_reference_frames,
@@ -126,3 +128,44 @@ def test_bad_controls_and_inputs():
         resolve_pose(head_motion(20), np.zeros((30, 3)))
     with pytest.raises(InputError, match="pred_pose"):
         resolve_pose(np.full((20, 6), np.nan), head_motion(30))
+
+
+def _eye_landmarks(openness: np.ndarray) -> np.ndarray:
+    """68-point landmarks [M, 68, 2] whose eyes are 30 px wide and ``openness * 30`` px high."""
+    lm = np.zeros((len(openness), 68, 2))
+    for start, cx in ((36, 100.0), (42, 160.0)):
+        xs = cx + np.array([-15, -5, 5, 15, 5, -5])
+        ys = np.array([0, -1, -1, 0, 1, 1]) * 15.0
+        lm[:, start:start + 6, 0] = xs
+        lm[:, start:start + 6, 1] = 200.0 + ys[None] * openness[:, None]
+    return lm
+
+
+def test_eye_aspect_ratio_and_open_eyes():
+    openness = np.array([1.0, 0.9, 1.1, 0.1, 0.0, 1.0])
+    ratio = eye_aspect_ratio(_eye_landmarks(openness))
+    np.testing.assert_allclose(ratio, openness * 30 / 30, atol=1e-9)  # (2 * 30 h) / (2 * 30 w)
+    np.testing.assert_allclose(eye_aspect_ratio(3.0 * _eye_landmarks(openness)), ratio, atol=1e-9)  # scale-free
+    assert eyes_open(_eye_landmarks(openness)).tolist() == [True, True, True, False, False, True]
+    with pytest.raises(InputError, match="68, 2"):
+        eye_aspect_ratio(np.zeros((3, 5, 2)))
+
+
+def test_matching_never_picks_a_closed_eye_frame_when_an_open_one_is_in_reach():
+    ref = head_motion(300, seed=3)
+    pred = head_motion(100, seed=4)
+    plain = match_reference_frames(pred, ref)
+    usable = np.ones(300, bool)
+    usable[np.unique(plain)] = False  # every frame the plain matching used has closed eyes now
+    usable[np.unique(plain)[::7]] = True
+    masked = match_reference_frames(pred, ref, usable=usable)
+    assert usable[masked[np.isin(np.arange(100), find_keyframes(pred[:, 2]))]].all()  # keyframes land on usable frames
+    assert usable[masked].mean() > usable[plain].mean()
+    np.testing.assert_array_equal(match_reference_frames(pred, ref, usable=np.ones(300, bool)), plain)
+    np.testing.assert_array_equal(match_reference_frames(pred, ref, usable=np.zeros(300, bool)), plain)  # none: all
+    near = nearest_reference_frames(pred, ref, usable)
+    assert usable[near].all()
+    _, index = resolve_pose(pred, ref, PoseControls(mode="predicted"), usable=usable)
+    assert usable[index].all()
+    with pytest.raises(InputError, match="usable"):
+        match_reference_frames(pred, ref, usable=np.ones(5, bool))

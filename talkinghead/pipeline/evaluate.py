@@ -41,7 +41,7 @@ from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff
 from talkinghead.pipeline.frames import SourceFrames
 from talkinghead.pipeline.infer import load_person
 from talkinghead.pipeline.mouth import MouthCompositor
-from talkinghead.pipeline.pose import POSE_MODES, PoseControls, resolve_pose
+from talkinghead.pipeline.pose import POSE_MODES, PoseControls, eyes_open, resolve_pose
 from talkinghead.pipeline.stage1 import predict_expression_pose
 from talkinghead.pipeline.stage2 import Refiner, refine_frames
 from talkinghead.render import get_renderer
@@ -217,7 +217,7 @@ def evaluate_pose_modes(model, clip, ref_frames: slice | None = None, frames: sl
                         device="cpu") -> dict[str, float]:
     """HS (ours) between the real angles of the held-out frames and each pose mode's angles
     driven by the same frames' audio: ``{mode: hs}``. Reference frames default to the clip's
-    training frames (what inference uses)."""
+    training frames, restricted to those with open eyes (what inference uses)."""
     frames = held_out_frames(clip, frames)
     ref_frames = ref_frames if ref_frames is not None else clip.train_slice
     n = frames.stop - frames.start
@@ -226,9 +226,11 @@ def evaluate_pose_modes(model, clip, ref_frames: slice | None = None, frames: sl
     ref = split_coeffs(np.asarray(clip.coeffs[ref_frames]))
     ref_pose = np.concatenate([ref.angles, ref.translation], axis=1)  # [M, 6]
     real_angles = split_coeffs(np.asarray(clip.coeffs[frames])).angles  # [n, 3]
+    usable = eyes_open(np.asarray(clip.landmarks[ref_frames]))
     result = {}
     for mode in modes:
-        pose, _ = resolve_pose(pred_pose, ref_pose, PoseControls(mode=mode, amplitude=amplitude, smoothing=smoothing))
+        pose, _ = resolve_pose(pred_pose, ref_pose, PoseControls(mode=mode, amplitude=amplitude, smoothing=smoothing),
+                               usable=usable)
         result[mode] = head_pose_similarity(np.asarray(pose)[:, :3], real_angles)
     return result
 

@@ -58,7 +58,7 @@ from talkinghead.face.factory import make_face_model
 from talkinghead.instantiate import config_default, to_plain
 from talkinghead.pipeline.frames import SourceFrames
 from talkinghead.pipeline.mouth import MouthCompositor, MouthOptions, mouth_options
-from talkinghead.pipeline.pose import PoseControls, resolve_pose
+from talkinghead.pipeline.pose import PoseControls, eyes_open, resolve_pose
 from talkinghead.pipeline.stage1 import load_audio2coeff, predict_expression_pose
 from talkinghead.pipeline.stage2 import Refiner, RefinerStream, load_refiner
 from talkinghead.render.blend import render_blended
@@ -222,6 +222,7 @@ class PersonModels:
     ref_frames: slice
     ref_pose: np.ndarray  # [M, 6] angles + translation of the reference frames
     expression_reference: np.ndarray  # [64] mean expression of the reference frames (Stage 1 adds it)
+    ref_usable: np.ndarray | None = None  # [M] bool: reference frames with open eyes (pose.eyes_open); None: all
     full_frames: SourceFrames | None = field(default=None, repr=False)  # decoded on first use
     compositor: MouthCompositor | None = field(default=None, repr=False)  # over the reference frames, made on first use
 
@@ -281,6 +282,7 @@ def load_person(
         ref_frames=ref_frames,
         ref_pose=ref_pose,
         expression_reference=reference_expression(clip),
+        ref_usable=eyes_open(np.asarray(clip.landmarks[ref_frames])),
     )
 
 
@@ -295,7 +297,7 @@ def load_speech(path: str | os.PathLike) -> np.ndarray:
 def resolve_motion(person: PersonModels, pred_pose: np.ndarray, controls: PoseControls) -> tuple[np.ndarray, np.ndarray]:
     """Apply the pose mode to Stage 1's pose ``[N, 6]``: ``(pose [N, 6] float32, ref_index [N])``
     with ``ref_index`` absolute clip frame indices (pose/background source per output frame)."""
-    pose, ref_index = resolve_pose(pred_pose, person.ref_pose, controls)
+    pose, ref_index = resolve_pose(pred_pose, person.ref_pose, controls, usable=person.ref_usable)
     return np.asarray(pose, dtype=np.float32), np.asarray(ref_index) + person.ref_frames.start
 
 

@@ -21,6 +21,13 @@ Modes (:class:`PoseControls`):
 ``amplitude`` scales every frame's deviation from the reference mean pose (angles and
 translation), in every mode except ``still``; the background index is not changed by it.
 
+``usable`` (optional, ``[M]`` bool; inference passes :func:`eyes_open` of the reference frames'
+landmarks): the reference frames ``matched`` and ``predicted`` may pick. Why: a reference frame
+lends the output its eyes (and background), and matching can dwell on a few neighbouring frames
+for a second or more; in the session-22 demo it dwelt on a blink, and 69 % of the output frames
+had closed eyes. Frames with closed eyes are therefore not picked, unless no usable frame is in
+reach.
+
 Arrays may be numpy or torch; poses come back in the type (and, for torch, dtype/device) of
 ``pred_pose``, indices always as a numpy ``int64`` array.
 """
@@ -143,9 +150,43 @@ def find_keyframes(signal, max_keyframes: int | None = None, min_gap: int = 3, s
 
 
 # ----------------------------------------------------------------------------- matching
-def _nearest_angles(query: np.ndarray, ref_angles: np.ndarray) -> int:
-    """Index of the row of ``ref_angles [K, 3]`` nearest to ``query [3]`` in L1."""
-    return int(np.abs(ref_angles - query).sum(axis=1).argmin())
+def eye_aspect_ratio(landmarks) -> np.ndarray:
+    """Eye aspect ratio of 68-point ``landmarks [M, 68, 2]`` (Soukupova & Cech 2016: the two
+    vertical eyelid distances over twice the eye's width, mean of both eyes, points 36-41 and
+    42-47) -> ``[M]``; about 0.25-0.3 for open eyes, near 0 when closed, in any image scale."""
+    points = landmarks.detach().cpu().numpy() if isinstance(landmarks, torch.Tensor) else np.asarray(landmarks)
+    points = points.astype(np.float64, copy=False)
+    if points.ndim != 3 or points.shape[1:] != (68, 2):
+        raise InputError(f"landmarks must have shape [M, 68, 2], got {tuple(points.shape)}")
+    eyes = np.stack([points[:, 36:42], points[:, 42:48]], axis=1)  # [M, 2, 6, 2]
+    dist = lambda a, b: np.linalg.norm(eyes[:, :, a] - eyes[:, :, b], axis=-1)  # noqa: E731  [M, 2]
+    ratio = (dist(1, 5) + dist(2, 4)) / (2.0 * np.maximum(dist(0, 3), 1e-6))
+    return ratio.mean(axis=1)
+
+
+def eyes_open(landmarks, fraction: float = 0.7) -> np.ndarray:
+    """``[M]`` bool: frames whose :func:`eye_aspect_ratio` is at least ``fraction`` of its
+    median over the frames (a person's open-eye ratio varies, a blink drops it to a fraction)."""
+    ratio = eye_aspect_ratio(landmarks)
+    return ratio >= fraction * float(np.median(ratio)) if len(ratio) else np.zeros(0, bool)
+
+
+def _usable_mask(usable, m: int) -> np.ndarray | None:
+    if usable is None:
+        return None
+    usable = np.asarray(usable, dtype=bool)
+    if usable.shape != (m,):
+        raise InputError(f"usable must be a bool mask of the {m} reference frames, got shape {usable.shape}")
+    return usable if usable.any() else None
+
+
+def _nearest_angles(query: np.ndarray, ref_angles: np.ndarray, usable: np.ndarray | None = None) -> int:
+    """Index of the row of ``ref_angles [K, 3]`` nearest to ``query [3]`` in L1, among the
+    ``usable [K]`` rows when any of them is."""
+    distance = np.abs(ref_angles - query).sum(axis=1)
+    if usable is not None and usable.any():
+        distance = np.where(usable, distance, np.inf)
+    return int(distance.argmin())
 
 
 def match_reference_frames(
@@ -156,6 +197,7 @@ def match_reference_frames(
     smoothing: int = 7,
     max_keyframes: int | None = None,
     min_gap: int = 3,
+    usable=None,
 ) -> np.ndarray:
     """Assign a reference frame to every output frame: ``[N, 6], [M, 6] -> ref_index [N] int64``.
 
@@ -177,27 +219,34 @@ def match_reference_frames(
     _check_window(smoothing, "pose.smoothing")
     pred_angles, ref_angles = pred[:, :3], ref[:, :3]
     m = ref.shape[0]
+    usable = _usable_mask(usable, m)
 
     keyframes = find_keyframes(pred[:, ROLL_COLUMN], max_keyframes=max_keyframes, min_gap=min_gap, smoothing=smoothing)
     matches = np.empty(len(keyframes), dtype=np.int64)
-    matches[0] = _nearest_angles(pred_angles[keyframes[0]], ref_angles)
+    matches[0] = _nearest_angles(pred_angles[keyframes[0]], ref_angles, usable)
     for i in range(1, len(keyframes)):  # loops over keyframes only
         gap = keyframes[i] - keyframes[i - 1]
         radius = search_radius if search_radius is not None else max(1, int(round(search_speed * gap)))
         lo, hi = max(0, matches[i - 1] - radius), min(m - 1, matches[i - 1] + radius)
-        matches[i] = lo + _nearest_angles(pred_angles[keyframes[i]], ref_angles[lo:hi + 1])
+        window_usable = None if usable is None else usable[lo:hi + 1]
+        matches[i] = lo + _nearest_angles(pred_angles[keyframes[i]], ref_angles[lo:hi + 1], window_usable)
 
     frames = np.arange(pred.shape[0])
     index = np.interp(frames, keyframes, matches.astype(np.float64))
     return np.floor(index + 0.5).astype(np.int64)
 
 
-def nearest_reference_frames(pose, ref_pose) -> np.ndarray:
-    """Per-frame nearest reference frame by L1 distance on the Euler angles:
-    ``[N, 6], [M, 6] -> [N] int64`` (the background source in ``predicted`` mode)."""
+def nearest_reference_frames(pose, ref_pose, usable=None) -> np.ndarray:
+    """Per-frame nearest reference frame by L1 distance on the Euler angles, among the
+    ``usable [M]`` ones when given: ``[N, 6], [M, 6] -> [N] int64`` (the background source in
+    ``predicted`` mode)."""
     pose_np = _as_numpy(pose, "pose", 6)
     ref = _as_numpy(ref_pose, "ref_pose", 6)
-    return cdist(pose_np[:, :3], ref[:, :3], metric="cityblock").argmin(axis=1).astype(np.int64)  # [N, M] -> [N]
+    distance = cdist(pose_np[:, :3], ref[:, :3], metric="cityblock")  # [N, M]
+    usable = _usable_mask(usable, ref.shape[0])
+    if usable is not None:
+        distance[:, ~usable] = np.inf
+    return distance.argmin(axis=1).astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- controls
@@ -246,11 +295,12 @@ def _scale_about_mean(pose: np.ndarray, mean: np.ndarray, amplitude: float) -> n
     return mean + amplitude * (pose - mean)
 
 
-def resolve_pose(pred_pose, ref_pose, controls: PoseControls | None = None):
+def resolve_pose(pred_pose, ref_pose, controls: PoseControls | None = None, usable=None):
     """The pose to render and the background frame for every output frame.
 
     ``pred_pose [N, 6]`` (Stage-1 pose, translation shift undone), ``ref_pose [M, 6]`` (the
-    person's reference frames) -> ``(pose [N, 6], ref_index [N] int64)``; see the module
+    person's reference frames), ``usable [M]`` (the reference frames that may be picked, e.g.
+    :func:`eyes_open`; None: all) -> ``(pose [N, 6], ref_index [N] int64)``; see the module
     docstring for the modes. ``pose`` has the type of ``pred_pose``.
     """
     controls = controls if controls is not None else PoseControls()
@@ -264,9 +314,9 @@ def resolve_pose(pred_pose, ref_pose, controls: PoseControls | None = None):
         pose = np.repeat(ref[:1], n, axis=0)
         ref_index = np.zeros(n, dtype=np.int64)
     elif controls.mode == "matched":
-        ref_index = match_reference_frames(pred, ref, smoothing=int(controls.smoothing))
+        ref_index = match_reference_frames(pred, ref, smoothing=int(controls.smoothing), usable=usable)
         pose = _scale_about_mean(ref[ref_index], mean, float(controls.amplitude))
     else:  # predicted
         pose = _scale_about_mean(_smooth(pred, int(controls.smoothing)), mean, float(controls.amplitude))
-        ref_index = nearest_reference_frames(pose, ref)
+        ref_index = nearest_reference_frames(pose, ref, usable)
     return _like(pose, pred_pose), ref_index
