@@ -164,7 +164,7 @@ def eye_aspect_ratio(landmarks) -> np.ndarray:
     return ratio.mean(axis=1)
 
 
-def eyes_open(landmarks, fraction: float = 0.7) -> np.ndarray:
+def eyes_open(landmarks, fraction: float = 0.8) -> np.ndarray:
     """``[M]`` bool: frames whose :func:`eye_aspect_ratio` is at least ``fraction`` of its
     median over the frames (a person's open-eye ratio varies, a blink drops it to a fraction)."""
     ratio = eye_aspect_ratio(landmarks)
