@@ -12,8 +12,10 @@ Why a per-person ridge next to the fine-tuned network (``audio2coeff.finetune.pe
 correlation 0.69, where network fine-tuning reached about 0.48). When it is on, the fine-tuned
 model's expression is ``blend * network + (1 - blend) * ridge``; the ridge's penalty and ``blend`` are
 chosen together on the last sixth of the person's training frames (250-299, with the ridge fitted
-on 0-249 and the network early-stopped there too; never on the held-out 300-399), then the ridge
-is refitted on all of 0-299 (:func:`select_person_blend`). On that video it raised the held-out
+on 0-249; never on the held-out 300-399), then the ridge is refitted on all of 0-299
+(:func:`select_person_blend`). With early stopping the network, too, had only trained on 0-249;
+with the fixed-step recipe (the CPU preset since session 22) it has seen 250-299, which favours
+the network in the blend. On that video it raised the held-out
 correlation to 0.60 but lowered how well the mouth followed other speakers' recordings, so the
 CPU preset leaves it off (README).
 """
