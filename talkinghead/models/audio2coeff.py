@@ -37,6 +37,7 @@ from torch import nn
 from talkinghead.errors import InputError, TrainingError
 from talkinghead.stagedir import AUDIO2COEFF as STAGE, MODEL_FILE, WEIGHTS_FILE
 from talkinghead.face.coeffs import EXP_DIM, POSE_DIM
+from talkinghead.weights import load_weights
 
 #: One MFCC window per video frame: 28 MFCC rows (280 ms) x 12 cepstra (method.md section 3).
 WINDOW_SHAPE = (28, 12)
@@ -312,6 +313,23 @@ class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
     def encode_audio(self, windows: torch.Tensor) -> torch.Tensor:
         self._check_windows(windows)
         return super().encode_audio((windows - self.input_mean) / self.input_std)
+
+
+def load_network(model_kwargs: dict[str, Any], weights: str | os.PathLike, cmvn: bool = False) -> "NormalizedExpressionPoseLSTM":
+    """A :class:`NormalizedExpressionPoseLSTM` of ``model_kwargs`` with the weights file
+    ``weights`` (``MODEL_NAME`` inside it) and its ``cmvn`` flag, in eval mode on the CPU."""
+    model = NormalizedExpressionPoseLSTM(**model_kwargs)
+    load_weights({MODEL_NAME: model}, weights)
+    model.cmvn = bool(cmvn)
+    return model.eval()
+
+
+def blend_with_general(pred: torch.Tensor, general_pred: torch.Tensor, general_weight: float) -> torch.Tensor:
+    """The fine-tuned model's exported output (``audio2coeff.finetune.general_weight``): Stage-1
+    outputs ``[..., 70]`` of the fine-tuned and the general network -> ``[..., 70]`` whose
+    expression is ``(1 - w) * fine-tuned + w * general`` and whose pose is the fine-tuned one."""
+    expression = (1.0 - general_weight) * pred[..., :EXP_DIM] + general_weight * general_pred[..., :EXP_DIM]
+    return torch.cat([expression, pred[..., EXP_DIM:]], dim=-1)
 
 
 def read_model_json(model_dir: str | os.PathLike, command: str | None = None) -> dict[str, Any]:

@@ -52,10 +52,15 @@ ROLL_COLUMN = 2
 
 
 # ----------------------------------------------------------------------------- input handling
+def _float64(x) -> np.ndarray:
+    """``x`` (numpy, torch or sequence) -> float64 numpy."""
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return arr.astype(np.float64, copy=False)
+
+
 def _as_numpy(x, name: str, width: int | None = None) -> np.ndarray:
     """``x`` (numpy, torch or sequence) -> float64 numpy; checks ``[N, width]`` if ``width``."""
-    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    arr = arr.astype(np.float64, copy=False)
+    arr = _float64(x)
     if width is not None and (arr.ndim != 2 or arr.shape[1] != width):
         raise InputError(f"{name} must be an array [N, {width}] (angles x,y,z + translation x,y,z), got shape {arr.shape}")
     if width is None and arr.ndim != 1:
@@ -154,8 +159,7 @@ def eye_aspect_ratio(landmarks) -> np.ndarray:
     """Eye aspect ratio of 68-point ``landmarks [M, 68, 2]`` (Soukupova & Cech 2016: the two
     vertical eyelid distances over twice the eye's width, mean of both eyes, points 36-41 and
     42-47) -> ``[M]``; about 0.25-0.3 for open eyes, near 0 when closed, in any image scale."""
-    points = landmarks.detach().cpu().numpy() if isinstance(landmarks, torch.Tensor) else np.asarray(landmarks)
-    points = points.astype(np.float64, copy=False)
+    points = _float64(landmarks)
     if points.ndim != 3 or points.shape[1:] != (68, 2):
         raise InputError(f"landmarks must have shape [M, 68, 2], got {tuple(points.shape)}")
     eyes = np.stack([points[:, 36:42], points[:, 42:48]], axis=1)  # [M, 2, 6, 2]

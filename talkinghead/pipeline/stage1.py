@@ -28,15 +28,14 @@ from talkinghead.errors import InputError, TrainingError
 from talkinghead.face.coeffs import EXP_DIM, from_stage1_output
 from talkinghead.models.audio2coeff import (
     GENERAL_COMMAND,
-    MODEL_NAME,
     GENERAL_WEIGHTS_FILE,
     RESIDUAL_FILE,
     ExpressionPoseLSTM,
-    NormalizedExpressionPoseLSTM,
+    blend_with_general,
+    load_network,
     read_model_json,
 )
 from talkinghead.stagedir import WEIGHTS_FILE
-from talkinghead.weights import load_weights
 from talkinghead.devices import resolve_device
 from talkinghead.models.linear import WindowRidge
 
@@ -62,9 +61,7 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
     """
     model_dir = Path(model_dir).expanduser()
     info = read_model_json(model_dir, creating_command(model_dir))
-    model = NormalizedExpressionPoseLSTM(**info["model"])
-    load_weights({MODEL_NAME: model}, model_dir / WEIGHTS_FILE)
-    model.cmvn = bool(info.get("cmvn", False))
+    model = load_network(info["model"], model_dir / WEIGHTS_FILE, cmvn=info.get("cmvn", False))
     residual = model_dir / RESIDUAL_FILE
     model.residual = WindowRidge.load(residual) if residual.is_file() else None  # per-person ridge + blend
     model.general, model.general_weight = None, float(info.get("general_weight", 0.0))
@@ -73,9 +70,7 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
         if not general_path.is_file():
             raise TrainingError(f"{general_path} is missing (model.json general_weight={model.general_weight}); "
                                 f"fine-tune this model again, or set general_weight to 0 in {model_dir / 'model.json'}")
-        model.general = NormalizedExpressionPoseLSTM(**info["model"])
-        load_weights({MODEL_NAME: model.general}, general_path)
-        model.general.to(resolve_device(device)).eval()
+        model.general = load_network(info["model"], general_path, cmvn=model.cmvn).to(resolve_device(device))
     return model.to(resolve_device(device)).eval()
 
 
@@ -134,10 +129,9 @@ def predict_expression_pose(
         for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=cmvn):  # [n, 28, 12]
             windows = torch.from_numpy(block)[None].to(device)
             pred, state = model(windows, state)  # [1, n, 70]
-            if general is not None:  # expression: (1 - w) * fine-tuned + w * general; pose: fine-tuned
+            if general is not None:
                 general_pred, general_state = general(windows, general_state)
-                pred = torch.cat([(1.0 - general_weight) * pred[..., :EXP_DIM] + general_weight * general_pred[..., :EXP_DIM],
-                                  pred[..., EXP_DIM:]], dim=-1)
+                pred = blend_with_general(pred, general_pred, general_weight)
             outputs.append(pred[0].float().cpu())
         if residual is not None:  # on the network's windows
             corrections = [residual.predict_windows(b) for b in iter_frame_windows(audio, chunk_frames, num_frames, cmvn=cmvn)]

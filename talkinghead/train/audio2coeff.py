@@ -71,6 +71,8 @@ from talkinghead.models.audio2coeff import (
     RESIDUAL_FILE,
     ExpressionPoseLSTM,
     NormalizedExpressionPoseLSTM,
+    blend_with_general,
+    load_network,
     make_optimizer,
     predict_sequence,
     read_model_json,
@@ -339,10 +341,10 @@ def fit_person_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | str
         start, stop, _ = (frames or slice(0, clip.num_frames)).indices(clip.num_frames)
         kwargs = dict(fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
         windows = frame_windows(clip.audio, clip.num_frames, cmvn=bool(getattr(model, "cmvn", False)), **kwargs)
-        pred = predict_sequence(model, torch.from_numpy(windows))[:, :EXP_DIM].numpy()  # [N, 64], one utterance
+        pred = predict_sequence(model, torch.from_numpy(windows))  # [N, 70], one utterance
         if general is not None and general_weight > 0.0:
-            general_pred = predict_sequence(general, torch.from_numpy(windows))[:, :EXP_DIM].numpy()
-            pred = (1.0 - general_weight) * pred + general_weight * general_pred
+            pred = blend_with_general(pred, predict_sequence(general, torch.from_numpy(windows)), general_weight)
+        pred = pred[:, :EXP_DIM].numpy()  # [N, 64]
         if bool(model.expression_centered):
             pred = pred + reference_expression(clip)
         plain.append(windows[start:stop])  # the network's own input (CMVN when it uses it)
@@ -407,7 +409,8 @@ def train_audio2coeff(
         if init_dir is not None and init_info["model"] != model_kwargs:
             raise ConfigError(f"audio2coeff.model {model_kwargs} differs from {init_dir / MODEL_FILE}; use the same architecture")
 
-    if not 0.0 <= float(sched["general_weight"] or 0.0) <= 1.0:
+    general_weight = float(sched["general_weight"] or 0.0) if mode == "finetune" else 0.0
+    if not 0.0 <= general_weight <= 1.0:
         raise ConfigError(f"{STAGE}.finetune.general_weight={sched['general_weight']!r} must be in [0, 1] "
                           "(0: the fine-tuned expression alone, 1: the general model's)")
     if val_clips is None:
@@ -562,7 +565,6 @@ def train_audio2coeff(
             "format_version": 1,
         }
         ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
-        general_weight = float(sched["general_weight"] or 0.0) if mode == "finetune" else 0.0
         if general_weight > 0.0:  # the output-space ensemble with the starting (general) model
             tmp = out_dir / f".tmp_{os.getpid()}_{GENERAL_WEIGHTS_FILE}"
             shutil.copyfile(init_weights, tmp)
@@ -571,11 +573,7 @@ def train_audio2coeff(
         elif (out_dir / GENERAL_WEIGHTS_FILE).exists():
             (out_dir / GENERAL_WEIGHTS_FILE).unlink()
         if mode == "finetune" and sched["person_ridge"]:
-            general = None
-            if general_weight > 0.0:  # the ridge is blended with what inference computes
-                general = NormalizedExpressionPoseLSTM(**model_kwargs)
-                ckpt.load_weights({MODEL_NAME: general}, init_weights)
-                general.cmvn = model.cmvn
+            general = load_network(model_kwargs, init_weights, model.cmvn) if general_weight > 0.0 else None  # as inference blends
             ridge = fit_person_ridge(task.inference_model, clips, _frame_slice(sched["frames"], "frames"),
                                      out_dir / RESIDUAL_FILE, general=general, general_weight=general_weight)
             info["person_ridge"] = {"lam": ridge.lam, "blend": ridge.blend}
