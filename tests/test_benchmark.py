@@ -8,14 +8,17 @@ import json
 
 import numpy as np
 import pytest
+from _clips import write_stand_in_clip
 
 from talkinghead.audio import save_wav
 from talkinghead.cli import compose_config
-from talkinghead.data.clip import list_clips, read_clip
+from talkinghead.data.clip import ClipMeta, held_out_fold, list_clips, num_folds, read_clip
 from talkinghead.data.synthetic import make_corpus
 from talkinghead.errors import InputError
 from talkinghead.face.factory import make_face_model
-from talkinghead.pipeline.benchmark import cross_speaker_sync, find_videos, format_tables, run_video, write_report
+from talkinghead.pipeline.benchmark import (cross_speaker_sync, cross_validated_stage1, find_videos, format_tables, run_video,
+                                            write_report)
+from talkinghead.pipeline.evaluate import evaluate_stage1
 from talkinghead.pipeline.evaluate_stage1 import evaluate_audio2coeff
 from talkinghead.pipeline.stage1 import load_audio2coeff
 
@@ -107,6 +110,75 @@ def test_cross_speaker_sync_drives_each_model_with_the_other_videos_speech(bench
     single = [{**bench["row"]}]
     cross_speaker_sync(single, out, general)  # one video: nothing to cross
     assert "cross_speaker" not in single[0] and "driven by the other" not in format_tables(single)
+
+
+def _numbered_clip(path, n: int, train: tuple[int, int], test: tuple[int, int]):
+    """A clip whose frame ``i`` is recognisable: coefficient 0, landmark x, pixel value and every
+    audio sample of the frame are ``i``."""
+    coeffs = np.zeros((n, 257), np.float32)
+    coeffs[:, 0] = np.arange(n)
+    landmarks = np.broadcast_to(np.arange(n, dtype=np.float32)[:, None, None], (n, 68, 2)).copy()
+    frames = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 8, 8, 3)).copy()
+    audio = np.repeat(np.arange(n, dtype=np.float32), 640) / 100.0
+    meta = ClipMeta(name=path.name, num_frames=n, crop_size=8, source="synthetic", train_frames=train, test_frames=test)
+    return read_clip(write_stand_in_clip(path, meta, coeffs, frames, audio, landmarks))
+
+
+def test_held_out_fold_moves_one_block_to_the_end(tmp_path):
+    clip = _numbered_clip(tmp_path / "p", 22, (0, 15), (15, 20))  # span 20, blocks of 5, 2 frames after
+    assert num_folds(clip) == 4
+    frame_ids = lambda view: view.coeffs[:, 0].astype(int).tolist()  # noqa: E731
+    own = held_out_fold(clip, 3)  # the clip's own split, frames after the span dropped
+    assert frame_ids(own) == list(range(20)) and own.meta.train_frames == (0, 15) and own.meta.test_frames == (15, 20)
+    np.testing.assert_array_equal(own.audio, clip.audio[:20 * 640])
+    view = held_out_fold(clip, 1)
+    assert view.name == "p_fold1" and view.num_frames == 20
+    assert frame_ids(view) == [*range(5), *range(10, 20), *range(5, 10)]
+    assert view.test_slice == slice(15, 20) and view.train_slice == slice(0, 15)
+    for array in (view.landmarks[:, 0, 0], view.fixed[:, 0, 0, 0], view.aligned[:, 0, 0, 0]):
+        assert array.astype(int).tolist() == frame_ids(view)
+    assert len(view.audio) == 20 * 640
+    np.testing.assert_array_equal(view.audio_for_frames(view.test_slice), clip.audio_for_frames(slice(5, 10)))
+    np.testing.assert_allclose(view.audio[::640] * 100, frame_ids(view), atol=0.01)  # audio follows its frames (16-bit wav)
+    # 20 frames in blocks of 6: three folds, the first two frames always fine-tune
+    odd = _numbered_clip(tmp_path / "odd", 20, (0, 14), (14, 20))
+    assert num_folds(odd) == 3
+    assert frame_ids(held_out_fold(odd, 0)) == [0, 1, *range(8, 20), *range(2, 8)]
+    with pytest.raises(InputError, match="fold 3 does not exist; the clip has 3 folds"):
+        held_out_fold(odd, 3)
+    gap = _numbered_clip(tmp_path / "gap", 20, (0, 10), (12, 20))
+    with pytest.raises(InputError, match="cross-validation needs the fine-tuning frames"):
+        num_folds(gap)
+
+
+def test_cross_validation_fine_tunes_and_evaluates_every_fold(bench, tmp_path):
+    """Each block held out in turn: the protocol's own split (the last fold) reproduces the
+    benchmark's figures, each fold's general figure is evaluate_stage1 on that fold's view, and
+    the table gains its section."""
+    out, general, clip = tmp_path / "out", bench["general"], bench["clip"]
+    out.mkdir()
+    (out / "tiny").mkdir()
+    for item in clip.root.iterdir():
+        (out / "tiny" / item.name).symlink_to(item)
+    rows = [{**bench["row"], "seconds": dict(bench["row"]["seconds"])}]
+    cfg = compose_config("finetune", ["person=unused", *FAST])
+    cross_validated_stage1(rows, out, general, cfg)
+    cv = rows[0]["stage1_cv"]
+    assert len(cv["folds"]) == num_folds(clip) == 4
+    assert [f["held_out"] for f in cv["folds"]] == [[0, 15], [15, 30], [30, 45], [45, 60]]
+    for key in ("lipsync_corr", "lmd", "ridge_lipsync_corr", "ridge_lmd", "lmd_mean_expression"):
+        assert cv["folds"][-1]["finetuned"][key] == pytest.approx(rows[0]["stage1"][key], abs=1e-5), key
+    view = held_out_fold(clip, 1)
+    direct = evaluate_stage1(load_audio2coeff(general / "audio2coeff"), view, make_face_model(clip.meta.face_model),
+                             view.test_slice, ridge_lam=None)
+    assert cv["folds"][1]["general"]["lipsync_corr"] == pytest.approx(direct["lipsync_corr"], abs=1e-6)
+    assert cv["finetuned_corr"] == pytest.approx(np.mean([f["finetuned"]["lipsync_corr"] for f in cv["folds"]]))
+    assert cv["finetuned_corr_min"] <= cv["finetuned_corr"] <= cv["finetuned_corr_max"]
+    assert (out / "tiny" / "cv" / "fold0" / "audio2coeff" / "done.json").is_file()
+    assert rows[0]["seconds"]["cross_validation"] > 0
+    text = format_tables(rows)
+    assert "cross-validated" in text and f"{cv['ridge_lmd']:.3f}" in text.split("cross-validated")[1]
+    assert "cross-validated" not in format_tables([bench["row"]])
 
 
 def test_find_videos(tmp_path):

@@ -255,6 +255,59 @@ def read_clip(root: str | os.PathLike, load_audio: bool = True) -> PersonClip:
 
 
 # ---------------------------------------------------------------------------------------------
+# Cross-validation folds: in-memory views of one clip with another block of frames held out.
+
+
+def _fold_blocks(meta: ClipMeta, root: Path) -> tuple[int, int, int]:
+    """(span F, block length T, folds K) of a clip's fine-tuning + held-out frames."""
+    (train_start, train_stop), (test_start, test_stop) = meta.train_frames, meta.test_frames
+    _check(train_start == 0 and train_stop == test_start and test_stop > test_start, root,
+           f"cross-validation needs the fine-tuning frames to be 0..h-1 and the held-out ones to follow them, "
+           f"got {list(meta.train_frames)} and {list(meta.test_frames)}")
+    length = test_stop - test_start
+    return test_stop, length, test_stop // length
+
+
+def num_folds(clip: PersonClip) -> int:
+    """How many :func:`held_out_fold` views a clip has: its fine-tuning + held-out span cut into
+    blocks of the held-out length (4 for the method's 0-299 / 300-399 and for a short clip's
+    first three quarters / last quarter)."""
+    return _fold_blocks(clip.meta, clip.root)[2]
+
+
+def held_out_fold(clip: PersonClip, fold: int) -> PersonClip:
+    """The clip with another block of frames held out: a cross-validation view, in memory.
+
+    The span ``0 .. test_frames[1]-1`` is cut, from its end, into ``num_folds`` blocks of the
+    held-out length ``T`` (frames before the first block, when ``T`` does not divide the span, always
+    stay fine-tuning frames). The view's frames are the span with block ``fold`` moved to the end:
+    it is the view's held-out range (``test_frames`` = the last ``T`` frames), the other blocks in
+    their order are its fine-tuning range. Fold ``num_folds - 1`` is the clip's own split. Every
+    per-frame array (coefficients, landmarks, crops, transforms) and the audio are reordered
+    together; frames after the span are dropped. The audio is spliced where blocks meet, so the
+    audio windows of the few frames next to a seam (280 ms) hear two blocks. For evaluating
+    Stage 1 (the real-person benchmark), not for rendering: ``root`` still names the original clip.
+    """
+    span, length, folds = _fold_blocks(clip.meta, clip.root)
+    if not 0 <= fold < folds:
+        raise InputError(f"{clip.root}: fold {fold} does not exist; the clip has {folds} folds (0..{folds - 1})")
+    first = span - folds * length  # frames [0, first) are never held out
+    block = lambda k: np.arange(first + k * length, first + (k + 1) * length)  # noqa: E731
+    order = np.concatenate([np.arange(first)] + [block(k) for k in range(folds) if k != fold] + [block(fold)])
+    audio = clip.audio
+    if audio is not None:
+        per_frame = clip.meta.sample_rate / clip.meta.fps
+        bounds = np.round(np.arange(span + 1) * per_frame).astype(np.int64)  # frame i: samples bounds[i]..bounds[i+1]
+        pieces = np.split(order, np.where(np.diff(order) != 1)[0] + 1)  # runs of consecutive frames
+        audio = np.concatenate([audio[bounds[run[0]]:bounds[run[-1] + 1]] for run in pieces])
+    meta = ClipMeta(**{**asdict(clip.meta), "name": f"{clip.name}_fold{fold}", "num_frames": span,
+                       "train_frames": (0, span - length), "test_frames": (span - length, span)})
+    return PersonClip(clip.root, meta, np.asarray(clip.coeffs)[order], np.asarray(clip.landmarks)[order],
+                      clip.fixed[order], clip.aligned[order], clip.fixed_transform,
+                      np.asarray(clip.aligned_transforms)[order], audio)
+
+
+# ---------------------------------------------------------------------------------------------
 # Corpora: a directory of clips with a corpus.json naming each person's split.
 
 
