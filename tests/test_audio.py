@@ -334,3 +334,55 @@ def test_resampling_without_librosa_matches_soxr(monkeypatch):
     poly = resample(audio, 44100, 16000)
     assert poly.dtype == np.float32 and poly.shape == soxr.shape == (32000,)
     assert np.abs(poly[200:-200] - soxr[200:-200]).max() < 2e-3
+
+
+def _voice(seconds: float, pitch: float, formant: float, seed: int) -> np.ndarray:
+    """A crude voiced sound: a pitch-pulse train through one resonance, with syllable-rate
+    loudness and pauses (``formant`` Hz sets the spectral envelope, i.e. the "voice")."""
+    from scipy.signal import lfilter
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16000)
+    t = np.arange(n) / 16000
+    pulses = (np.diff(np.floor(t * pitch * (1 + 0.05 * np.sin(2 * np.pi * 0.7 * t))), prepend=0) > 0).astype(np.float64)
+    r, theta = 0.97, 2 * np.pi * formant / 16000
+    voiced = lfilter([1.0], [1.0, -2 * r * np.cos(theta), r * r], pulses)
+    envelope = np.clip(np.sin(2 * np.pi * 3 * t + rng.uniform(0, 6)), 0, None)  # syllables and pauses
+    out = voiced * envelope + 0.002 * rng.standard_normal(n)
+    return (0.3 * out / np.abs(out).max()).astype(np.float32)
+
+
+def test_voice_distance_tells_the_same_voice_from_another():
+    from talkinghead.audio.features import voice_distance, voice_statistics
+
+    person = _voice(6.0, 200.0, 700.0, seed=0)
+    same_later = _voice(3.0, 205.0, 700.0, seed=1)
+    other = _voice(3.0, 120.0, 1500.0, seed=2)
+    stats = voice_statistics(person)
+    assert stats[0].shape == stats[1].shape == (12,) and stats[0].dtype == np.float32
+    assert voice_distance(stats, stats) == 0.0
+    assert voice_distance(stats, voice_statistics(0.1 * person)) < 1e-3  # a gain change is not another voice
+    own, foreign = voice_distance(stats, voice_statistics(same_later)), voice_distance(stats, voice_statistics(other))
+    assert own < 0.35 < 0.5 < foreign, (own, foreign)  # the fine-tuning default voice_gate [0.35, 0.5] separates them
+
+
+def test_window_ridge_round_trip_with_and_without_its_voice(tmp_path):
+    from talkinghead.audio.features import voice_statistics
+    from talkinghead.models.linear import WindowRidge, fit_window_ridge
+
+    rng = np.random.default_rng(0)
+    windows, targets = rng.standard_normal((40, 28, 12)).astype(np.float32), rng.standard_normal((40, 3))
+    ridge = fit_window_ridge(windows, targets, 10.0)
+    ridge.blend = 0.3
+    old = WindowRidge.load(ridge.save(tmp_path / "old.npz"))  # saved without a voice: always applies
+    assert old.voice_gate is None and old.voice_weight(_voice(1.0, 200.0, 700.0, 0)) == (1.0, None)
+    np.testing.assert_allclose(old.predict_windows(windows), ridge.predict_windows(windows))
+    ridge.voice_mean, ridge.voice_std = voice = voice_statistics(_voice(4.0, 200.0, 700.0, 0))
+    ridge.voice_gate = (0.35, 0.5)
+    loaded = WindowRidge.load(ridge.save(tmp_path / "voice.npz"))
+    assert loaded.voice_gate == (0.35, 0.5) and loaded.blend == 0.3 and loaded.lam == 10.0
+    np.testing.assert_array_equal(loaded.voice_mean, voice[0])
+    weight, distance = loaded.voice_weight(_voice(2.0, 205.0, 700.0, 1))
+    assert weight == 1.0 and distance < 0.35
+    weight, distance = loaded.voice_weight(_voice(2.0, 120.0, 1500.0, 2))
+    assert weight == 0.0 and distance > 0.5

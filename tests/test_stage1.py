@@ -308,10 +308,23 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
     clip = read_clip(corpus / "heldout_0")
     audio, ref = clip.audio_for_frames(slice(300, 340)), reference_expression(clip)
     blended, _ = predict_expression_pose(model, audio, expression_reference=ref)
-    ridge, blend = model.residual.predict_windows(frame_windows(audio, cmvn=model.cmvn)), model.residual.blend
+    residual = model.residual
+    ridge, blend = residual.predict_windows(frame_windows(audio, cmvn=model.cmvn)), residual.blend
+    voice, distance = residual.voice_weight(audio)
     model.residual = None
     network, _ = predict_expression_pose(model, audio, expression_reference=ref)
-    np.testing.assert_allclose(blended, blend * network + (1 - blend) * ridge, atol=1e-5)
+    share = 1 - (1 - blend) * voice  # the network's share after the voice gate
+    np.testing.assert_allclose(blended, share * network + (1 - share) * ridge, atol=1e-5)
+    # The blend was chosen with a second fine-tuning on the first five sixths (250 of 0-299) ...
+    selection = json.loads((out / "person_ridge_selection" / "model.json").read_text())
+    assert selection["frames"] == [0, 250] and not (out / "person_ridge_selection" / "person_ridge.npz").exists()
+    # ... and the ridge carries the person's voice: another voice gets the network alone.
+    assert info["person_ridge"]["voice_gate"] == [0.35, 0.5] and distance is not None
+    model.residual = residual
+    for gate, expected in (((distance + 0.1, distance + 0.2), blend * network + (1 - blend) * ridge),  # own voice
+                           ((distance - 0.2, distance - 0.1), network)):  # a voice this far is another's
+        residual.voice_gate = gate
+        np.testing.assert_allclose(predict_expression_pose(model, audio, expression_reference=ref)[0], expected, atol=1e-5)
 
 
 def test_finetune_blends_its_expression_with_the_general_model(corpus, general_run, tmp_path):
@@ -320,7 +333,8 @@ def test_finetune_blends_its_expression_with_the_general_model(corpus, general_r
     general copy are one-line errors."""
     from talkinghead.errors import ConfigError, TrainingError
 
-    out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg("audio2coeff.finetune.general_weight=0.4"),
+    out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg("audio2coeff.finetune.general_weight=0.4",
+                                                                       "audio2coeff.finetune.person_ridge=false"),
                             mode="finetune", init_dir=general_run)
     assert json.loads((out / "model.json").read_text())["general_weight"] == 0.4
     assert (out / "general_weights.safetensors").read_bytes() == (general_run / "weights.safetensors").read_bytes()

@@ -6,18 +6,26 @@ per-person linear correction.
 standardised with the mean and deviation of the frames it was fitted on) and saves/loads it as
 ``.npz``.
 
-Why a per-person ridge next to the fine-tuned network (``audio2coeff.finetune.person_ridge``):
-285 windows of one person are few for a network and many for a linear map of the same windows
-(a ridge regression fitted on one real video's frames 0-299 follows her held-out mouth with
-correlation 0.69, where network fine-tuning reached about 0.48). When it is on, the fine-tuned
-model's expression is ``blend * network + (1 - blend) * ridge``; the ridge's penalty and ``blend`` are
-chosen together on the last sixth of the person's training frames (250-299, with the ridge fitted
-on 0-249; never on the held-out 300-399), then the ridge is refitted on all of 0-299
-(:func:`select_person_blend`). With early stopping the network, too, had only trained on 0-249;
-with the fixed-step recipe (the CPU preset since session 22) it has seen 250-299, which favours
-the network in the blend. On that video it raised the held-out
-correlation to 0.60 but lowered how well the mouth followed other speakers' recordings, so the
-CPU preset leaves it off (README).
+Why a per-person ridge next to the fine-tuned network (``audio2coeff.finetune.person_ridge``,
+on in the CPU preset): 285 windows of one person are few for a network and many for a linear
+map of the same windows. Cross-validated over four blocks of each real video (README), a ridge
+fitted on the person's other frames followed the held-out mouth with correlation 0.72 (31.mp4)
+and 0.44 (the 8 s clip); the fine-tuned network reached 0.44 and 0.10, and the general model's
+features added nothing to the ridge. The fine-tuned model's expression is
+``blend * network + (1 - blend) * ridge``. The ridge's penalty and ``blend`` are chosen together
+on the last sixth of the person's fine-tuning frames (250-299, with the ridge fitted on 0-249;
+never on the held-out 300-399), by the error of the mouth landmarks' 3-D positions (``projection``;
+the whole expression vector let blinks and brows pick the ridge on the synthetic persons), then
+the ridge is refitted on all of 0-299 (:func:`select_person_blend`). The network judged there must
+not have trained on 250-299: with early stopping it has not; with the fixed-step recipe a second
+fine-tuning on 0-249 stands in for it (``train/audio2coeff.py``).
+
+A ridge fitted on one voice does not carry to other voices (driven by another video's speech it
+followed that video's mouth with correlation -0.2 to 0.2, the general model 0.5). So it keeps the
+voice it was fitted on (:func:`~talkinghead.audio.features.voice_statistics`) and applies only to
+driving audio whose :func:`~talkinghead.audio.features.voice_distance` is below ``voice_gate``
+(:meth:`WindowRidge.voice_weight`; default [0.35, 0.5]: other stretches of the same recording
+measured 0.15-0.34, other speakers and recordings 0.58-1.26). Foreign speech gets the network alone.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from talkinghead.audio.features import voice_distance, voice_statistics
 
 __all__ = ["ridge_fit", "WindowRidge", "fit_window_ridge", "select_ridge_penalty", "select_person_blend"]
 
@@ -52,26 +62,47 @@ class WindowRidge:
     weights: np.ndarray  # [337, D]
     lam: float = 100.0
     blend: float = 0.0  # weight of the network's prediction next to this ridge (fine-tuned models)
+    voice_mean: np.ndarray | None = None  # [12] voice_statistics of the audio it was fitted on
+    voice_std: np.ndarray | None = None  # [12]
+    voice_gate: tuple[float, float] | None = None  # voice distances where its weight starts to fall, and reaches 0
 
     def predict_windows(self, windows: np.ndarray) -> np.ndarray:
         """``windows [N, 28, 12]`` -> float32 ``[N, D]``."""
         x = (np.asarray(windows, np.float64).reshape(len(windows), -1) - self.mean) / self.std  # [N, 336]
         return (np.concatenate([x, np.ones((len(x), 1))], axis=1) @ self.weights).astype(np.float32)
 
+    def voice_weight(self, audio: np.ndarray, sample_rate: int = 16000) -> tuple[float, float | None]:
+        """``(weight, distance)``: how much of the ridge to use for driving ``audio``: 1 for the
+        voice it was fitted on (:func:`~talkinghead.audio.features.voice_distance` up to
+        ``voice_gate[0]``), falling linearly to 0 at ``voice_gate[1]`` and beyond (another
+        speaker or recording: a ridge fitted on one voice does not carry to others). Always 1
+        (distance None) for a ridge saved without its voice."""
+        if self.voice_gate is None or self.voice_mean is None or self.voice_std is None:
+            return 1.0, None
+        distance = voice_distance((self.voice_mean, self.voice_std), voice_statistics(audio, sample_rate))
+        low, high = self.voice_gate
+        return float(np.clip((high - distance) / max(high - low, 1e-6), 0.0, 1.0)), distance
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``path`` (``.npz``) atomically."""
         path = Path(path)
         tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
+        voice = {} if self.voice_gate is None else {"voice_mean": self.voice_mean, "voice_std": self.voice_std,
+                                                    "voice_gate": np.asarray(self.voice_gate, np.float64)}
         with open(tmp, "wb") as f:
             np.savez(f, mean=self.mean, std=self.std, weights=self.weights, lam=np.float64(self.lam),
-                     blend=np.float64(self.blend))
+                     blend=np.float64(self.blend), **voice)
         os.replace(tmp, path)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WindowRidge":
         with np.load(path) as data:
-            return cls(data["mean"], data["std"], data["weights"], float(data["lam"]), float(data["blend"]))
+            voice = {}
+            if "voice_gate" in data:
+                voice = {"voice_mean": data["voice_mean"], "voice_std": data["voice_std"],
+                         "voice_gate": tuple(float(v) for v in data["voice_gate"])}
+            return cls(data["mean"], data["std"], data["weights"], float(data["lam"]), float(data["blend"]), **voice)
 
 
 def fit_window_ridge(windows: np.ndarray, targets: np.ndarray, lam: float) -> WindowRidge:
@@ -92,16 +123,20 @@ def select_ridge_penalty(windows: np.ndarray, targets: np.ndarray, split: int,
 
 def select_person_blend(windows: np.ndarray, targets: np.ndarray, network: np.ndarray, split: int,
                         candidates: tuple[float, ...] = (30.0, 100.0, 300.0, 1000.0),
-                        blends: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))) -> WindowRidge:
+                        blends: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2)),
+                        projection: np.ndarray | None = None) -> WindowRidge:
     """The person's ridge and its blend with the network: ``windows [M, 28, 12]``, ``targets
     [M, D]``, the network's prediction ``network [M, D]`` of the same frames. The penalty and
     the blend with the lowest mean squared error on rows ``split:`` (ridge fitted on ``:split``)
-    win; the returned ridge is refitted on all rows with that penalty."""
+    win; the returned ridge is refitted on all rows with that penalty. ``projection [D, K]``
+    measures the error after ``@ projection`` (fine-tuning passes the mouth landmarks' 3-D
+    positions per expression coefficient, so that the mouth decides, not the brows or blinks)."""
+    project = (lambda e: e) if projection is None else (lambda e: e @ projection)  # noqa: E731
     best = (np.inf, candidates[0], 1.0)
     for lam in candidates:
         ridge = fit_window_ridge(windows[:split], targets[:split], lam).predict_windows(windows[split:])
         for blend in blends:
-            error = float(np.mean((blend * network[split:] + (1.0 - blend) * ridge - targets[split:]) ** 2))
+            error = float(np.mean(project(blend * network[split:] + (1.0 - blend) * ridge - targets[split:]) ** 2))
             if error < best[0]:
                 best = (error, lam, float(blend))
     final = fit_window_ridge(windows, targets, best[1])

@@ -17,6 +17,8 @@ one, so memory is bounded for any audio length and the result equals a single pa
 
 from __future__ import annotations
 
+import logging
+
 import os
 from pathlib import Path
 
@@ -40,6 +42,8 @@ from talkinghead.devices import resolve_device
 from talkinghead.models.linear import WindowRidge
 
 __all__ = ["load_audio2coeff", "predict_expression_pose", "creating_command"]
+
+log = logging.getLogger(__name__)
 
 
 def creating_command(model_dir: str | os.PathLike) -> str:
@@ -142,6 +146,11 @@ def predict_expression_pose(
     expression, pose = from_stage1_output(torch.cat(outputs).numpy())
     if centered:
         expression = expression + expression_reference
-    if corrections:  # blend * network + (1 - blend) * ridge
-        expression = residual.blend * expression + (1.0 - residual.blend) * np.concatenate(corrections)
+    if corrections:  # network_share * network + (1 - network_share) * ridge
+        voice, distance = residual.voice_weight(audio)  # the ridge only for the voice it was fitted on
+        network_share = 1.0 - (1.0 - residual.blend) * voice
+        if distance is not None:
+            log.info("person ridge: voice distance %.2f (gate %.2f-%.2f) -> weight %.2f", distance,
+                     *residual.voice_gate, 1.0 - network_share)
+        expression = network_share * expression + (1.0 - network_share) * np.concatenate(corrections)
     return np.ascontiguousarray(expression, np.float32), np.ascontiguousarray(pose, np.float32)

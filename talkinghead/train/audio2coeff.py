@@ -34,7 +34,10 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     model, whose weights are copied to ``general_weights.safetensors`` and recorded in
     ``model.json``; see :func:`talkinghead.pipeline.stage1.predict_expression_pose`),
     ``person_ridge`` (a per-person ridge blended with the network, fitted after
-    training, :func:`fit_person_ridge`, saved as ``person_ridge.npz`` and applied by inference).
+    training, :func:`fit_person_ridge`, saved as ``person_ridge.npz`` and applied by inference;
+    without early stopping its blend is judged by a second fine-tuning on the first five sixths
+    of the frames, in ``person_ridge_selection/``), ``voice_gate`` (the ridge applies only to
+    driving audio in the person's own voice, :mod:`talkinghead.models.linear`).
     Without early stopping the held-out frames 300-399 are validated and logged only (nothing
     is selected by them). CMVN and centring are the general model's.
 
@@ -57,12 +60,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from talkinghead.audio.features import frame_windows
+from talkinghead.audio.features import frame_windows, voice_statistics
 from talkinghead.cli import cfg_get, to_plain
 from talkinghead.data.clip import PersonClip, read_clip
 from talkinghead.data.stage1_dataset import Stage1WindowDataset, reference_expression
 from talkinghead.errors import ConfigError
-from talkinghead.face.coeffs import EXP_DIM, SLICES
+from talkinghead.face.coeffs import EXP_DIM, ID_DIM, SLICES
+from talkinghead.face.factory import make_face_model
 from talkinghead.models.audio2coeff import (
     GENERAL_COMMAND,
     GENERAL_WEIGHTS_FILE,
@@ -102,6 +106,8 @@ STAGE = AUDIO2COEFF
 EMA_NAME = "ema"
 LOSS_KEYS = ("pose_weight", "pose_smooth_weight", "expression_smooth_weight")
 MODES = ("general", "finetune")
+#: Inside a fine-tuned run: the blend judge of the person ridge (:func:`_selection_network`).
+SELECTION_DIR = "person_ridge_selection"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -275,11 +281,11 @@ class Audio2CoeffTask:
 SCHEDULE_KEYS = ("lr", "lr_schedule", "min_lr_ratio", "batch_size", "val_batch_size", "window", "stride",
                  "random_offset", "frames", "val_frames", "max_steps", "grad_clip", "input_norm", "ema_decay",
                  "center_expression", "cmvn", "augment", "extra_speakers", "train_layers", "anchor_weight",
-                 "early_stop", "general_weight", "person_ridge")
+                 "early_stop", "general_weight", "person_ridge", "voice_gate")
 #: The keys one mode's section does not state, with what their absence means in that mode.
 _UNUSED_IN_MODE = {
     "general": {"train_layers": None, "anchor_weight": 0.0, "early_stop": None, "general_weight": 0.0,
-                "person_ridge": False},
+                "person_ridge": False, "voice_gate": None},
     "finetune": {"center_expression": None, "cmvn": None,  # None: the general model's
                  "augment": None, "extra_speakers": None},
 }
@@ -324,36 +330,72 @@ def _fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def fit_person_ridge(model: ExpressionPoseLSTM, clips: Sequence[PersonClip | str | os.PathLike],
-                     frames: slice | None, path: Path, general: ExpressionPoseLSTM | None = None,
-                     general_weight: float = 0.0):
+def person_ridge_split(frames: slice) -> int:
+    """The first frame of the last sixth of ``frames`` (250 of 0-299): the person ridge's blend is
+    chosen there."""
+    return frames.stop - max((frames.stop - frames.start) // 6, 1)
+
+
+@torch.no_grad()
+def mouth_projection(face_model) -> np.ndarray:
+    """``[64, 60]``: the model-space 3-D positions of the 20 mouth landmarks (48-67) per unit of
+    each expression coefficient (the face model is linear in them)."""
+    identity = torch.zeros(EXP_DIM + 1, ID_DIM)
+    expression = torch.cat([torch.zeros(1, EXP_DIM), torch.eye(EXP_DIM)])  # [65, 64]: none, then each alone
+    mouth = face_model.landmark_vertices(identity, expression)[:, 48:68].reshape(EXP_DIM + 1, -1).double()  # [65, 60]
+    return (mouth[1:] - mouth[:1]).numpy()
+
+
+def fit_person_ridge(model: ExpressionPoseLSTM, clip: PersonClip | str | os.PathLike, frames: slice, path: Path,
+                     general: ExpressionPoseLSTM | None = None, general_weight: float = 0.0,
+                     selection: ExpressionPoseLSTM | None = None,
+                     voice_gate: tuple[float, float] | None = None):
     """Fit the fine-tuned ``model``'s per-person ridge and blend (see
-    :mod:`talkinghead.models.linear`): ridge regression from the network's MFCC windows of
-    ``frames`` (default 0-299; per-utterance CMVN when the model uses it, so that the ridge,
-    too, ignores the recording channel) to the expression; its penalty and the blend weight of the
-    network are chosen on the last sixth of the frames (250-299) after fitting on the rest, then
-    the ridge is refitted on all of them and written to ``path``. With ``general`` the network's
-    prediction is the exported blend ``(1 - general_weight) * model + general_weight * general``
-    (``general_weight``), as inference computes it. Returns the ridge."""
-    plain, truth, network = [], [], []
-    for clip in clips:
-        clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
-        start, stop, _ = (frames or slice(0, clip.num_frames)).indices(clip.num_frames)
-        kwargs = dict(fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
-        windows = frame_windows(clip.audio, clip.num_frames, cmvn=bool(getattr(model, "cmvn", False)), **kwargs)
-        pred = predict_sequence(model, torch.from_numpy(windows))  # [N, 70], one utterance
-        if general is not None and general_weight > 0.0:
-            pred = blend_with_general(pred, predict_sequence(general, torch.from_numpy(windows)), general_weight)
-        pred = pred[:, :EXP_DIM].numpy()  # [N, 64]
-        if bool(model.expression_centered):
-            pred = pred + reference_expression(clip)
-        plain.append(windows[start:stop])  # the network's own input (CMVN when it uses it)
-        truth.append(np.asarray(clip.coeffs[start:stop, SLICES["expression"]], np.float64))
-        network.append(pred[start:stop])
-    x, y, net = np.concatenate(plain), np.concatenate(truth), np.concatenate(network)  # [M, 28, 12], [M, 64] x2
-    ridge = select_person_blend(x, y, net, split=len(x) - max(len(x) // 6, 1))
+    :mod:`talkinghead.models.linear`): ridge regression from the network's MFCC windows of the
+    person's fine-tuning ``frames`` (per-utterance CMVN when the model uses it, so that the
+    ridge, too, ignores the recording channel) to the expression; its penalty and the blend
+    weight of the network are chosen on the last sixth of the frames
+    (:func:`person_ridge_split`: 250-299) after fitting on the rest, then the ridge is refitted
+    on all of them and written to ``path``. The network's predictions there come from
+    ``selection`` (default ``model``), which must not have trained on that sixth: with the
+    fixed-step recipe it is a second fine-tuning on the first five sixths. With ``general`` the
+    network's prediction is the exported blend ``(1 - general_weight) * network + general_weight
+    * general``, as inference computes it. ``voice_gate`` stores the person's voice with the
+    ridge (:meth:`~talkinghead.models.linear.WindowRidge.voice_weight`). Returns the ridge."""
+    clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
+    start, stop, _ = frames.indices(clip.num_frames)
+    kwargs = dict(fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
+    windows = frame_windows(clip.audio, clip.num_frames, cmvn=bool(getattr(model, "cmvn", False)), **kwargs)
+    selection = model if selection is None else selection
+    pred = predict_sequence(selection, torch.from_numpy(windows))  # [N, 70], one utterance
+    if general is not None and general_weight > 0.0:
+        pred = blend_with_general(pred, predict_sequence(general, torch.from_numpy(windows)), general_weight)
+    pred = pred[:, :EXP_DIM].numpy()  # [N, 64]
+    if bool(model.expression_centered):
+        pred = pred + reference_expression(clip)
+    x = windows[start:stop]  # [M, 28, 12] the network's own input (CMVN when it uses it)
+    y = np.asarray(clip.coeffs[start:stop, SLICES["expression"]], np.float64)  # [M, 64]
+    ridge = select_person_blend(x, y, pred[start:stop], split=person_ridge_split(slice(start, stop)) - start,
+                                projection=mouth_projection(make_face_model(clip.meta.face_model)))
+    if voice_gate is not None:
+        ridge.voice_mean, ridge.voice_std = voice_statistics(clip.audio_for_frames(slice(start, stop)), clip.meta.sample_rate)
+        ridge.voice_gate = (float(voice_gate[0]), float(voice_gate[1]))
     ridge.save(path)
     return ridge
+
+
+def _selection_network(clip: PersonClip, frames: slice, out_dir: Path, cfg, init_dir: Path, model_kwargs, cmvn: bool):
+    """The person ridge's blend judge under the fixed-step recipe: the same fine-tuning on the
+    first five sixths of ``frames`` only (``out_dir``, resumable like any run)."""
+    from omegaconf import OmegaConf  # local: only person_ridge fine-tuning needs it
+
+    split = person_ridge_split(frames)
+    selection_cfg = OmegaConf.create(to_plain(cfg))
+    OmegaConf.update(selection_cfg, f"{STAGE}.finetune.frames", [frames.start, split], merge=False)
+    OmegaConf.update(selection_cfg, f"{STAGE}.finetune.val_frames", [split, frames.stop], merge=False)
+    OmegaConf.update(selection_cfg, f"{STAGE}.finetune.person_ridge", False, merge=False)
+    train_audio2coeff([clip], out_dir, selection_cfg, mode="finetune", init_dir=init_dir)
+    return load_network(model_kwargs, out_dir / WEIGHTS_FILE, cmvn)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,6 +455,13 @@ def train_audio2coeff(
     if not 0.0 <= general_weight <= 1.0:
         raise ConfigError(f"{STAGE}.finetune.general_weight={sched['general_weight']!r} must be in [0, 1] "
                           "(0: the fine-tuned expression alone, 1: the general model's)")
+    voice_gate = to_plain(sched["voice_gate"])
+    if voice_gate is not None and not (isinstance(voice_gate, (list, tuple)) and len(voice_gate) == 2
+                                       and 0.0 <= float(voice_gate[0]) < float(voice_gate[1])):
+        raise ConfigError(f"{STAGE}.finetune.voice_gate={voice_gate!r} must be null or [low, high] voice distances "
+                          "with 0 <= low < high (e.g. [0.35, 0.5])")
+    if mode == "finetune" and sched["person_ridge"] and len(clips) != 1:
+        raise ConfigError(f"{STAGE}.finetune.person_ridge fits one person's ridge; fine-tune one clip at a time")
     if val_clips is None:
         val_clips = clips if mode == "finetune" else []
     frames, val_frames = _frame_slice(sched["frames"], "frames"), _frame_slice(sched["val_frames"], "val_frames")
@@ -459,6 +508,7 @@ def train_audio2coeff(
             raise ConfigError(f"audio2coeff.finetune.cmvn={sched['cmvn']} but the general model in {init_dir} was trained "
                               f"with cmvn={model.cmvn}; remove the override")
 
+    person_frames = frames  # the person's fine-tuning frames (the person ridge fits all of them)
     # Early stopping validates on a slice of the training frames (never on the held-out 300-399).
     early = dict(to_plain(sched["early_stop"]) or {})
     if early:
@@ -548,6 +598,20 @@ def train_audio2coeff(
         metrics = {**metrics, "best_step": best_step, f"best_val_{task.monitor}": task.best[0]}
         log.info("early stopping: best validation at step %d of %d", best_step, trainer.step)
 
+    # The person ridge's blend judge (every rank runs it, as any training): a network that has
+    # not trained on the holdout of the blend, 250-299; with early stopping the model itself.
+    selection, person = None, None
+    if mode == "finetune" and sched["person_ridge"]:
+        person = clips[0] if isinstance(clips[0], PersonClip) else read_clip(clips[0])
+        judge_frames = person_ridge_split(person_frames) - person_frames.start
+        if not early and judge_frames < int(sched["window"]):  # too short for a second fine-tuning
+            log.warning("%s: %d frames before the person ridge's holdout are fewer than one %d-frame window; "
+                        "the blend is judged by the network trained on all frames", _clip_name(person),
+                        judge_frames, int(sched["window"]))
+        elif not early:
+            selection = _selection_network(person, person_frames, out_dir / SELECTION_DIR, cfg, init_dir,
+                                           model_kwargs, model.cmvn)
+
     if trainer.is_main:
         info = {
             "stage": STAGE,
@@ -574,11 +638,13 @@ def train_audio2coeff(
             (out_dir / GENERAL_WEIGHTS_FILE).unlink()
         if mode == "finetune" and sched["person_ridge"]:
             general = load_network(model_kwargs, init_weights, model.cmvn) if general_weight > 0.0 else None  # as inference blends
-            ridge = fit_person_ridge(task.inference_model, clips, _frame_slice(sched["frames"], "frames"),
-                                     out_dir / RESIDUAL_FILE, general=general, general_weight=general_weight)
-            info["person_ridge"] = {"lam": ridge.lam, "blend": ridge.blend}
+            ridge = fit_person_ridge(task.inference_model, person, person_frames, out_dir / RESIDUAL_FILE, general=general,
+                                     general_weight=general_weight, selection=selection, voice_gate=voice_gate)
+            info["person_ridge"] = {"lam": ridge.lam, "blend": ridge.blend, "voice_gate": ridge.voice_gate}
         elif (out_dir / RESIDUAL_FILE).exists():
             (out_dir / RESIDUAL_FILE).unlink()
+        if not (mode == "finetune" and sched["person_ridge"] and selection is not None) and (out_dir / SELECTION_DIR).exists():
+            shutil.rmtree(out_dir / SELECTION_DIR)  # left by an earlier configuration
         write_json_atomic(out_dir / MODEL_FILE, info)
         write_json_atomic(done_path, {"fingerprint": fingerprint, "metrics": metrics, "steps": trainer.step})
     barrier()
