@@ -6,6 +6,12 @@ atomic JSON writes (both stages, general and fine-tuned runs; ``checkpoints/READ
     DIR/done.json             written last: the run finished (its metrics, steps, fingerprint)
     DIR/checkpoints/, DIR/tb/ training state for resume, TensorBoard logs
 
+A fine-tuned Stage 1 (``PERSON/finetuned/audio2coeff``) also holds, when its config asks for them,
+``general_weights.safetensors`` (the general model its expression is blended with) and
+``person_ridge.npz`` (the person's ridge, its blend and voice; names in
+``talkinghead/models/audio2coeff.py``), and ``person_ridge_selection/`` (a whole second run: the
+fine-tuning on the first five sixths of the frames that judged the ridge's blend).
+
 Training writes these (``talkinghead/train``); fine-tuning, inference and evaluation read them
 through :func:`is_done`, :func:`check_trained` and :func:`read_model_json`.
 """
