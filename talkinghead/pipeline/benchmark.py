@@ -352,17 +352,22 @@ TIME_COLUMNS = [
 ]
 
 
+def _digits(path: str) -> int:
+    """Decimals of a column: offsets are whole frames (1 decimal for their means), the rest 3."""
+    return 1 if path.endswith("offset") else 3
+
+
 def _table(rows: Sequence[Mapping[str, Any]], columns, title: str) -> str:
     header = "| video | " + " | ".join(h for h, _ in columns) + " |"
     lines = [f"#### {title}", "", header, "|" + " --- |" * (len(columns) + 1)]
     for row in rows:
-        lines.append(f"| {row['name']} | " + " | ".join(_cell(_get(row, p)) if p else "-" for _, p in columns) + " |")
+        lines.append(f"| {row['name']} | " + " | ".join(_cell(_get(row, p), _digits(p)) if p else "-" for _, p in columns) + " |")
     if len(rows) > 1:
         means = []
         for _, path in columns:
             values = [_get(r, path) for r in rows] if path else []
             values = [float(v) for v in values if isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)]
-            means.append(_cell(float(np.mean(values))) if values else "-")
+            means.append(_cell(float(np.mean(values)), _digits(path)) if values else "-")
         lines.append("| **mean** | " + " | ".join(means) + " |")
     return "\n".join(lines)
 
