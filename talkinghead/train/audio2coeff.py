@@ -394,7 +394,8 @@ def _selection_network(clip: PersonClip, frames: slice, out_dir: Path, cfg, init
     OmegaConf.update(selection_cfg, f"{STAGE}.finetune.frames", [frames.start, split], merge=False)
     OmegaConf.update(selection_cfg, f"{STAGE}.finetune.val_frames", [split, frames.stop], merge=False)
     OmegaConf.update(selection_cfg, f"{STAGE}.finetune.person_ridge", False, merge=False)
-    train_audio2coeff([clip], out_dir, selection_cfg, mode="finetune", init_dir=init_dir)
+    train_audio2coeff([clip], out_dir, selection_cfg, mode="finetune", init_dir=init_dir,
+                      desc=f"{STAGE} (finetune on {frames.start}-{split - 1}: the person ridge's blend judge)")
     return load_network(model_kwargs, out_dir / WEIGHTS_FILE, cmvn)
 
 
@@ -410,6 +411,7 @@ def train_audio2coeff(
     mode: str = "general",
     init_dir: str | os.PathLike | None = None,
     val_clips: Sequence[PersonClip | str | os.PathLike] | None = None,
+    desc: str | None = None,
 ) -> Path:
     """Train Stage 1 into ``out_dir`` (see the module docstring); returns ``out_dir``.
 
@@ -423,6 +425,7 @@ def train_audio2coeff(
             general: optional warm start.
         val_clips: validation clips; default: none for general training, the training clips'
             ``val_frames`` (held-out frames) for fine-tuning.
+        desc: the progress line's label (default ``"audio2coeff (MODE)"``).
     """
     if mode not in MODES:
         raise ConfigError(f"audio2coeff mode={mode!r}; use general or finetune")
@@ -581,7 +584,7 @@ def train_audio2coeff(
         max_steps=int(sched["max_steps"]),
         batch_size=int(sched["batch_size"]),
         seed=seed,
-        desc=f"{STAGE} ({mode})",
+        desc=desc or f"{STAGE} ({mode})",
     )
     if sched["val_batch_size"]:
         trainer_overrides["val_batch_size"] = int(sched["val_batch_size"])
