@@ -275,6 +275,15 @@ def num_folds(clip: PersonClip) -> int:
     return _fold_blocks(clip.meta, clip.root)[2]
 
 
+def fold_frames(clip: PersonClip, fold: int) -> tuple[int, int]:
+    """The clip's frame range ``[start, stop)`` that :func:`held_out_fold` ``fold`` holds out."""
+    span, length, folds = _fold_blocks(clip.meta, clip.root)
+    if not 0 <= fold < folds:
+        raise InputError(f"{clip.root}: fold {fold} does not exist; the clip has {folds} folds (0..{folds - 1})")
+    start = span - (folds - fold) * length
+    return start, start + length
+
+
 def held_out_fold(clip: PersonClip, fold: int) -> PersonClip:
     """The clip with another block of frames held out: a cross-validation view, in memory.
 
@@ -288,12 +297,9 @@ def held_out_fold(clip: PersonClip, fold: int) -> PersonClip:
     audio windows of the few frames next to a seam (280 ms) hear two blocks. For evaluating
     Stage 1 (the real-person benchmark), not for rendering: ``root`` still names the original clip.
     """
-    span, length, folds = _fold_blocks(clip.meta, clip.root)
-    if not 0 <= fold < folds:
-        raise InputError(f"{clip.root}: fold {fold} does not exist; the clip has {folds} folds (0..{folds - 1})")
-    first = span - folds * length  # frames [0, first) are never held out
-    block = lambda k: np.arange(first + k * length, first + (k + 1) * length)  # noqa: E731
-    order = np.concatenate([np.arange(first)] + [block(k) for k in range(folds) if k != fold] + [block(fold)])
+    span, length, _ = _fold_blocks(clip.meta, clip.root)
+    start, stop = fold_frames(clip, fold)  # frames before the first block are never held out
+    order = np.concatenate([np.arange(start), np.arange(stop, span), np.arange(start, stop)])  # the block moves to the end
     audio = clip.audio
     if audio is not None:
         per_frame = clip.meta.sample_rate / clip.meta.fps

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from talkinghead.audio import save_wav
-from talkinghead.data.clip import held_out_fold, num_folds, read_clip
+from talkinghead.data.clip import fold_frames, held_out_fold, num_folds, read_clip
 from talkinghead.errors import InputError
 from talkinghead.face.factory import make_face_model
 from talkinghead.metrics.image import sharpness
@@ -267,7 +267,7 @@ def cross_validated_stage1(rows: Sequence[Mapping[str, Any]], out: Path, general
             model_dir = train_audio2coeff([view], cv_dir / f"fold{fold}" / "audio2coeff", cfg, mode="finetune",
                                           init_dir=general / "audio2coeff")
             model = load_audio2coeff(model_dir, device=device)
-            folds.append({"held_out": [int(v) for v in _fold_frames(clip, fold)],
+            folds.append({"held_out": list(fold_frames(clip, fold)),
                           "general": evaluate_stage1(general_model, view, face_model, view.test_slice,
                                                      ridge_lam=None, device=device),
                           "finetuned": evaluate_stage1(model, view, face_model, view.test_slice, device=device)})
@@ -276,13 +276,6 @@ def cross_validated_stage1(rows: Sequence[Mapping[str, Any]], out: Path, general
         row["stage1_cv"] = {"folds": folds, **summary, "finetuned_corr_min": float(min(corr)),
                             "finetuned_corr_max": float(max(corr))}
         row.setdefault("seconds", {})["cross_validation"] = round(time.perf_counter() - start, 2)
-
-
-def _fold_frames(clip, fold: int) -> tuple[int, int]:
-    """The original frame range ``[start, stop)`` that fold ``fold`` holds out."""
-    span, length = clip.meta.test_frames[1], clip.meta.test_frames[1] - clip.meta.test_frames[0]
-    start = span - (num_folds(clip) - fold) * length
-    return start, start + length
 
 
 # ----------------------------------------------------------------------------- tables

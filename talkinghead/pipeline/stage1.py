@@ -129,6 +129,13 @@ def predict_expression_pose(
         general_weight = float(getattr(model, "general_weight", 0.0)) if general is not None else 0.0
         if general is not None:
             general.to(device).eval()
+        ridge_share = 0.0  # the person ridge's share of the expression, for this audio's voice
+        if residual is not None:
+            voice, distance = residual.voice_weight(audio)  # the ridge only for the voice it was fitted on
+            ridge_share = (1.0 - residual.blend) * voice
+            if distance is not None:
+                log.info("person ridge: voice distance %.2f (gate %.2f-%.2f) -> weight %.2f", distance,
+                         *residual.voice_gate, ridge_share)
         corrections, general_state = [], None
         for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=cmvn):  # [n, 28, 12]
             windows = torch.from_numpy(block)[None].to(device)
@@ -137,8 +144,8 @@ def predict_expression_pose(
                 general_pred, general_state = general(windows, general_state)
                 pred = blend_with_general(pred, general_pred, general_weight)
             outputs.append(pred[0].float().cpu())
-        if residual is not None:  # on the network's windows
-            corrections = [residual.predict_windows(b) for b in iter_frame_windows(audio, chunk_frames, num_frames, cmvn=cmvn)]
+            if ridge_share > 0.0:  # on the network's windows
+                corrections.append(residual.predict_windows(block))
     finally:
         model.train(was_training)
     if not outputs:
@@ -146,11 +153,6 @@ def predict_expression_pose(
     expression, pose = from_stage1_output(torch.cat(outputs).numpy())
     if centered:
         expression = expression + expression_reference
-    if corrections:  # network_share * network + (1 - network_share) * ridge
-        voice, distance = residual.voice_weight(audio)  # the ridge only for the voice it was fitted on
-        network_share = 1.0 - (1.0 - residual.blend) * voice
-        if distance is not None:
-            log.info("person ridge: voice distance %.2f (gate %.2f-%.2f) -> weight %.2f", distance,
-                     *residual.voice_gate, 1.0 - network_share)
-        expression = network_share * expression + (1.0 - network_share) * np.concatenate(corrections)
+    if corrections:  # (1 - ridge_share) * network + ridge_share * ridge
+        expression = (1.0 - ridge_share) * expression + ridge_share * np.concatenate(corrections)
     return np.ascontiguousarray(expression, np.float32), np.ascontiguousarray(pose, np.float32)
