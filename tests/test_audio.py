@@ -376,11 +376,12 @@ def test_window_ridge_round_trip_with_and_without_its_voice(tmp_path):
     ridge.blend = 0.3
     old = WindowRidge.load(ridge.save(tmp_path / "old.npz"))  # saved without a voice: always applies
     assert old.voice_gate is None and old.voice_weight(_voice(1.0, 200.0, 700.0, 0)) == (1.0, None)
+    assert old.cmvn is None  # files before session 24: the network's windows
     np.testing.assert_allclose(old.predict_windows(windows), ridge.predict_windows(windows))
     ridge.voice_mean, ridge.voice_std = voice = voice_statistics(_voice(4.0, 200.0, 700.0, 0))
-    ridge.voice_gate = (0.35, 0.5)
+    ridge.voice_gate, ridge.cmvn = (0.35, 0.5), False
     loaded = WindowRidge.load(ridge.save(tmp_path / "voice.npz"))
-    assert loaded.voice_gate == (0.35, 0.5) and loaded.blend == 0.3 and loaded.lam == 10.0
+    assert loaded.voice_gate == (0.35, 0.5) and loaded.blend == 0.3 and loaded.lam == 10.0 and loaded.cmvn is False
     np.testing.assert_array_equal(loaded.voice_mean, voice[0])
     weight, distance = loaded.voice_weight(_voice(2.0, 205.0, 700.0, 1))
     assert weight == 1.0 and distance < 0.35

@@ -137,6 +137,9 @@ def predict_expression_pose(
                 log.info("person ridge: voice distance %.2f (gate %.2f-%.2f) -> weight %.2f", distance,
                          *residual.voice_gate, ridge_share)
         corrections, general_state = [], None
+        ridge_blocks = None  # the ridge's own windows, where they differ from the network's
+        if ridge_share > 0.0 and residual.cmvn is not None and residual.cmvn != cmvn:
+            ridge_blocks = iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=residual.cmvn)
         for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=cmvn):  # [n, 28, 12]
             windows = torch.from_numpy(block)[None].to(device)
             pred, state = model(windows, state)  # [1, n, 70]
@@ -144,8 +147,8 @@ def predict_expression_pose(
                 general_pred, general_state = general(windows, general_state)
                 pred = blend_with_general(pred, general_pred, general_weight)
             outputs.append(pred[0].float().cpu())
-            if ridge_share > 0.0:  # on the network's windows
-                corrections.append(residual.predict_windows(block))
+            if ridge_share > 0.0:
+                corrections.append(residual.predict_windows(block if ridge_blocks is None else next(ridge_blocks)))
     finally:
         model.train(was_training)
     if not outputs:

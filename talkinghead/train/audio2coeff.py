@@ -351,9 +351,10 @@ def fit_person_ridge(model: ExpressionPoseLSTM, clip: PersonClip | str | os.Path
                      selection: ExpressionPoseLSTM | None = None,
                      voice_gate: tuple[float, float] | None = None):
     """Fit the fine-tuned ``model``'s per-person ridge and blend (see
-    :mod:`talkinghead.models.linear`): ridge regression from the network's MFCC windows of the
-    person's fine-tuning ``frames`` (per-utterance CMVN when the model uses it, so that the
-    ridge, too, ignores the recording channel) to the expression; its penalty and the blend
+    :mod:`talkinghead.models.linear`): ridge regression from the plain MFCC windows of the
+    person's fine-tuning ``frames`` (no per-utterance CMVN: the ridge standardises each column
+    over the person's own frames, and the voice gate keeps other voices and channels away) to
+    the expression; its penalty and the blend
     weight of the network are chosen on the last sixth of the frames
     (:func:`person_ridge_split`: 250-299) after fitting on the rest, then the ridge is refitted
     on all of them and written to ``path``. The network's predictions there come from
@@ -370,16 +371,18 @@ def fit_person_ridge(model: ExpressionPoseLSTM, clip: PersonClip | str | os.Path
     pred = predict_sequence(selection, torch.from_numpy(windows))  # [N, 70], one utterance
     if general is not None and general_weight > 0.0:
         pred = blend_with_general(pred, predict_sequence(general, torch.from_numpy(windows)), general_weight)
+    windows = frame_windows(clip.audio, clip.num_frames, cmvn=False, **kwargs)  # the ridge's: no per-utterance CMVN
     pred = pred[:, :EXP_DIM].numpy()  # [N, 64]
     if bool(model.expression_centered):
         pred = pred + reference_expression(clip)
-    x = windows[start:stop]  # [M, 28, 12] the network's own input (CMVN when it uses it)
+    x = windows[start:stop]  # [M, 28, 12]: columns standardised over these frames by the ridge itself
     y = np.asarray(clip.coeffs[start:stop, SLICES["expression"]], np.float64)  # [M, 64]
     ridge = select_person_blend(x, y, pred[start:stop], split=person_ridge_split(slice(start, stop)) - start,
                                 projection=mouth_projection(make_face_model(clip.meta.face_model)))
     if voice_gate is not None:
         ridge.voice_mean, ridge.voice_std = voice_statistics(clip.audio_for_frames(slice(start, stop)), clip.meta.sample_rate)
         ridge.voice_gate = (float(voice_gate[0]), float(voice_gate[1]))
+    ridge.cmvn = False
     ridge.save(path)
     return ridge
 
