@@ -321,9 +321,15 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
     assert selection["frames"] == [0, 250] and not (out / "person_ridge_selection" / "person_ridge.npz").exists()
     # ... and the ridge carries the person's voice: another voice gets the network alone.
     assert info["person_ridge"]["voice_gate"] == [0.35, 0.5] and distance is not None
-    model.residual = residual
+    # Another voice also leans on the general model more (general_weight 0.25 -> _other_voices 0.75).
+    assert (model.general_weight, model.general_weight_other_voices) == (0.25, 0.75)
+    general, model.general = model.general, None
+    alone, _ = predict_expression_pose(model, audio, expression_reference=ref)  # the fine-tuned network alone
+    general_expression, _ = predict_expression_pose(load_audio2coeff(general_run), audio, expression_reference=ref)
+    np.testing.assert_allclose(network, 0.75 * alone + 0.25 * general_expression, atol=1e-5)
+    model.residual, model.general = residual, general
     for gate, expected in (((distance + 0.1, distance + 0.2), blend * network + (1 - blend) * ridge),  # own voice
-                           ((distance - 0.2, distance - 0.1), network)):  # a voice this far is another's
+                           ((distance - 0.2, distance - 0.1), 0.25 * alone + 0.75 * general_expression)):  # another's
         residual.voice_gate = gate
         np.testing.assert_allclose(predict_expression_pose(model, audio, expression_reference=ref)[0], expected, atol=1e-5)
 
@@ -335,7 +341,8 @@ def test_finetune_blends_its_expression_with_the_general_model(corpus, general_r
     from talkinghead.errors import ConfigError, TrainingError
 
     out = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg("audio2coeff.finetune.general_weight=0.4",
-                                                                       "audio2coeff.finetune.person_ridge=false"),
+                                                                       "audio2coeff.finetune.person_ridge=false",
+                                                                       "audio2coeff.finetune.general_weight_other_voices=null"),
                             mode="finetune", init_dir=general_run)
     assert json.loads((out / "model.json").read_text())["general_weight"] == 0.4
     assert (out / "general_weights.safetensors").read_bytes() == (general_run / "weights.safetensors").read_bytes()
@@ -351,12 +358,16 @@ def test_finetune_blends_its_expression_with_the_general_model(corpus, general_r
     np.testing.assert_allclose(expression, 0.6 * alone_expression + 0.4 * general_expression, atol=1e-5)
     np.testing.assert_allclose(pose, alone_pose, atol=1e-6)
 
-    plain = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg("audio2coeff.finetune.general_weight=0"),
+    plain = train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", tiny_cfg("audio2coeff.finetune.general_weight=0",
+                                                                     "audio2coeff.finetune.general_weight_other_voices=null"),
                               mode="finetune", init_dir=general_run)  # retrained in place: the copy goes
     assert not (plain / "general_weights.safetensors").exists() and load_audio2coeff(plain).general is None
     with pytest.raises(ConfigError, match="general_weight"):
         train_audio2coeff([corpus / "heldout_0"], tmp_path / "bad", tiny_cfg("audio2coeff.finetune.general_weight=1.5"),
                           mode="finetune", init_dir=general_run)
+    with pytest.raises(ConfigError, match="general_weight_other_voices=0.75 needs person_ridge=true"):
+        train_audio2coeff([corpus / "heldout_0"], tmp_path / "bad", tiny_cfg("audio2coeff.finetune.person_ridge=false"),
+                          mode="finetune", init_dir=general_run)  # without the gate nothing tells the voices apart
     info = json.loads((plain / "model.json").read_text())
     (plain / "model.json").write_text(json.dumps({**info, "general_weight": 0.5}))
     with pytest.raises(TrainingError, match="general_weights.safetensors is missing"):

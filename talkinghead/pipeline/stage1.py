@@ -69,7 +69,8 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
     residual = model_dir / RESIDUAL_FILE
     model.residual = WindowRidge.load(residual) if residual.is_file() else None  # per-person ridge + blend
     model.general, model.general_weight = None, float(info.get("general_weight", 0.0))
-    if model.general_weight > 0.0:  # fine-tuned: its expression is blended with the general model's
+    model.general_weight_other_voices = float(info.get("general_weight_other_voices", model.general_weight))
+    if max(model.general_weight, model.general_weight_other_voices) > 0.0:  # fine-tuned: blended with the general model
         general_path = model_dir / GENERAL_WEIGHTS_FILE
         if not general_path.is_file():
             raise TrainingError(f"{general_path} is missing (model.json general_weight={model.general_weight}); "
@@ -126,16 +127,19 @@ def predict_expression_pose(
         cmvn = bool(getattr(model, "cmvn", False))  # per-utterance CMVN (model.json)
         residual = getattr(model, "residual", None)  # fine-tuned: the person's ridge, blended
         general = getattr(model, "general", None)  # fine-tuned: the general model, blended
-        general_weight = float(getattr(model, "general_weight", 0.0)) if general is not None else 0.0
         if general is not None:
             general.to(device).eval()
-        ridge_share = 0.0  # the person ridge's share of the expression, for this audio's voice
+        ridge_share, voice = 0.0, 1.0  # the person ridge's share of the expression; 1: the person's own voice
         if residual is not None:
             voice, distance = residual.voice_weight(audio)  # the ridge only for the voice it was fitted on
             ridge_share = (1.0 - residual.blend) * voice
-            if distance is not None:
-                log.info("person ridge: voice distance %.2f (gate %.2f-%.2f) -> weight %.2f", distance,
-                         *residual.voice_gate, ridge_share)
+        general_weight = 0.0  # the general model's share of the network's expression, for this voice
+        if general is not None:
+            own = float(getattr(model, "general_weight", 0.0))
+            general_weight = voice * own + (1.0 - voice) * float(getattr(model, "general_weight_other_voices", own))
+        if residual is not None and distance is not None:
+            log.info("person ridge: voice distance %.2f (gate %.2f-%.2f) -> ridge weight %.2f, general model's %.2f",
+                     distance, *residual.voice_gate, ridge_share, general_weight)
         corrections, general_state = [], None
         ridge_blocks = None  # the ridge's own windows, where they differ from the network's
         if ridge_share > 0.0 and residual.cmvn is not None and residual.cmvn != cmvn:

@@ -33,6 +33,8 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     + w * general``, its pose the fine-tuned one: an output-space ensemble with the starting
     model, whose weights are copied to ``general_weights.safetensors`` and recorded in
     ``model.json``; see :func:`talkinghead.pipeline.stage1.predict_expression_pose`),
+    ``general_weight_other_voices`` (``w`` for driving audio the voice gate judges to be another
+    voice's, moving from ``general_weight`` as the gate closes; null: ``general_weight``),
     ``person_ridge`` (a per-person ridge blended with the network, fitted after
     training, :func:`fit_person_ridge`, saved as ``person_ridge.npz`` and applied by inference;
     without early stopping its blend is judged by a second fine-tuning on the first five sixths
@@ -281,11 +283,11 @@ class Audio2CoeffTask:
 SCHEDULE_KEYS = ("lr", "lr_schedule", "min_lr_ratio", "batch_size", "val_batch_size", "window", "stride",
                  "random_offset", "frames", "val_frames", "max_steps", "grad_clip", "input_norm", "ema_decay",
                  "center_expression", "cmvn", "augment", "extra_speakers", "train_layers", "anchor_weight",
-                 "early_stop", "general_weight", "person_ridge", "voice_gate")
+                 "early_stop", "general_weight", "general_weight_other_voices", "person_ridge", "voice_gate")
 #: The keys one mode's section does not state, with what their absence means in that mode.
 _UNUSED_IN_MODE = {
     "general": {"train_layers": None, "anchor_weight": 0.0, "early_stop": None, "general_weight": 0.0,
-                "person_ridge": False, "voice_gate": None},
+                "general_weight_other_voices": None, "person_ridge": False, "voice_gate": None},
     "finetune": {"center_expression": None, "cmvn": None,  # None: the general model's
                  "augment": None, "extra_speakers": None},
 }
@@ -397,6 +399,7 @@ def _selection_network(clip: PersonClip, frames: slice, out_dir: Path, cfg, init
     OmegaConf.update(selection_cfg, f"{STAGE}.finetune.frames", [frames.start, split], merge=False)
     OmegaConf.update(selection_cfg, f"{STAGE}.finetune.val_frames", [split, frames.stop], merge=False)
     OmegaConf.update(selection_cfg, f"{STAGE}.finetune.person_ridge", False, merge=False)
+    OmegaConf.update(selection_cfg, f"{STAGE}.finetune.general_weight_other_voices", None, merge=False)  # judged on the own voice
     train_audio2coeff([clip], out_dir, selection_cfg, mode="finetune", init_dir=init_dir,
                       desc=f"{STAGE} (finetune on {frames.start}-{split - 1}: the person ridge's blend judge)")
     return load_network(model_kwargs, out_dir / WEIGHTS_FILE, cmvn)
@@ -461,11 +464,19 @@ def train_audio2coeff(
     if not 0.0 <= general_weight <= 1.0:
         raise ConfigError(f"{STAGE}.finetune.general_weight={sched['general_weight']!r} must be in [0, 1] "
                           "(0: the fine-tuned expression alone, 1: the general model's)")
+    other_voices = sched["general_weight_other_voices"] if mode == "finetune" else None
+    other_voices = general_weight if other_voices is None else float(other_voices)
+    if not 0.0 <= other_voices <= 1.0:
+        raise ConfigError(f"{STAGE}.finetune.general_weight_other_voices={sched['general_weight_other_voices']!r} must "
+                          "be null (= general_weight) or in [0, 1]")
     voice_gate = to_plain(sched["voice_gate"])
     if voice_gate is not None and not (isinstance(voice_gate, (list, tuple)) and len(voice_gate) == 2
                                        and 0.0 <= float(voice_gate[0]) < float(voice_gate[1])):
         raise ConfigError(f"{STAGE}.finetune.voice_gate={voice_gate!r} must be null or [low, high] voice distances "
                           "with 0 <= low < high (e.g. [0.35, 0.5])")
+    if other_voices != general_weight and not (sched["person_ridge"] and voice_gate is not None):
+        raise ConfigError(f"{STAGE}.finetune.general_weight_other_voices={other_voices} needs person_ridge=true and a "
+                          "voice_gate (the gate tells the person's voice from others); or set it to null")
     if mode == "finetune" and sched["person_ridge"] and len(clips) != 1:
         raise ConfigError(f"{STAGE}.finetune.person_ridge fits one person's ridge; fine-tune one clip at a time")
     if val_clips is None:
@@ -635,11 +646,13 @@ def train_audio2coeff(
             "format_version": 1,
         }
         ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
-        if general_weight > 0.0:  # the output-space ensemble with the starting (general) model
+        if max(general_weight, other_voices) > 0.0:  # the output-space ensemble with the starting (general) model
             tmp = out_dir / f".tmp_{os.getpid()}_{GENERAL_WEIGHTS_FILE}"
             shutil.copyfile(init_weights, tmp)
             os.replace(tmp, out_dir / GENERAL_WEIGHTS_FILE)
             info["general_weight"] = general_weight
+            if other_voices != general_weight:
+                info["general_weight_other_voices"] = other_voices
         elif (out_dir / GENERAL_WEIGHTS_FILE).exists():
             (out_dir / GENERAL_WEIGHTS_FILE).unlink()
         if mode == "finetune" and sched["person_ridge"]:
