@@ -146,7 +146,16 @@ def test_eye_aspect_ratio_and_open_eyes():
     ratio = eye_aspect_ratio(_eye_landmarks(openness))
     np.testing.assert_allclose(ratio, openness * 30 / 30, atol=1e-9)  # (2 * 30 h) / (2 * 30 w)
     np.testing.assert_allclose(eye_aspect_ratio(3.0 * _eye_landmarks(openness)), ratio, atol=1e-9)  # scale-free
-    assert eyes_open(_eye_landmarks(openness)).tolist() == [True, True, True, False, False, True]
+    assert eyes_open(_eye_landmarks(openness), margin=0).tolist() == [True, True, True, False, False, True]
+    assert eyes_open(_eye_landmarks(openness)).tolist() == [True, True, False, False, False, False]  # and neighbours
+    assert eyes_open(_eye_landmarks(openness), fraction=0.5, margin=2).tolist() == [True, False, False, False, False, False]
+    # A wink or a squint: one eye shut is not open eyes.
+    wink = _eye_landmarks(np.ones(6))
+    wink[2, 42:48] = _eye_landmarks(np.array([0.7]))[0, 42:48]
+    np.testing.assert_allclose(eye_aspect_ratio(wink, per_eye=True)[2], [1.0, 0.7], atol=1e-9)
+    assert eye_aspect_ratio(wink)[2] > 0.8 * np.median(eye_aspect_ratio(wink))  # the mean of both eyes misses it
+    assert eyes_open(wink, margin=0).tolist() == [True, True, False, True, True, True]
+    assert eyes_open(_eye_landmarks(np.ones(1))).tolist() == [True] and eyes_open(np.zeros((0, 68, 2))).shape == (0,)
     with pytest.raises(InputError, match="68, 2"):
         eye_aspect_ratio(np.zeros((3, 5, 2)))
 
