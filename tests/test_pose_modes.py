@@ -82,6 +82,26 @@ def test_matched_keyframes_take_the_nearest_angles_in_the_window():
     np.testing.assert_array_equal(index[keys], brute)
 
 
+def test_matched_keeps_the_person_moving_when_the_predicted_pose_is_flat():
+    """keep_moving: a flat predicted pose matched with the published demo's rule holds the same
+    few reference frames; with keep_moving the reference plays at (at most) real time."""
+    ref = head_motion(300, seed=11)
+    flat = np.tile(ref[150], (125, 1))  # the predicted pose does not move (one keyframe segment)
+    held = match_reference_frames(flat, ref)
+    moving = match_reference_frames(flat, ref, keep_moving=1.0)
+    assert len(np.unique(held)) <= 2
+    assert len(np.unique(moving)) > 60 and np.abs(np.diff(moving)).max() <= 1  # moves, never faster than real time
+    own = head_motion(300, seed=12)  # against itself the matching is still the identity
+    assert np.mean(match_reference_frames(own, own, keep_moving=1.0) == np.arange(300)) > 0.95
+    _, index = resolve_pose(flat, ref, PoseControls("matched"))  # the default (configs/pose) keeps moving
+    assert len(np.unique(index)) > 60
+    for bad in (-1.0, float("nan"), "fast"):
+        with pytest.raises(ConfigError, match="pose.keep_moving"):
+            PoseControls(keep_moving=bad)
+    with pytest.raises(ConfigError, match="pose.keep_moving"):
+        match_reference_frames(flat, ref, keep_moving=-0.5)
+
+
 def test_matched_mode_uses_reference_poses():
     pred, ref = head_motion(90, seed=7), head_motion(300, seed=8)
     pose, index = resolve_pose(pred, ref, PoseControls("matched"))

@@ -23,6 +23,8 @@ The building blocks (:func:`evaluate_stage1`, :func:`evaluate_stage2`,
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -213,11 +215,13 @@ def evaluate_mouth(clip, face_model, renderer, frames: slice | None = None, opti
 
 
 def evaluate_pose_modes(model, clip, ref_frames: slice | None = None, frames: slice | None = None,
-                        modes: Sequence[str] = POSE_MODES, amplitude: float = 1.0, smoothing: int = 7,
+                        modes: Sequence[str] = POSE_MODES, controls: PoseControls | None = None,
                         device="cpu") -> dict[str, float]:
     """HS (ours) between the real angles of the held-out frames and each pose mode's angles
-    driven by the same frames' audio: ``{mode: hs}``. Reference frames default to the clip's
-    training frames, restricted to those with open eyes (what inference uses)."""
+    driven by the same frames' audio: ``{mode: hs}`` (``controls``' other settings, default
+    configs/pose/default.yaml). Reference frames default to the clip's training frames,
+    restricted to those with open eyes (what inference uses)."""
+    controls = controls or PoseControls()
     frames = held_out_frames(clip, frames)
     ref_frames = ref_frames if ref_frames is not None else clip.train_slice
     n = frames.stop - frames.start
@@ -229,8 +233,7 @@ def evaluate_pose_modes(model, clip, ref_frames: slice | None = None, frames: sl
     usable = eyes_open(np.asarray(clip.landmarks[ref_frames]))
     result = {}
     for mode in modes:
-        pose, _ = resolve_pose(pred_pose, ref_pose, PoseControls(mode=mode, amplitude=amplitude, smoothing=smoothing),
-                               usable=usable)
+        pose, _ = resolve_pose(pred_pose, ref_pose, dataclasses.replace(controls, mode=mode), usable=usable)
         result[mode] = head_pose_similarity(np.asarray(pose)[:, :3], real_angles)
     return result
 
@@ -255,8 +258,8 @@ def evaluate_person(
         "frames": [frames.start, frames.stop],
         "stage1": evaluate_stage1(models.stage1, clip, models.face_model, frames),
         "stage2": evaluate_stage2(models.refiner, clip, models.face_model, models.renderer, frames, "memory"),
-        "pose": evaluate_pose_modes(models.stage1, clip, models.ref_frames, frames, amplitude=controls.amplitude,
-                                    smoothing=int(controls.smoothing), device=models.device),
+        "pose": evaluate_pose_modes(models.stage1, clip, models.ref_frames, frames, controls=controls,
+                                    device=models.device),
     }
 
 

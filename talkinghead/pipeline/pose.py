@@ -196,10 +196,13 @@ def _usable_mask(usable, m: int) -> np.ndarray | None:
     return usable if usable.any() else None
 
 
-def _nearest_angles(query: np.ndarray, ref_angles: np.ndarray, usable: np.ndarray | None = None) -> int:
-    """Index of the row of ``ref_angles [K, 3]`` nearest to ``query [3]`` in L1, among the
-    ``usable [K]`` rows when any of them is."""
+def _nearest_angles(query: np.ndarray, ref_angles: np.ndarray, usable: np.ndarray | None = None,
+                    penalty: np.ndarray | None = None) -> int:
+    """Index of the row of ``ref_angles [K, 3]`` nearest to ``query [3]`` in L1 (plus ``penalty
+    [K]`` when given), among the ``usable [K]`` rows when any of them is."""
     distance = np.abs(ref_angles - query).sum(axis=1)
+    if penalty is not None:
+        distance = distance + penalty
     if usable is not None and usable.any():
         distance = np.where(usable, distance, np.inf)
     return int(distance.argmin())
@@ -214,6 +217,7 @@ def match_reference_frames(
     max_keyframes: int | None = None,
     min_gap: int = 3,
     usable=None,
+    keep_moving: float = 0.0,
 ) -> np.ndarray:
     """Assign a reference frame to every output frame: ``[N, 6], [M, 6] -> ref_index [N] int64``.
 
@@ -225,8 +229,16 @@ def match_reference_frames(
     ``max(1, round(search_speed * (k_i - k_{i-1})))``. With the demo's speed 1 the reference
     video is never traversed faster than real time between keyframes, so the background moves
     naturally. The match minimises the L1 distance between the predicted (unsmoothed) Euler
-    angles at the keyframe and the reference angles. Between keyframes the (float) reference
-    index is interpolated linearly and rounded half up.
+    angles at the keyframe and the reference angles, plus, with ``keep_moving`` ``w > 0``, a
+    cost for travelling less than real time since the previous match: ``w * s * (1 -
+    min(|m - m_{i-1}| / gap, 1))``, ``s`` the reference angles' mean L1 distance to their median
+    (a typical pose difference). Between keyframes the (float) reference index is interpolated
+    linearly and rounded half up.
+
+    Why ``keep_moving``: when the predicted roll is flat, the keyframes are few and all match the
+    same reference frames, and the output holds one frame of the person for seconds; only the
+    mouth moves (31.mp4 driven by a 5.5 s file: 2 distinct reference frames in 137 with ``w = 0``,
+    the published demo's rule).
     """
     pred = _as_numpy(pred_pose, "pred_pose", 6)
     ref = _as_numpy(ref_pose, "ref_pose", 6)
@@ -237,6 +249,9 @@ def match_reference_frames(
     m = ref.shape[0]
     usable = _usable_mask(usable, m)
 
+    if not np.isfinite(keep_moving) or keep_moving < 0:
+        raise ConfigError(f"pose.keep_moving must be a finite number >= 0 (0 = the published demo's matching), got {keep_moving}")
+    typical = float(np.abs(ref_angles - np.median(ref_angles, axis=0)).sum(axis=1).mean())  # s: a typical pose difference
     keyframes = find_keyframes(pred[:, ROLL_COLUMN], max_keyframes=max_keyframes, min_gap=min_gap, smoothing=smoothing)
     matches = np.empty(len(keyframes), dtype=np.int64)
     matches[0] = _nearest_angles(pred_angles[keyframes[0]], ref_angles, usable)
@@ -245,7 +260,11 @@ def match_reference_frames(
         radius = search_radius if search_radius is not None else max(1, int(round(search_speed * gap)))
         lo, hi = max(0, matches[i - 1] - radius), min(m - 1, matches[i - 1] + radius)
         window_usable = None if usable is None else usable[lo:hi + 1]
-        matches[i] = lo + _nearest_angles(pred_angles[keyframes[i]], ref_angles[lo:hi + 1], window_usable)
+        penalty = None
+        if keep_moving > 0:  # [W]: standing still costs w * s, travelling at real time nothing
+            travel = np.abs(np.arange(lo, hi + 1) - matches[i - 1]) / gap
+            penalty = keep_moving * typical * (1.0 - np.minimum(travel, 1.0))
+        matches[i] = lo + _nearest_angles(pred_angles[keyframes[i]], ref_angles[lo:hi + 1], window_usable, penalty)
 
     frames = np.arange(pred.shape[0])
     index = np.interp(frames, keyframes, matches.astype(np.float64))
@@ -276,11 +295,15 @@ class PoseControls:
         0 = the mean pose); ignored by ``still``.
     smoothing: Hanning window in frames, for the predicted pose (``predicted``) and for the
         roll signal whose extrema are the keyframes (``matched``); <= 1 disables it.
+    keep_moving: ``matched`` only: how much a keyframe prefers a reference frame that keeps the
+        person's video playing at real time over a closer pose (0 = the published demo's rule;
+        :func:`match_reference_frames`).
     """
 
     mode: str = config_default("pose/default.yaml", "mode")  # defaults written once, in the YAML
     amplitude: float = config_default("pose/default.yaml", "amplitude")
     smoothing: int = config_default("pose/default.yaml", "smoothing")
+    keep_moving: float = config_default("pose/default.yaml", "keep_moving")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -305,6 +328,13 @@ class PoseControls:
         if not np.isfinite(amplitude) or amplitude < 0:
             raise ConfigError(f"pose.amplitude must be a finite number >= 0 (1 = as predicted), got {self.amplitude!r}")
         _check_window(self.smoothing, "pose.smoothing")
+        try:
+            keep_moving = float(self.keep_moving)
+        except (TypeError, ValueError):
+            keep_moving = float("nan")
+        if not np.isfinite(keep_moving) or keep_moving < 0:
+            raise ConfigError(f"pose.keep_moving must be a finite number >= 0 (0 = the published demo's matching), "
+                              f"got {self.keep_moving!r}")
 
 
 def _scale_about_mean(pose: np.ndarray, mean: np.ndarray, amplitude: float) -> np.ndarray:
@@ -330,7 +360,8 @@ def resolve_pose(pred_pose, ref_pose, controls: PoseControls | None = None, usab
         pose = np.repeat(ref[:1], n, axis=0)
         ref_index = np.zeros(n, dtype=np.int64)
     elif controls.mode == "matched":
-        ref_index = match_reference_frames(pred, ref, smoothing=int(controls.smoothing), usable=usable)
+        ref_index = match_reference_frames(pred, ref, smoothing=int(controls.smoothing), usable=usable,
+                                           keep_moving=float(controls.keep_moving))
         pose = _scale_about_mean(ref[ref_index], mean, float(controls.amplitude))
     else:  # predicted
         pose = _scale_about_mean(_smooth(pred, int(controls.smoothing)), mean, float(controls.amplitude))

@@ -88,8 +88,8 @@ def evaluate_for_tables(person: str | os.PathLike, general: str | os.PathLike, d
     stage2 = {name: {identity: evaluate_stage2(refiner, clip, face_model, tuned.renderer, frames, identity)
                      for identity in STAGE2_IDENTITIES}
               for name, refiner in refiners.items()}
-    pose = evaluate_pose_modes(tuned.stage1, clip, tuned.ref_frames, frames, POSE_MODE_ORDER, controls.amplitude,
-                               int(controls.smoothing), device=tuned.device)
+    pose = evaluate_pose_modes(tuned.stage1, clip, tuned.ref_frames, frames, POSE_MODE_ORDER, controls,
+                               device=tuned.device)
     return PersonTables(clip.name, stage1, stage2, pose)
 
 
