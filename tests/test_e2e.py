@@ -74,6 +74,17 @@ def test_finetune_stage1_needs_audio(tmp_path):
         finetune_person(person, _finetune_cfg(), stages=("audio2coeff",), general=tmp_path / "general", progress=False)
 
 
+def test_finetune_refuses_a_silent_video_before_preprocessing(tmp_path):
+    from talkinghead.video import write_video
+
+    video = write_video(tmp_path / "silent.mp4", np.zeros((10, 64, 64, 3), np.uint8))  # no face either: never reached
+    _fake_done(tmp_path / "general" / "audio2coeff")
+    _fake_done(tmp_path / "general" / "refiner")
+    with pytest.raises(InputError, match=r"silent\.mp4 has no audio stream.*stage=refiner"):
+        finetune_person(tmp_path / "me", _finetune_cfg(), video=video, general=tmp_path / "general", progress=False)
+    assert not (tmp_path / "me").exists()
+
+
 def test_stage_choice_is_validated():
     assert parse_stages("both") == ("audio2coeff", "refiner")
     assert parse_stages("refiner") == ("refiner",)

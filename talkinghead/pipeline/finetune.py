@@ -34,6 +34,7 @@ from talkinghead.preprocess.pipeline import preprocess_from_config
 from talkinghead.stagedir import DONE_FILE, is_done
 from talkinghead.train.audio2coeff import train_audio2coeff
 from talkinghead.train.refiner import train_refiner
+from talkinghead.video.io import probe_media
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,13 @@ def ensure_clip(person: Path, video: str | os.PathLike | None, cfg) -> Path:
     return preprocess_from_config(pre)
 
 
+def _require_speech(video: str | os.PathLike) -> None:
+    """A one-line :class:`InputError` when ``video`` has no audio stream (Stage 1 learns from speech)."""
+    if Path(video).is_file() and not probe_media(video).has_audio:
+        raise InputError(f"{video} has no audio stream, so Stage 1 cannot be fine-tuned on it; use a video with "
+                         "speech, or stage=refiner to fine-tune Stage 2 only")
+
+
 def _train_stage(stage: str, clip, out_dir: Path, cfg, init_dir: Path) -> Path:
     if stage == "audio2coeff":
         return train_audio2coeff([clip], out_dir, cfg, mode="finetune", init_dir=init_dir)
@@ -127,6 +135,8 @@ def finetune_person(
     # Check what is cheap to check before the long steps: the general models exist.
     data_root = cfg_get(cfg, "data.root")
     general_dirs = {stage: require_general(general, stage, data_root) for stage in todo}
+    if needs_clip and "audio2coeff" in todo:
+        _require_speech(video)  # before minutes of preprocessing, not after
 
     ran, skipped = [], []
     bar = tqdm(total=len(steps), desc=f"finetune {person.name}", unit="step", disable=None if progress else True,
