@@ -76,8 +76,8 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from talkinghead.progress import progress_bar
 from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.instantiate import config_default
@@ -588,7 +588,7 @@ def _fit_batch(crops: list, landmarks: list[np.ndarray], inits: list, clip_ids: 
     history: list[tuple[str, torch.Tensor]] = []  # (phase, terms [5, B]) per step
     terms = torch.zeros(len(TERM_NAMES), num_clips)
     desc = "fit 3DMM" if num_clips == 1 else f"fit 3DMM ({num_clips} clips)"
-    bar = tqdm(total=sum(p.steps for p in phases), desc=desc, unit="step", disable=not progress)
+    bar = progress_bar(total=sum(p.steps for p in phases), desc=desc, unit="step", enabled=progress)
     for phase in phases:
         targets.weights = rigid_weights if phase.rigid else all_weights
         for name, parameter in params.named_parameters():

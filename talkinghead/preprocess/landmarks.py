@@ -42,8 +42,8 @@ from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from talkinghead.progress import progress_bar
 from talkinghead.data.clip import read_clip
 from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
@@ -535,7 +535,7 @@ def detect_video(frames: Iterable[np.ndarray], detector: LandmarkDetector, progr
     """Run ``detector`` over ``frames`` (fed in order) and keep the largest face of each frame."""
     landmarks, counts, ratios = [], [], []
     frame_size = (0, 0)
-    for index, frame in enumerate(tqdm(frames, total=total, desc="landmarks", unit="frame", disable=not progress)):
+    for index, frame in enumerate(progress_bar(frames, total=total, desc="landmarks", unit="frame", enabled=progress)):
         frame_size = frame.shape[:2]
         faces = sorted(detector.detect(frame, index), key=lambda f: f.size, reverse=True)
         counts.append(len(faces))

@@ -33,8 +33,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 from omegaconf import OmegaConf
-from tqdm.auto import tqdm
 
+from talkinghead.progress import progress_bar
 from talkinghead.cli import cfg_get, to_plain
 from talkinghead.data.clip import MIN_FRAMES, ClipMeta, default_split, read_clip, write_clip
 from talkinghead.errors import ConfigError, InputError, require_file
@@ -98,7 +98,7 @@ def _cut_crops(video: Path, num_frames: int, fixed: np.ndarray, aligned: np.ndar
     count = 0
     try:
         frames = iter_video(video, FPS, num_frames)
-        for i, frame in enumerate(tqdm(frames, total=num_frames, desc="crops", unit="frame", disable=not progress)):
+        for i, frame in enumerate(progress_bar(frames, total=num_frames, desc="crops", unit="frame", enabled=progress)):
             fixed_crops[i] = warp_crop(frame, fixed, CROP_SIZE)
             aligned_crops[i] = warp_crop(frame, aligned[i], CROP_SIZE)
             if writer is not None:

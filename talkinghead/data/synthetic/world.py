@@ -41,8 +41,8 @@ import cv2
 import numpy as np
 import torch
 from scipy.ndimage import convolve1d
-from tqdm import tqdm
 
+from talkinghead.progress import progress_bar
 from talkinghead.cli import cfg_get, to_plain
 from talkinghead.data.clip import ClipMeta, PersonClip, default_split, read_clip, write_clip, write_corpus_index
 from talkinghead.data.synthetic.espeak import available, espeak_speech
@@ -250,7 +250,7 @@ def make_corpus(out: str | os.PathLike, persons: int, frames: int, seed: int = 0
     people = sample_people(persons, seed, heldout)
     workers = min(persons, workers if workers > 0 else (os.cpu_count() or 1))
     jobs = [(str(out), persons, seed, heldout, i, frames, spec, crop_size, speech) for i in range(persons)]
-    with tqdm(total=persons * frames, unit="frame", desc="synthetic corpus", disable=not progress) as bar:
+    with progress_bar(total=persons * frames, unit="frame", desc="synthetic corpus", enabled=progress) as bar:
         if workers <= 1:
             threads = torch.get_num_threads()
             torch.set_num_threads(1)
