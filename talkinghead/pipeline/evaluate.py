@@ -24,7 +24,6 @@ The building blocks (:func:`evaluate_stage1`, :func:`evaluate_stage2`,
 from __future__ import annotations
 
 import dataclasses
-
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence

@@ -47,6 +47,7 @@ from talkinghead.errors import ConfigError, InputError
 from talkinghead.instantiate import config_default, to_plain
 
 POSE_MODES = ("matched", "predicted", "still")
+KEEP_MOVING_HINT = "0 = the published demo's matching"
 #: Roll (rotation about the camera axis) is the z Euler angle: pose column 2.
 ROLL_COLUMN = 2
 
@@ -105,6 +106,17 @@ def smooth_pose(pose, window: int):
     _check_window(window, "pose.smoothing")
     arr = _as_numpy(pose, "pose", 6)
     return _like(_smooth(arr, int(window)), pose)
+
+
+def _check_non_negative(value, key: str, hint: str) -> float:
+    """``value`` as a float, or a :class:`ConfigError` naming ``key`` unless it is finite and >= 0."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number) or number < 0:
+        raise ConfigError(f"{key} must be a finite number >= 0 ({hint}), got {value!r}")
+    return number
 
 
 def _check_window(window, key: str) -> None:
@@ -249,9 +261,9 @@ def match_reference_frames(
     m = ref.shape[0]
     usable = _usable_mask(usable, m)
 
-    if not np.isfinite(keep_moving) or keep_moving < 0:
-        raise ConfigError(f"pose.keep_moving must be a finite number >= 0 (0 = the published demo's matching), got {keep_moving}")
-    typical = float(np.abs(ref_angles - np.median(ref_angles, axis=0)).sum(axis=1).mean())  # s: a typical pose difference
+    keep_moving = _check_non_negative(keep_moving, "pose.keep_moving", KEEP_MOVING_HINT)
+    if keep_moving > 0:  # s: a typical pose difference
+        typical = float(np.abs(ref_angles - np.median(ref_angles, axis=0)).sum(axis=1).mean())
     keyframes = find_keyframes(pred[:, ROLL_COLUMN], max_keyframes=max_keyframes, min_gap=min_gap, smoothing=smoothing)
     matches = np.empty(len(keyframes), dtype=np.int64)
     matches[0] = _nearest_angles(pred_angles[keyframes[0]], ref_angles, usable)
@@ -321,20 +333,9 @@ class PoseControls:
         """Raise :class:`ConfigError` naming the ``pose.*`` key at fault."""
         if self.mode not in POSE_MODES:
             raise ConfigError(f"pose.mode={self.mode!r} is not a pose mode; use one of {', '.join(POSE_MODES)}")
-        try:
-            amplitude = float(self.amplitude)
-        except (TypeError, ValueError):
-            amplitude = float("nan")
-        if not np.isfinite(amplitude) or amplitude < 0:
-            raise ConfigError(f"pose.amplitude must be a finite number >= 0 (1 = as predicted), got {self.amplitude!r}")
+        _check_non_negative(self.amplitude, "pose.amplitude", "1 = as predicted")
         _check_window(self.smoothing, "pose.smoothing")
-        try:
-            keep_moving = float(self.keep_moving)
-        except (TypeError, ValueError):
-            keep_moving = float("nan")
-        if not np.isfinite(keep_moving) or keep_moving < 0:
-            raise ConfigError(f"pose.keep_moving must be a finite number >= 0 (0 = the published demo's matching), "
-                              f"got {self.keep_moving!r}")
+        _check_non_negative(self.keep_moving, "pose.keep_moving", KEEP_MOVING_HINT)
 
 
 def _scale_about_mean(pose: np.ndarray, mean: np.ndarray, amplitude: float) -> np.ndarray:

@@ -77,10 +77,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from talkinghead.progress import progress_bar
 from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.instantiate import config_default
+from talkinghead.progress import progress_bar
 from talkinghead.face.camera import CAMERA_Z, Camera, pose_vertices
 from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, ID_DIM, SH_DIM, SLICES, TEX_DIM, join_coeffs, split_coeffs
 from talkinghead.render import get_renderer

@@ -43,7 +43,6 @@ from typing import Any, Iterable, Mapping, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from talkinghead.progress import progress_bar
 from talkinghead.data.clip import read_clip
 from talkinghead.devices import resolve_device
 from talkinghead.errors import ConfigError, InputError, MissingWeightsError
@@ -51,6 +50,7 @@ from talkinghead.face.align import apply_transform, invert_transform
 from talkinghead.face.camera import Camera
 from talkinghead.face.factory import make_face_model
 from talkinghead.instantiate import build, target_from_kind
+from talkinghead.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

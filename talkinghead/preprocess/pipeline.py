@@ -34,7 +34,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from omegaconf import OmegaConf
 
-from talkinghead.progress import progress_bar
 from talkinghead.cli import cfg_get, to_plain
 from talkinghead.data.clip import MIN_FRAMES, ClipMeta, default_split, read_clip, write_clip
 from talkinghead.errors import ConfigError, InputError, require_file
@@ -42,6 +41,7 @@ from talkinghead.face.factory import DEFAULT_FACE_MODEL, face_model_spec, make_f
 from talkinghead.face.align import alignment_transforms, apply_transform, fixed_transform, warp_crop
 from talkinghead.preprocess.fit import FitResult, FittingConfig, config_dict, fit_clips, fit_coefficients
 from talkinghead.preprocess.landmarks import LandmarkDetector, RawTrack, TrackOptions, clean_track, detect_video, make_detector
+from talkinghead.progress import progress_bar
 from talkinghead.render import Renderer, get_renderer
 from talkinghead.video.io import VideoWriter, iter_video, probe_media, read_video_audio
 

@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from scipy.ndimage import convolve1d
 
-from talkinghead.progress import progress_bar
 from talkinghead.cli import cfg_get, to_plain
 from talkinghead.data.clip import ClipMeta, PersonClip, default_split, read_clip, write_clip, write_corpus_index
 from talkinghead.data.synthetic.espeak import available, espeak_speech
@@ -51,6 +50,7 @@ from talkinghead.data.synthetic.motion import blinks, brow_raises, head_motion
 from talkinghead.data.synthetic.mouth import MOUTH_UNITS, mouth_trajectory
 from talkinghead.data.synthetic.people import Person, sample_people
 from talkinghead.data.synthetic.speech import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, Timeline, make_speech
+from talkinghead.progress import progress_bar
 from talkinghead.errors import ConfigError
 from talkinghead.face.align import alignment_transforms, warp_crop
 from talkinghead.face.coeffs import COEFF_DIM, EXP_DIM, SLICES
