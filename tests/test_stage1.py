@@ -474,7 +474,10 @@ def test_chunked_inference_equals_one_pass(general_run, corpus):
         np.testing.assert_allclose(exp, one_exp, atol=1e-5)
         np.testing.assert_allclose(pose, one_pose, atol=1e-5)
     # The translation shift of the Stage-1 target is undone; the centred expression output is
-    # the network's plus the person's reference expression.
+    # the network's plus the person's reference expression (one pass: no speed ensemble).
+    assert len(model.speed_ensemble) > 1  # the CPU preset's default; chunking did not change it above
+    model.speed_ensemble = (1.0,)
+    one_exp, one_pose = predict_expression_pose(model, audio, chunk_frames=10_000, expression_reference=reference)
     with torch.no_grad():
         raw, _ = model(torch.from_numpy(frame_windows(audio, cmvn=model.cmvn))[None])  # CMVN: the CPU preset
     np.testing.assert_allclose(one_pose[:, 5], raw[0, :, 69].numpy() + 0.5, atol=1e-5)
@@ -486,6 +489,30 @@ def test_chunked_inference_equals_one_pass(general_run, corpus):
         predict_expression_pose(model, audio)
     with pytest.raises(InputError, match="shape"):
         predict_expression_pose(model, audio, expression_reference=reference[:10])
+
+
+def test_speed_ensemble_averages_the_rates_mapped_back_to_the_frames(general_run, corpus):
+    from talkinghead.audio.augment import speed_perturb
+    from talkinghead.models.audio2coeff import check_speed_ensemble, predict_audio
+
+    model = load_audio2coeff(general_run)
+    assert model.speed_ensemble == (0.92, 0.96, 1.0, 1.04, 1.08)  # from model.json (the CPU preset)
+    audio = read_clip(corpus / "heldout_0").audio[: 60 * SPF]
+    ensemble = predict_audio(model, audio)  # [60, 70]
+    model.speed_ensemble = (1.0,)
+    plain = predict_audio(model, audio)
+    per_rate = [plain]
+    for rate in (0.92, 0.96, 1.04, 1.08):
+        played = predict_audio(model, speed_perturb(audio, rate)).numpy()  # [~60 / rate, 70]
+        positions = np.minimum(np.arange(60) / rate, len(played) - 1)  # frame t is played frame t / rate
+        per_rate.append(torch.from_numpy(np.stack([np.interp(positions, np.arange(len(played)), played[:, d])
+                                                   for d in range(played.shape[1])], axis=1)))
+    assert ensemble.shape == plain.shape == (60, 70)
+    np.testing.assert_allclose(ensemble.numpy(), torch.stack(per_rate).mean(0).numpy(), atol=1e-4)
+    assert float((ensemble - plain).abs().max()) > 1e-7  # the other rates do change the output
+    for bad in ([], [0.1], "fast", [1.0, 3.0]):
+        with pytest.raises(ConfigError, match="speed_ensemble"):
+            check_speed_ensemble(bad, "audio2coeff.train.speed_ensemble")
 
 
 def test_centred_targets_are_relative_to_the_reference_frames_mean(corpus):

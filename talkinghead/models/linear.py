@@ -139,17 +139,19 @@ def select_person_blend(windows: np.ndarray, targets: np.ndarray, network: np.nd
                         blends: tuple[float, ...] = tuple(np.round(np.linspace(0.0, 1.0, 11), 2)),
                         projection: np.ndarray | None = None) -> WindowRidge:
     """The person's ridge and its blend with the network: ``windows [M, 28, 12]``, ``targets
-    [M, D]``, the network's prediction ``network [M, D]`` of the same frames. The penalty and
+    [M, D]``, the network's prediction ``network [M - split, D]`` of rows ``split:``. The penalty and
     the blend with the lowest mean squared error on rows ``split:`` (ridge fitted on ``:split``)
     win; the returned ridge is refitted on all rows with that penalty. ``projection [D, K]``
     measures the error after ``@ projection`` (fine-tuning passes the mouth landmarks' 3-D
     positions per expression coefficient, so that the mouth decides, not the brows or blinks)."""
+    if len(network) != len(windows) - split:
+        raise ValueError(f"network has {len(network)} rows; it predicts rows {split}: of {len(windows)}")
     project = (lambda e: e) if projection is None else (lambda e: e @ projection)  # noqa: E731
     best = (np.inf, candidates[0], 1.0)
     for lam in candidates:
         ridge = fit_window_ridge(windows[:split], targets[:split], lam).predict_windows(windows[split:])
         for blend in blends:
-            error = float(np.mean(project(blend * network[split:] + (1.0 - blend) * ridge - targets[split:]) ** 2))
+            error = float(np.mean(project(blend * network + (1.0 - blend) * ridge - targets[split:]) ** 2))
             if error < best[0]:
                 best = (error, lam, float(blend))
     final = fit_window_ridge(windows, targets, best[1])

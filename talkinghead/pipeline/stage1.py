@@ -33,8 +33,8 @@ from talkinghead.models.audio2coeff import (
     GENERAL_WEIGHTS_FILE,
     RESIDUAL_FILE,
     ExpressionPoseLSTM,
-    blend_with_general,
     load_network,
+    predict_audio,
     read_model_json,
 )
 from talkinghead.stagedir import WEIGHTS_FILE
@@ -65,7 +65,8 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
     """
     model_dir = Path(model_dir).expanduser()
     info = read_model_json(model_dir, creating_command(model_dir))
-    model = load_network(info["model"], model_dir / WEIGHTS_FILE, cmvn=info.get("cmvn", False))
+    speeds = info.get("speed_ensemble", [1.0])  # files before session 26: none
+    model = load_network(info["model"], model_dir / WEIGHTS_FILE, cmvn=info.get("cmvn", False), speed_ensemble=speeds)
     residual = model_dir / RESIDUAL_FILE
     model.residual = WindowRidge.load(residual) if residual.is_file() else None  # per-person ridge + blend
     model.general, model.general_weight = None, float(info.get("general_weight", 0.0))
@@ -75,7 +76,7 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
         if not general_path.is_file():
             raise TrainingError(f"{general_path} is missing (model.json general_weight={model.general_weight}); "
                                 f"fine-tune this model again, or set general_weight to 0 in {model_dir / 'model.json'}")
-        model.general = load_network(info["model"], general_path, cmvn=model.cmvn).to(resolve_device(device))
+        model.general = load_network(info["model"], general_path, cmvn=model.cmvn).to(resolve_device(device))  # its rates: the model's
     return model.to(resolve_device(device)).eval()
 
 
@@ -122,9 +123,6 @@ def predict_expression_pose(
     was_training = model.training
     model.eval()
     try:
-        state = None
-        outputs = []
-        cmvn = bool(getattr(model, "cmvn", False))  # per-utterance CMVN (model.json)
         residual = getattr(model, "residual", None)  # fine-tuned: the person's ridge, blended
         general = getattr(model, "general", None)  # fine-tuned: the general model, blended
         if general is not None:
@@ -140,24 +138,17 @@ def predict_expression_pose(
         if residual is not None and distance is not None:
             log.info("person ridge: voice distance %.2f (gate %.2f-%.2f) -> ridge weight %.2f, general model's %.2f",
                      distance, *residual.voice_gate, ridge_share, general_weight)
-        corrections, general_state = [], None
-        ridge_blocks = None  # the ridge's own windows, where they differ from the network's
-        if ridge_share > 0.0 and residual.cmvn is not None and residual.cmvn != cmvn:
-            ridge_blocks = iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=residual.cmvn)
-        for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames, cmvn=cmvn):  # [n, 28, 12]
-            windows = torch.from_numpy(block)[None].to(device)
-            pred, state = model(windows, state)  # [1, n, 70]
-            if general is not None:
-                general_pred, general_state = general(windows, general_state)
-                pred = blend_with_general(pred, general_pred, general_weight)
-            outputs.append(pred[0].float().cpu())
-            if ridge_share > 0.0:
-                corrections.append(residual.predict_windows(block if ridge_blocks is None else next(ridge_blocks)))
+        network = predict_audio(model, audio, num_frames, chunk_frames, device, general, general_weight)  # [N, 70]
+        corrections = []
+        if ridge_share > 0.0:  # the ridge's own windows (plain MFCC unless it says otherwise)
+            ridge_cmvn = bool(getattr(model, "cmvn", False)) if residual.cmvn is None else residual.cmvn
+            corrections = [residual.predict_windows(block) for block in
+                           iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=network.shape[0], cmvn=ridge_cmvn)]
     finally:
         model.train(was_training)
-    if not outputs:
+    if network.shape[0] == 0:
         return np.zeros((0, EXP_DIM), np.float32), np.zeros((0, 6), np.float32)
-    expression, pose = from_stage1_output(torch.cat(outputs).numpy())
+    expression, pose = from_stage1_output(network.numpy())
     if centered:
         expression = expression + expression_reference
     if corrections:  # (1 - ridge_share) * network + ridge_share * ridge

@@ -77,10 +77,10 @@ from talkinghead.models.audio2coeff import (
     RESIDUAL_FILE,
     ExpressionPoseLSTM,
     NormalizedExpressionPoseLSTM,
-    blend_with_general,
+    check_speed_ensemble,
     load_network,
     make_optimizer,
-    predict_sequence,
+    predict_audio,
     read_model_json,
     stage1_loss,
 )
@@ -283,12 +283,13 @@ class Audio2CoeffTask:
 SCHEDULE_KEYS = ("lr", "lr_schedule", "min_lr_ratio", "batch_size", "val_batch_size", "window", "stride",
                  "random_offset", "frames", "val_frames", "max_steps", "grad_clip", "input_norm", "ema_decay",
                  "center_expression", "cmvn", "augment", "extra_speakers", "train_layers", "anchor_weight",
-                 "early_stop", "general_weight", "general_weight_other_voices", "person_ridge", "voice_gate")
+                 "early_stop", "general_weight", "general_weight_other_voices", "person_ridge", "voice_gate",
+                 "speed_ensemble")
 #: The keys one mode's section does not state, with what their absence means in that mode.
 _UNUSED_IN_MODE = {
     "general": {"train_layers": None, "anchor_weight": 0.0, "early_stop": None, "general_weight": 0.0,
                 "general_weight_other_voices": None, "person_ridge": False, "voice_gate": None},
-    "finetune": {"center_expression": None, "cmvn": None,  # None: the general model's
+    "finetune": {"center_expression": None, "cmvn": None, "speed_ensemble": None,  # None: the general model's
                  "augment": None, "extra_speakers": None},
 }
 
@@ -348,38 +349,43 @@ def mouth_projection(face_model) -> np.ndarray:
     return (mouth[1:] - mouth[:1]).numpy()
 
 
-def fit_person_ridge(model: ExpressionPoseLSTM, clip: PersonClip | str | os.PathLike, frames: slice, path: Path,
+def fit_person_ridge(judge: ExpressionPoseLSTM, clip: PersonClip | str | os.PathLike, frames: slice, path: Path,
                      general: ExpressionPoseLSTM | None = None, general_weight: float = 0.0,
-                     selection: ExpressionPoseLSTM | None = None,
                      voice_gate: tuple[float, float] | None = None):
-    """Fit the fine-tuned ``model``'s per-person ridge and blend (see
+    """Fit the fine-tuned model's per-person ridge and blend (see
     :mod:`talkinghead.models.linear`): ridge regression from the plain MFCC windows of the
     person's fine-tuning ``frames`` (no per-utterance CMVN: the ridge standardises each column
     over the person's own frames, and the voice gate keeps other voices and channels away) to
-    the expression; its penalty and the blend
-    weight of the network are chosen on the last sixth of the frames
-    (:func:`person_ridge_split`: 250-299) after fitting on the rest, then the ridge is refitted
-    on all of them and written to ``path``. The network's predictions there come from
-    ``selection`` (default ``model``), which must not have trained on that sixth: with the
-    fixed-step recipe it is a second fine-tuning on the first five sixths. With ``general`` the
-    network's prediction is the exported blend ``(1 - general_weight) * network + general_weight
-    * general``, as inference computes it. ``voice_gate`` stores the person's voice with the
-    ridge (:meth:`~talkinghead.models.linear.WindowRidge.voice_weight`). Returns the ridge."""
+    the expression; its penalty and the blend weight of the network are chosen on the last
+    sixth of the frames (:func:`person_ridge_split`: 250-299) after fitting on the rest, then
+    the ridge is refitted on all of them and written to ``path``.
+
+    The network's prediction there comes from ``judge``, which must not have trained on that
+    sixth (with the fixed-step recipe: a second fine-tuning on the first five sixths), and is
+    computed as inference computes it for driving audio: the sixth's audio as an utterance of
+    its own (its own CMVN, the LSTM from a zero state, ``judge.speed_ensemble``) and, with
+    ``general``, the blend ``(1 - general_weight) * network + general_weight * general``.
+    Session 26 (README): predicting the sixth inside the whole clip, as before, judged the
+    network by a longer utterance than it ever gets and gave it too much weight (cross-validated
+    on the real videos 0.701 -> 0.707 on 31.mp4, 0.134 -> 0.168 on the 8 s clip when changed).
+    ``voice_gate`` stores the person's voice with the ridge
+    (:meth:`~talkinghead.models.linear.WindowRidge.voice_weight`). Returns the ridge."""
     clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
     start, stop, _ = frames.indices(clip.num_frames)
+    split = person_ridge_split(slice(start, stop))
     kwargs = dict(fps=clip.meta.fps, sample_rate=clip.meta.sample_rate)
-    windows = frame_windows(clip.audio, clip.num_frames, cmvn=bool(getattr(model, "cmvn", False)), **kwargs)
-    selection = model if selection is None else selection
-    pred = predict_sequence(selection, torch.from_numpy(windows))  # [N, 70], one utterance
-    if general is not None and general_weight > 0.0:
-        pred = blend_with_general(pred, predict_sequence(general, torch.from_numpy(windows)), general_weight)
-    windows = frame_windows(clip.audio, clip.num_frames, cmvn=False, **kwargs)  # the ridge's: no per-utterance CMVN
-    pred = pred[:, :EXP_DIM].numpy()  # [N, 64]
-    if bool(model.expression_centered):
+    holdout_audio = clip.audio_for_frames(slice(split, stop))
+    device = next(judge.parameters()).device
+    if general is not None:
+        general.to(device)
+    pred = predict_audio(judge, holdout_audio, stop - split, device=device, general=general, general_weight=general_weight)
+    pred = pred[:, :EXP_DIM].numpy()  # [stop - split, 64]
+    if bool(judge.expression_centered):
         pred = pred + reference_expression(clip)
+    windows = frame_windows(clip.audio, clip.num_frames, cmvn=False, **kwargs)  # the ridge's: no per-utterance CMVN
     x = windows[start:stop]  # [M, 28, 12]: columns standardised over these frames by the ridge itself
     y = np.asarray(clip.coeffs[start:stop, SLICES["expression"]], np.float64)  # [M, 64]
-    ridge = select_person_blend(x, y, pred[start:stop], split=person_ridge_split(slice(start, stop)) - start,
+    ridge = select_person_blend(x, y, pred, split=split - start,
                                 projection=mouth_projection(make_face_model(clip.meta.face_model)))
     if voice_gate is not None:
         ridge.voice_mean, ridge.voice_std = voice_statistics(clip.audio_for_frames(slice(start, stop)), clip.meta.sample_rate)
@@ -524,6 +530,11 @@ def train_audio2coeff(
         if sched["cmvn"] is not None and bool(sched["cmvn"]) != model.cmvn:
             raise ConfigError(f"audio2coeff.finetune.cmvn={sched['cmvn']} but the general model in {init_dir} was trained "
                               f"with cmvn={model.cmvn}; remove the override")
+    # The speed ensemble of inference (model.json; predict_audio): general training's, unless fine-tuning sets its own.
+    speeds = sched["speed_ensemble"]
+    if speeds is None and mode == "finetune":
+        speeds = init_info.get("speed_ensemble", [1.0])  # general models before session 26: none
+    speeds = check_speed_ensemble(speeds, f"{STAGE}.{'train' if mode == 'general' else 'finetune'}.speed_ensemble")
 
     person_frames = frames  # the person's fine-tuning frames (the person ridge fits all of them)
     # Early stopping validates on a slice of the training frames (never on the held-out 300-399).
@@ -639,6 +650,7 @@ def train_audio2coeff(
             "ema_decay": sched["ema_decay"],
             "center_expression": center,
             "cmvn": model.cmvn,
+            "speed_ensemble": list(speeds),
             "trained_on": [name for name in train_set.clip_names if name in corpus_names],
             "extra_speakers": len(train_set.clip_names) - len(corpus_names & set(train_set.clip_names)),
             "frames": trained_frames,
@@ -657,8 +669,10 @@ def train_audio2coeff(
             (out_dir / GENERAL_WEIGHTS_FILE).unlink()
         if mode == "finetune" and sched["person_ridge"]:
             general = load_network(model_kwargs, init_weights, model.cmvn) if general_weight > 0.0 else None  # as inference blends
-            ridge = fit_person_ridge(task.inference_model, person, person_frames, out_dir / RESIDUAL_FILE, general=general,
-                                     general_weight=general_weight, selection=selection, voice_gate=voice_gate)
+            judge = task.inference_model if selection is None else selection
+            judge.cmvn, judge.speed_ensemble = model.cmvn, speeds  # judged as inference runs it
+            ridge = fit_person_ridge(judge, person, person_frames, out_dir / RESIDUAL_FILE, general=general,
+                                     general_weight=general_weight, voice_gate=voice_gate)
             info["person_ridge"] = {"lam": ridge.lam, "blend": ridge.blend, "voice_gate": ridge.voice_gate}
         elif (out_dir / RESIDUAL_FILE).exists():
             (out_dir / RESIDUAL_FILE).unlink()
