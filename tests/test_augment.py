@@ -12,6 +12,7 @@ from talkinghead.audio.augment import (
     add_noise,
     apply_gain,
     augment_audio,
+    average_over_rates,
     band_limit,
     mu_law,
     random_eq,
@@ -123,3 +124,39 @@ def test_dataset_adds_seeded_augmented_copies_with_warped_targets(tmp_path):
     original = load_clip_frames(clip).target
     np.testing.assert_allclose(copy.target[10], original[11], atol=1e-6)
     np.testing.assert_allclose(copy.target[5], 0.5 * original[5] + 0.5 * original[6], atol=1e-6)
+
+
+def test_average_over_rates_reads_each_copy_at_the_same_moment():
+    audio = speechlike(2.0)  # 50 frames at 25 fps
+    calls = []
+
+    def elapsed(played: np.ndarray, frames: int) -> np.ndarray:
+        """[frames, 2]: for each frame of the played copy, the original frame it plays, and 1."""
+        calls.append((len(played), frames))
+        rate = len(audio) / len(played)
+        return np.stack([np.arange(frames) * rate, np.ones(frames)], axis=1)
+
+    out = average_over_rates(elapsed, audio, 50, (0.9, 1.0, 1.1))
+    assert out.shape == (50, 2) and out.dtype == np.float32
+    assert len(calls) == 3 and (len(audio), 50) in calls  # rate 1: the audio itself
+    assert {n for n, _ in calls} == {len(audio), len(speed_perturb(audio, 0.9)), len(speed_perturb(audio, 1.1))}
+    np.testing.assert_allclose(out[:, 0], np.arange(50), atol=0.02)  # every copy read at the same moment
+    np.testing.assert_allclose(out[:, 1], 1.0)
+    plain = average_over_rates(elapsed, audio, 50, (1.0,))
+    np.testing.assert_array_equal(plain, elapsed(audio, 50).astype(np.float32))
+
+
+def test_person_ridge_on_audio_matches_its_windows_in_any_blocks():
+    from talkinghead.models.linear import fit_window_ridge, predict_ridge
+
+    audio = speechlike(3.0, seed=2)
+    windows = frame_windows(audio, 75)  # plain MFCC, as the person ridge reads them
+    rng = np.random.default_rng(0)
+    ridge = fit_window_ridge(windows, windows.reshape(75, -1) @ rng.normal(size=(336, 4)), 10.0)
+    ridge.cmvn = False
+    for chunk in (7, 75, 500):
+        np.testing.assert_allclose(predict_ridge(ridge, audio, 75, chunk_frames=chunk), ridge.predict_windows(windows),
+                                   atol=1e-4)
+    ridge.cmvn = None  # a file from before session 24: the network's windows
+    np.testing.assert_allclose(predict_ridge(ridge, audio, 75, default_cmvn=True),
+                               ridge.predict_windows(frame_windows(audio, 75, cmvn=True)), atol=1e-4)

@@ -34,7 +34,7 @@ CMVN (:func:`cmvn_stats`)
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,6 +50,7 @@ __all__ = [
     "mu_law",
     "apply_gain",
     "speed_perturb",
+    "average_over_rates",
     "cmvn_stats",
 ]
 
@@ -136,6 +137,29 @@ def speed_perturb(audio: np.ndarray, factor: float) -> np.ndarray:
     out = resample_poly(np.asarray(audio, np.float64), 100, down)
     n = int(round(len(audio) * 100 / down))
     return np.pad(out, (0, max(0, n - len(out))))[:n].astype(np.float32)
+
+
+def average_over_rates(predict: Callable[[np.ndarray, int], np.ndarray], audio: np.ndarray, num_frames: int,
+                       rates: Sequence[float]) -> np.ndarray:
+    """Test-time speed ensemble: ``predict(audio, frames) -> [frames, D]`` run on ``audio [S]``
+    played at each of ``rates`` (:func:`speed_perturb`; 1.0: the audio itself), each result read
+    at original frame ``t``'s place in its copy (frame ``t / rate``, linear interpolation between
+    frames, clamped at the ends), and averaged: float32 ``[num_frames, D]``. The mapping holds at
+    any frame rate: a copy played ``rate`` times faster reaches every moment ``rate`` times sooner."""
+    total = None
+    for rate in rates:
+        if rate == 1.0:
+            out = np.asarray(predict(audio, num_frames), np.float32)
+        else:
+            played_frames = int(np.ceil(num_frames / rate)) + 1
+            played = np.asarray(predict(speed_perturb(audio, rate), played_frames), np.float32)  # [K, D]
+            position = np.minimum(np.arange(num_frames) / rate, len(played) - 1)  # [N]
+            low = np.floor(position).astype(np.int64)
+            high = np.minimum(low + 1, len(played) - 1)
+            frac = (position - low)[:, None].astype(np.float32)
+            out = played[low] * (1.0 - frac) + played[high] * frac
+        total = out if total is None else total + out
+    return total / float(len(rates))
 
 
 @dataclass

@@ -26,7 +26,6 @@ difference between predicted and target deltas).
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from talkinghead.audio.augment import speed_perturb
+from talkinghead.audio.augment import average_over_rates
 from talkinghead.audio.features import iter_frame_windows, num_video_frames
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.stagedir import AUDIO2COEFF as STAGE, MODEL_FILE, WEIGHTS_FILE
@@ -374,21 +373,11 @@ def _predict_at_rate(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: i
     return torch.cat(outputs) if outputs else torch.zeros(0, model.out_dim)
 
 
-def _sample_frames(values: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``values [K, D]`` linearly interpolated at fractional frame ``positions [N]`` (clamped to
-    the ends) -> ``[N, D]``."""
-    positions = positions.clamp(0, values.shape[0] - 1)
-    low = positions.floor().long()
-    high = (low + 1).clamp(max=values.shape[0] - 1)
-    frac = (positions - low).unsqueeze(1)
-    return values[low] * (1.0 - frac) + values[high] * frac
-
-
 def predict_audio(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: int | None = None, chunk_frames: int = 250,
                   device: str | torch.device = "cpu", general: ExpressionPoseLSTM | None = None,
-                  general_weight: float = 0.0) -> torch.Tensor:
+                  general_weight: float = 0.0) -> np.ndarray:
     """The Stage-1 network's output for every 25 fps frame of mono 16 kHz ``audio [S]``, an
-    utterance of its own: ``[N, 70]`` float32 on the CPU (``N`` = ``num_frames``, default the
+    utterance of its own: float32 ``[N, 70]`` (``N`` = ``num_frames``, default the
     audio's length in frames). With ``general`` the expression is the fine-tuned model's blend
     ``(1 - general_weight) * model + general_weight * general`` (:func:`blend_with_general`).
 
@@ -396,10 +385,11 @@ def predict_audio(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: int 
     played at each other rate ``r`` (:func:`~talkinghead.audio.augment.speed_perturb`: tempo and
     pitch scale together, as a faster or slower speaker with a shorter or longer vocal tract),
     the network runs on each, and its output at played frame ``t / r`` (linear interpolation)
-    is averaged with the others for frame ``t``. Why (README, session 26): a network trained on
-    synthetic voices reacts to details of a real voice that a small change of rate moves; the
-    average keeps what all rates agree on. On the synthetic held-out persons, rates 0.92-1.08
-    raised the lip-sync correlation 0.896 -> 0.912, on 31.mp4 (cross-validated) 0.314 -> 0.342;
+    is averaged with the others for frame ``t``
+    (:func:`~talkinghead.audio.augment.average_over_rates`). Why (README, session 26): a network
+    trained on synthetic voices reacts to details of a real voice that a small change of rate
+    moves; the average keeps what all rates agree on. On the synthetic held-out persons, rates
+    0.92-1.08 raised the lip-sync correlation 0.896 -> 0.913, on 31.mp4 (cross-validated) 0.314 -> 0.342;
     Gaussian smoothing of the output over time lowered both. Memory stays bounded by
     ``chunk_frames`` per rate (the played copy of the audio is the only whole-length addition).
     """
@@ -408,17 +398,9 @@ def predict_audio(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: int 
         num_frames = num_video_frames(audio.shape[0])
     device = torch.device(device) if not isinstance(device, torch.device) else device
     rates = tuple(getattr(model, "speed_ensemble", (1.0,)) or (1.0,))
-    total = None
-    for rate in rates:
-        if rate == 1.0:
-            out = _predict_at_rate(model, audio, num_frames, chunk_frames, device, general, general_weight)
-        else:  # frame t of the original is frame t / rate of the played copy
-            played_frames = int(math.ceil(num_frames / rate)) + 1
-            played = _predict_at_rate(model, speed_perturb(audio, rate), played_frames, chunk_frames, device,
-                                      general, general_weight)
-            out = _sample_frames(played, torch.arange(num_frames, dtype=torch.float32) / rate)
-        total = out if total is None else total + out
-    return total / len(rates)
+    return average_over_rates(lambda played, frames: _predict_at_rate(model, played, frames, chunk_frames, device, general,
+                                                                       general_weight).numpy(),
+                              audio, num_frames, rates)
 
 
 def blend_with_general(pred: torch.Tensor, general_pred: torch.Tensor, general_weight: float) -> torch.Tensor:

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from talkinghead.audio.features import iter_frame_windows
 from talkinghead.errors import InputError, TrainingError
 from talkinghead.face.coeffs import EXP_DIM, from_stage1_output
 from talkinghead.models.audio2coeff import (
@@ -39,7 +38,7 @@ from talkinghead.models.audio2coeff import (
 )
 from talkinghead.stagedir import WEIGHTS_FILE
 from talkinghead.devices import resolve_device
-from talkinghead.models.linear import WindowRidge
+from talkinghead.models.linear import WindowRidge, predict_ridge
 
 __all__ = ["load_audio2coeff", "predict_expression_pose", "creating_command"]
 
@@ -139,18 +138,17 @@ def predict_expression_pose(
             log.info("person ridge: voice distance %.2f (gate %.2f-%.2f) -> ridge weight %.2f, general model's %.2f",
                      distance, *residual.voice_gate, ridge_share, general_weight)
         network = predict_audio(model, audio, num_frames, chunk_frames, device, general, general_weight)  # [N, 70]
-        corrections = []
-        if ridge_share > 0.0:  # the ridge's own windows (plain MFCC unless it says otherwise)
-            ridge_cmvn = bool(getattr(model, "cmvn", False)) if residual.cmvn is None else residual.cmvn
-            corrections = [residual.predict_windows(block) for block in
-                           iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=network.shape[0], cmvn=ridge_cmvn)]
+        ridge = None
+        if ridge_share > 0.0 and len(network):  # one pass: the speed ensemble is the network's alone
+            ridge = predict_ridge(residual, audio, len(network), default_cmvn=bool(getattr(model, "cmvn", False)),
+                                  chunk_frames=chunk_frames)  # [N, 64]
     finally:
         model.train(was_training)
     if network.shape[0] == 0:
         return np.zeros((0, EXP_DIM), np.float32), np.zeros((0, 6), np.float32)
-    expression, pose = from_stage1_output(network.numpy())
+    expression, pose = from_stage1_output(network)
     if centered:
         expression = expression + expression_reference
-    if corrections:  # (1 - ridge_share) * network + ridge_share * ridge
-        expression = (1.0 - ridge_share) * expression + ridge_share * np.concatenate(corrections)
+    if ridge is not None:  # (1 - ridge_share) * network + ridge_share * ridge
+        expression = (1.0 - ridge_share) * expression + ridge_share * ridge
     return np.ascontiguousarray(expression, np.float32), np.ascontiguousarray(pose, np.float32)

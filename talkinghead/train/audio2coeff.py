@@ -379,7 +379,7 @@ def fit_person_ridge(judge: ExpressionPoseLSTM, clip: PersonClip | str | os.Path
     if general is not None:
         general.to(device)
     pred = predict_audio(judge, holdout_audio, stop - split, device=device, general=general, general_weight=general_weight)
-    pred = pred[:, :EXP_DIM].numpy()  # [stop - split, 64]
+    pred = pred[:, :EXP_DIM]  # [stop - split, 64]
     if bool(judge.expression_centered):
         pred = pred + reference_expression(clip)
     windows = frame_windows(clip.audio, clip.num_frames, cmvn=False, **kwargs)  # the ridge's: no per-utterance CMVN
