@@ -41,7 +41,9 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     of the frames, in ``person_ridge_selection/``), ``voice_gate`` (the ridge applies only to
     driving audio in the person's own voice, :mod:`talkinghead.models.linear`).
     Without early stopping the held-out frames 300-399 are validated and logged only (nothing
-    is selected by them). CMVN and centring are the general model's.
+    is selected by them). CMVN and centring are the general model's, and so is the speed ensemble
+    of inference (``speed_ensemble``, written to ``model.json``; see
+    :func:`talkinghead.models.audio2coeff.predict_audio`) unless ``audio2coeff.finetune`` sets one.
 
 Rerunning the same call resumes from the newest checkpoint; a run whose ``done.json``
 fingerprint (architecture, schedule, seed, data) matches is not repeated.
