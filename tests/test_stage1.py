@@ -334,6 +334,35 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
         np.testing.assert_allclose(predict_expression_pose(model, audio, expression_reference=ref)[0], expected, atol=1e-5)
 
 
+def test_finetune_is_redone_when_its_general_model_changes(corpus, general_run, tmp_path):
+    import shutil
+
+    general = tmp_path / "general"
+    shutil.copytree(general_run, general)
+    cfg = tiny_cfg("audio2coeff.finetune.max_steps=4")
+    run = lambda: train_audio2coeff([corpus / "heldout_0"], tmp_path / "ft", cfg, mode="finetune", init_dir=general)  # noqa: E731
+    out = run()
+    first = safetensors.torch.load_file(out / "weights.safetensors")
+    assert json.loads((out / "model.json").read_text())["speed_ensemble"] == [0.92, 0.96, 1.0, 1.04, 1.08]  # inherited
+    stamp = (out / "done.json").stat().st_mtime_ns
+    run()
+    assert (out / "done.json").stat().st_mtime_ns == stamp  # the same general model: nothing to do
+    # Retrained in the same folder (here: other weights) -> the fine-tuning is redone from it,
+    # not resumed from the checkpoint of the one before.
+    weights = safetensors.torch.load_file(general / "weights.safetensors")
+    safetensors.torch.save_file({k: (v + 0.05 if v.is_floating_point() and k.endswith("weight") else v)
+                                 for k, v in weights.items()}, general / "weights.safetensors")
+    run()
+    second = safetensors.torch.load_file(out / "weights.safetensors")
+    assert (out / "done.json").stat().st_mtime_ns != stamp
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+    # Its model.json counts too: the speed ensemble is inherited from it.
+    info = json.loads((general / "model.json").read_text())
+    (general / "model.json").write_text(json.dumps({**info, "speed_ensemble": [1.0]}))
+    run()
+    assert json.loads((out / "model.json").read_text())["speed_ensemble"] == [1.0]
+
+
 def test_finetune_blends_its_expression_with_the_general_model(corpus, general_run, tmp_path):
     """general_weight=w: the exported model's expression is (1 - w) * fine-tuned + w * general,
     its pose the fine-tuned network's; w=0 exports the network alone; bad values and a missing

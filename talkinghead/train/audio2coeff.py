@@ -335,6 +335,16 @@ def _fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _content_digest(*paths: Path) -> str:
+    """A digest of the files' bytes: a fine-tuning whose general model was retrained in the same
+    folder is not "already done" (the path alone said it was, and session 26's tables reused
+    fine-tunings of the previous general model)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def person_ridge_split(frames: slice) -> int:
     """The first frame of the last sixth of ``frames`` (250 of 0-299): the person ridge's blend is
     chosen there."""
@@ -498,6 +508,7 @@ def train_audio2coeff(
     fingerprint = _fingerprint({
         "mode": mode, "model": model_kwargs, "sched": sched, "loss": loss_weights, "seed": seed,
         "clips": [_clip_name(c) for c in clips], "init": str(init_weights) if init_weights else None,
+        "init_content": _content_digest(init_dir / WEIGHTS_FILE, init_dir / MODEL_FILE) if init_weights else None,
     })
     done_path = out_dir / DONE_FILE
     if done_path.is_file():
@@ -508,6 +519,9 @@ def train_audio2coeff(
         if done.get("fingerprint") == fingerprint and (out_dir / WEIGHTS_FILE).is_file():
             log.info("%s: already trained (done.json matches); skipping", out_dir)
             return out_dir
+        if is_main() and (out_dir / "checkpoints").is_dir():  # a finished run of another configuration or start:
+            log.info("%s: trained before with other settings or another general model; training afresh", out_dir)
+            shutil.rmtree(out_dir / "checkpoints")  # resuming its last checkpoint would only re-export it
     if is_main() and done_path.exists():
         done_path.unlink()  # the directory is being (re)trained: no longer marked finished
     barrier()
