@@ -19,6 +19,7 @@ current stage's training bar is shown beneath it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ from talkinghead.cli import cfg_get, compose_config
 from talkinghead.data.clip import read_clip
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.preprocess.pipeline import preprocess_from_config
-from talkinghead.stagedir import DONE_FILE, is_done
-from talkinghead.train.audio2coeff import train_audio2coeff
+from talkinghead.stagedir import DONE_FILE, MODEL_FILE, is_done
+from talkinghead.train.audio2coeff import general_digest, train_audio2coeff
 from talkinghead.train.refiner import train_refiner
 from talkinghead.video.io import probe_media
 
@@ -110,6 +111,19 @@ def _train_stage(stage: str, clip, out_dir: Path, cfg, init_dir: Path) -> Path:
     return train_refiner([clip], out_dir, cfg, mode="finetune", init_dir=init_dir)
 
 
+def _stale(stage_dir: Path, general: str | os.PathLike) -> bool:
+    """Whether a finished Stage-1 fine-tuning started from another general model than the one in
+    ``general`` now (its ``model.json`` ``init_digest``; :func:`general_digest`): then it is done
+    again. Stage 2 and fine-tunings from before session 26 (no digest) count as current."""
+    if stage_dir.name != "audio2coeff":
+        return False
+    try:
+        recorded = json.loads((stage_dir / MODEL_FILE).read_text()).get("init_digest")
+        return recorded is not None and recorded != general_digest(Path(general).expanduser() / stage_dir.name)
+    except (OSError, ValueError):
+        return False
+
+
 def finetune_person(
     person: str | os.PathLike,
     cfg,
@@ -131,7 +145,7 @@ def finetune_person(
     if needs_clip and video is None:
         ensure_clip(person, None, cfg)  # raises: nothing to fine-tune on
     steps = (["preprocess"] if needs_clip else []) + list(stages)
-    todo = [s for s in stages if not is_done(out / s)]
+    todo = [s for s in stages if not is_done(out / s) or _stale(out / s, general)]
     # Check what is cheap to check before the long steps: the general models exist.
     data_root = cfg_get(cfg, "data.root")
     general_dirs = {stage: require_general(general, stage, data_root) for stage in todo}
@@ -157,7 +171,7 @@ def finetune_person(
         for stage in stages:
             bar.set_postfix_str(stage)
             if stage not in todo:
-                log.info("%s: already fine-tuned (done.json); skipping", out / stage)
+                log.info("%s: already fine-tuned from this general model (done.json); skipping", out / stage)
                 skipped.append(stage)
             else:
                 if stage == "audio2coeff" and not clip.meta.has_audio:

@@ -99,6 +99,7 @@ __all__ = [
     "NormalizedExpressionPoseLSTM",
     "Audio2CoeffTask",
     "train_audio2coeff",
+    "general_digest",
     "read_model_json",
     "write_json_atomic",
 ]
@@ -335,13 +336,14 @@ def _fingerprint(payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _content_digest(*paths: Path) -> str:
-    """A digest of the files' bytes: a fine-tuning whose general model was retrained in the same
-    folder is not "already done" (the path alone said it was, and session 26's tables reused
-    fine-tunings of the previous general model)."""
+def general_digest(general_dir: str | os.PathLike) -> str:
+    """A digest of a general Stage-1 folder's ``weights.safetensors`` and ``model.json`` bytes,
+    recorded by a fine-tuning (``model.json`` ``init_digest``): a fine-tuning whose general model
+    was retrained in the same folder is not "already done" (the path alone said it was, and
+    session 26's tables at first reused fine-tunings of the previous general model)."""
     digest = hashlib.sha256()
-    for path in paths:
-        digest.update(Path(path).read_bytes())
+    for name in (WEIGHTS_FILE, MODEL_FILE):
+        digest.update((Path(general_dir) / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -508,7 +510,7 @@ def train_audio2coeff(
     fingerprint = _fingerprint({
         "mode": mode, "model": model_kwargs, "sched": sched, "loss": loss_weights, "seed": seed,
         "clips": [_clip_name(c) for c in clips], "init": str(init_weights) if init_weights else None,
-        "init_content": _content_digest(init_dir / WEIGHTS_FILE, init_dir / MODEL_FILE) if init_weights else None,
+        "init_content": general_digest(init_dir) if init_weights else None,
     })
     done_path = out_dir / DONE_FILE
     if done_path.is_file():
@@ -671,6 +673,7 @@ def train_audio2coeff(
             "extra_speakers": len(train_set.clip_names) - len(corpus_names & set(train_set.clip_names)),
             "frames": trained_frames,
             "init": str(init_weights) if init_weights else None,
+            "init_digest": general_digest(init_dir) if init_weights else None,
             "format_version": 1,
         }
         ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
