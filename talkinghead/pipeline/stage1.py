@@ -12,7 +12,11 @@ preset's default) predicts the deviation from the person's reference expression
 The whole utterance is one sequence (method.md section 4): MFCC windows are computed in
 blocks of ``chunk_frames`` video frames (:func:`talkinghead.audio.features.iter_frame_windows`)
 and each block runs through the network with the LSTM state carried over from the previous
-one, so memory is bounded for any audio length and the result equals a single pass.
+one, so memory is bounded for any audio length and the result equals a single pass
+(:func:`talkinghead.models.audio2coeff.predict_audio`). A model with a speed ensemble
+(``model.json`` ``speed_ensemble``, the CPU preset's default) also runs on the audio played at
+the other rates and averages the expression; the head pose and the person ridge come from the
+audio as it is.
 """
 
 from __future__ import annotations
