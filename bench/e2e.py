@@ -83,13 +83,16 @@ def make_audio(path: Path, seconds: float) -> Path:
 
 
 def build_person_models(clip_dir: Path, size: int, ngf: int, slots: int, key_dim: int, top_k: int, renderer: str,
-                        device="cpu", overrides=()):
+                        device="cpu", overrides=(), speed_ensemble=None):
     """:class:`PersonModels` with random-weight models (no training, no files) on ``device``;
     ``overrides`` are Hydra overrides of ``configs/infer.yaml`` choosing Stage 1's size (default:
-    the CPU preset; ``["audio2coeff=paper"]`` the paper's)."""
+    the CPU preset; ``["audio2coeff=paper"]`` the paper's); ``speed_ensemble``: Stage 1's rates
+    (default: the preset's ``audio2coeff.train.speed_ensemble``)."""
     torch.manual_seed(0)
     cfg = compose_config("infer", ["person=p", "audio=a.wav", "out=o.mp4", *overrides])
     stage1 = ExpressionPoseLSTM(**dict(cfg.audio2coeff.model)).eval()
+    stage1.cmvn = bool(cfg.audio2coeff.train.cmvn)  # what a trained model's model.json gives it
+    stage1.speed_ensemble = tuple(cfg.audio2coeff.train.speed_ensemble if speed_ensemble is None else speed_ensemble)
     generator = MemoryAugmentedGenerator(image_size=size, ngf=ngf, key_dim=key_dim, memory_slots=slots, top_k=top_k).eval()
     with torch.no_grad():  # a partly filled memory, as after training on a few hundred identities
         filled = min(300, slots)
@@ -118,7 +121,8 @@ def run_child(args) -> dict:
     """One inference run in this process; returns its figures (printed as JSON)."""
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    person = build_person_models(Path(args.clip), args.size, args.ngf, args.slots, args.key_dim, args.top_k, args.renderer)
+    person = build_person_models(Path(args.clip), args.size, args.ngf, args.slots, args.key_dim, args.top_k, args.renderer,
+                                 speed_ensemble=args.speed_ensemble)
     setup = time.perf_counter() - started
     options = InferenceOptions(chunk_frames=args.chunk_frames, batch_size=args.batch_size, precision=args.precision,
                                synthesis=args.synthesis)
@@ -150,7 +154,8 @@ def launch(args, clip: Path, audio: Path, out: Path) -> dict:
            "--size", str(args.size), "--ngf", str(args.ngf), "--slots", str(args.slots), "--key-dim", str(args.key_dim),
            "--top-k", str(args.top_k), "--threads", str(args.threads), "--chunk-frames", str(args.chunk_frames),
            "--batch-size", str(args.batch_size), "--renderer", args.renderer, "--precision", args.precision,
-           "--synthesis", args.synthesis]
+           "--synthesis", args.synthesis] + (["--speed-ensemble", *map(str, args.speed_ensemble)]
+                                             if args.speed_ensemble else [])
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's package
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     if proc.returncode != 0:
@@ -208,6 +213,8 @@ def main() -> None:
     parser.add_argument("--synthesis", default="refiner", choices=("refiner", "mouth"),
                         help="refiner: the paper's Stage 2 (default here); mouth: infer's default in matched pose "
                              "mode, the lower face warped from the person's frames at --size px")
+    parser.add_argument("--speed-ensemble", type=float, nargs="+", default=None,
+                        help="Stage 1's speaking rates (default: the CPU preset's; 1.0: one pass)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--clip", help=argparse.SUPPRESS)
