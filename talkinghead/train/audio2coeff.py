@@ -507,10 +507,11 @@ def train_audio2coeff(
         frames = frames if frames is not None else person.train_slice
         val_frames = val_frames if val_frames is not None else person.test_slice
     trained_frames = None if frames is None else [frames.start, frames.stop]  # recorded in model.json
+    init_digest = general_digest(init_dir) if init_weights else None  # its content: retrained in place counts
     fingerprint = _fingerprint({
         "mode": mode, "model": model_kwargs, "sched": sched, "loss": loss_weights, "seed": seed,
         "clips": [_clip_name(c) for c in clips], "init": str(init_weights) if init_weights else None,
-        "init_content": general_digest(init_dir) if init_weights else None,
+        "init_content": init_digest,
     })
     done_path = out_dir / DONE_FILE
     if done_path.is_file():
@@ -673,7 +674,7 @@ def train_audio2coeff(
             "extra_speakers": len(train_set.clip_names) - len(corpus_names & set(train_set.clip_names)),
             "frames": trained_frames,
             "init": str(init_weights) if init_weights else None,
-            "init_digest": general_digest(init_dir) if init_weights else None,
+            "init_digest": init_digest,
             "format_version": 1,
         }
         ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
