@@ -3,14 +3,17 @@ atomic JSON writes (both stages, general and fine-tuned runs; ``checkpoints/READ
 
     DIR/weights.safetensors   inference weights (train/checkpoint.py: export_weights)
     DIR/model.json            everything that rebuilds the model (stage, architecture, features)
+    DIR/run.json              Stage 1, written first: the fingerprint of the run its checkpoints belong to
     DIR/done.json             written last: the run finished (its metrics, steps, fingerprint)
     DIR/checkpoints/, DIR/tb/ training state for resume, TensorBoard logs
 
 A fine-tuned Stage 1 (``PERSON/finetuned/audio2coeff``) also holds, when its config asks for them,
 ``general_weights.safetensors`` (the general model its expression is blended with) and
 ``person_ridge.npz`` (the person's ridge, its blend and voice; names in
-``talkinghead/models/audio2coeff.py``), and ``person_ridge_selection/`` (a whole second run: the
-fine-tuning on the first five sixths of the frames that judged the ridge's blend).
+``talkinghead/models/audio2coeff.py``), ``person_ridge_selection/`` (a whole second run: the
+fine-tuning on the first five sixths of the frames that judged the ridge's blend) and
+``soup/member_1``, ... (whole runs: the other fine-tunings whose weights the soup averages) with
+``pose_weights.safetensors`` (the run's own weights before the average, for the head pose).
 
 Training writes these (``talkinghead/train``); fine-tuning, inference and evaluation read them
 through :func:`is_done`, :func:`check_trained` and :func:`read_model_json`.
@@ -28,6 +31,7 @@ from talkinghead.errors import InputError, TrainingError
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILE = "model.json"
 DONE_FILE = "done.json"
+RUN_FILE = "run.json"
 AUDIO2COEFF, REFINER = "audio2coeff", "refiner"  # the two stages' folder names
 
 

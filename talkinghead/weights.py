@@ -6,6 +6,7 @@ training code. A file holds every model of a task under ``<model name>.<state-di
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -105,3 +106,23 @@ def load_weights(models: Mapping[str, torch.nn.Module], path: str | os.PathLike,
     except Exception as err:  # noqa: BLE001
         raise TrainingError(f"cannot read weights file {path} ({type(err).__name__}: {err}); re-export or re-train it") from None
     _load_model_tensors(models, tensors, path, strict=strict)
+
+
+@torch.no_grad()
+def average_weights(name: str, model: torch.nn.Module, paths: "list[str | os.PathLike]") -> None:
+    """A weight average ("model soup", Wortsman et al. 2022): set ``model``'s floating-point
+    parameters and buffers (BatchNorm statistics included) to the mean of its own values and those
+    of model ``name`` in each weight file of ``paths``, in place. The files must hold the same
+    architecture (runs from the same starting weights: averaging unrelated runs is meaningless).
+    Integer buffers (BatchNorm's step counters) keep ``model``'s values."""
+    module = unwrap(model)
+    total = {k: v.double() for k, v in module.state_dict().items() if v.is_floating_point()}
+    for path in paths:
+        member = copy.deepcopy(module)
+        load_weights({name: member}, path)
+        for key, value in member.state_dict().items():
+            if key in total:
+                total[key] += value.double()
+    state = module.state_dict()
+    for key, value in total.items():
+        state[key].copy_((value / (len(paths) + 1)).to(state[key].dtype))

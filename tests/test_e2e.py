@@ -67,29 +67,6 @@ def test_finetune_skips_finished_stages_without_needing_general_models(tmp_path)
     assert result.out == person / "finetuned"
 
 
-def test_a_stage1_finetuning_of_another_general_model_is_stale(tmp_path):
-    import json
-
-    from talkinghead.pipeline.finetune import _stale
-    from talkinghead.train.audio2coeff import general_digest
-
-    general = tmp_path / "general" / "audio2coeff"
-    general.mkdir(parents=True)
-    (general / "weights.safetensors").write_bytes(b"weights of the general model")
-    (general / "model.json").write_text('{"stage": "audio2coeff"}')
-    tuned = tmp_path / "person" / "finetuned" / "audio2coeff"
-    _fake_done(tuned)
-    assert not _stale(tuned, tmp_path / "general")  # no digest: a fine-tuning from before session 26
-    (tuned / "model.json").write_text(json.dumps({"init_digest": general_digest(general)}))
-    assert not _stale(tuned, tmp_path / "general")
-    (general / "weights.safetensors").write_bytes(b"the general model, retrained")
-    assert _stale(tuned, tmp_path / "general")  # finetune_person does it again
-    (tuned / "model.json").write_text(json.dumps({"init_digest": general_digest(general)}))
-    (general / "model.json").write_text('{"stage": "audio2coeff", "speed_ensemble": [1.0]}')
-    assert _stale(tuned, tmp_path / "general")
-    assert not _stale(tmp_path / "person" / "finetuned" / "refiner", tmp_path / "general")
-
-
 def test_finetune_stage1_needs_audio(tmp_path):
     person = _clip(tmp_path / "mute", with_audio=False)
     _fake_done(tmp_path / "general" / "audio2coeff")

@@ -269,6 +269,25 @@ def test_killed_training_resumes_to_the_same_weights(corpus, tmp_path):
     assert all(torch.equal(actual[k], expected[k]) for k in expected)
 
 
+def test_checkpoints_of_other_settings_are_not_resumed(corpus, general_run, tmp_path):
+    """A killed run (checkpoints, no done.json) resumes only under the settings it was started
+    with (run.json); under others it trains afresh, as in an empty folder."""
+    base = ("audio2coeff.finetune.max_steps=4", "audio2coeff.finetune.soup=1", "audio2coeff.finetune.person_ridge=false",
+            "audio2coeff.finetune.general_weight_other_voices=null", "trainer.ckpt_every=2")
+    run = lambda out, *more: train_audio2coeff([corpus / "heldout_0"], tmp_path / out, tiny_cfg(*base, *more),  # noqa: E731
+                                               mode="finetune", init_dir=general_run)
+    weights = lambda out: safetensors.torch.load_file(tmp_path / out / "weights.safetensors")  # noqa: E731
+    first = weights(run("killed"))
+    (tmp_path / "killed" / "done.json").unlink()  # as if killed after its last checkpoint
+    assert all(torch.equal(first[k], v) for k, v in weights(run("killed")).items())  # same settings: resumed
+    (tmp_path / "killed" / "done.json").unlink()
+    other, fresh = weights(run("killed", "audio2coeff.finetune.lr=3e-3")), weights(run("fresh", "audio2coeff.finetune.lr=3e-3"))
+    assert all(torch.equal(fresh[k], v) for k, v in other.items())  # trained afresh, not re-exported
+    assert any(not torch.equal(first[k], v) for k, v in other.items())
+    assert json.loads((tmp_path / "killed" / "run.json").read_text())["fingerprint"] == \
+        json.loads((tmp_path / "killed" / "done.json").read_text())["fingerprint"]
+
+
 def _train_main(cfg):
     return train_from_config(cfg)
 
@@ -361,6 +380,73 @@ def test_finetune_is_redone_when_its_general_model_changes(corpus, general_run, 
     (general / "model.json").write_text(json.dumps({**info, "speed_ensemble": [1.0]}))
     run()
     assert json.loads((out / "model.json").read_text())["speed_ensemble"] == [1.0]
+
+
+def test_finetune_soup_averages_the_weights_of_its_seeds(corpus, general_run, tmp_path):
+    """soup=N: N - 1 more fine-tunings with other seeds in soup/member_k; the exported weights
+    are the mean of the run's own (= the soup=1 run of the same seed) and the members', the head
+    pose the run's own; soup=1 again removes the members; bad values name the key."""
+    from talkinghead.errors import ConfigError
+
+    base = ("audio2coeff.finetune.max_steps=4", "audio2coeff.finetune.person_ridge=false",
+            "audio2coeff.finetune.general_weight=0", "audio2coeff.finetune.general_weight_other_voices=null")
+    run = lambda out, soup: train_audio2coeff([corpus / "heldout_0"], tmp_path / out,  # noqa: E731
+                                              tiny_cfg(*base, f"audio2coeff.finetune.soup={soup}"),
+                                              mode="finetune", init_dir=general_run)
+    single, soup = run("single", 1), run("soup", 3)
+    load = lambda path: safetensors.torch.load_file(path)  # noqa: E731
+    own, mixed = load(single / "weights.safetensors"), load(soup / "weights.safetensors")
+    members = [load(soup / "soup" / f"member_{k}" / "weights.safetensors") for k in (1, 2)]
+    assert json.loads((soup / "model.json").read_text())["soup"] == 3
+    moved = [k for k in own if own[k].is_floating_point() and not torch.equal(own[k], members[0][k])]
+    assert moved  # the members are other fine-tunings, not copies
+    for key, value in mixed.items():
+        if value.is_floating_point():
+            expected = (own[key].double() + members[0][key].double() + members[1][key].double()) / 3
+            torch.testing.assert_close(value.double(), expected, atol=1e-6, rtol=1e-5, msg=key)
+        else:
+            assert torch.equal(value, own[key]), key  # BatchNorm step counters: the run's own
+    assert not (single / "soup").exists() and not (single / "pose_weights.safetensors").exists()
+    # The head pose is the run's own network's (averaged weights move the head less), the expression the soup's.
+    clip = read_clip(corpus / "heldout_0")
+    audio, ref = clip.audio_for_frames(slice(300, 340)), reference_expression(clip)
+    soup_expression, soup_pose = predict_expression_pose(load_audio2coeff(soup), audio, expression_reference=ref)
+    own_expression, own_pose = predict_expression_pose(load_audio2coeff(single), audio, expression_reference=ref)
+    np.testing.assert_allclose(soup_pose, own_pose, atol=1e-6)
+    assert np.abs(soup_expression - own_expression).max() > 1e-4
+    run("soup", 1)  # retrained as a single fine-tuning: its members and pose network go
+    assert not (soup / "soup").exists() and json.loads((soup / "model.json").read_text())["soup"] == 1
+    assert not (soup / "pose_weights.safetensors").exists() and load_audio2coeff(soup).pose_network is None
+    with pytest.raises(ConfigError, match="audio2coeff.finetune.soup=0 must be an integer >= 1"):
+        run("bad", 0)
+    with pytest.raises(ConfigError, match="audio2coeff.train.soup=2"):
+        train_audio2coeff([corpus / "heldout_0"], tmp_path / "bad", tiny_cfg("+audio2coeff.train.soup=2"))
+
+
+def test_finetune_person_redoes_stage1_when_its_settings_or_general_model_change(corpus, general_run, tmp_path):
+    """scripts/finetune.py's job skips a finished Stage 1 only if it was fine-tuned with the same
+    settings from a general model of the same content (a changed preset or a general model
+    retrained in place used to be skipped silently)."""
+    import shutil
+
+    from talkinghead.pipeline.finetune import finetune_person
+
+    person, general = tmp_path / "person", tmp_path / "general"
+    shutil.copytree(corpus / "heldout_0", person)
+    shutil.copytree(general_run, general / "audio2coeff")
+    plain = ("audio2coeff.finetune.soup=1", "audio2coeff.finetune.person_ridge=false",
+             "audio2coeff.finetune.general_weight_other_voices=null")
+    job = lambda *more: finetune_person(person, tiny_cfg(*plain, *more), stages=("audio2coeff",),  # noqa: E731
+                                        general=general, progress=False)
+    steps = lambda: json.loads((person / "finetuned" / "audio2coeff" / "done.json").read_text())["steps"]  # noqa: E731
+    assert job("audio2coeff.finetune.max_steps=2").ran == ["audio2coeff"] and steps() == 2
+    assert job("audio2coeff.finetune.max_steps=2").skipped == ["audio2coeff"]
+    assert job("audio2coeff.finetune.max_steps=3").ran == ["audio2coeff"] and steps() == 3  # other settings
+    weights = safetensors.torch.load_file(general / "audio2coeff" / "weights.safetensors")
+    safetensors.torch.save_file({k: (v + 0.05 if v.is_floating_point() and k.endswith("weight") else v)
+                                 for k, v in weights.items()}, general / "audio2coeff" / "weights.safetensors")
+    assert job("audio2coeff.finetune.max_steps=3").ran == ["audio2coeff"]  # the general model was retrained
+    assert job("audio2coeff.finetune.max_steps=3").skipped == ["audio2coeff"]
 
 
 def test_finetune_blends_its_expression_with_the_general_model(corpus, general_run, tmp_path):

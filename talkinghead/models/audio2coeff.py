@@ -269,6 +269,9 @@ MODEL_NAME = "audio2coeff"
 RESIDUAL_FILE = "person_ridge.npz"
 #: The fine-tuned model's copy of the general weights it blends with (audio2coeff.finetune.general_weight).
 GENERAL_WEIGHTS_FILE = "general_weights.safetensors"
+#: A fine-tuned soup's head-pose network: the run's own weights before the average
+#: (audio2coeff.finetune.soup; averaged weights move the head less).
+POSE_WEIGHTS_FILE = "pose_weights.safetensors"
 #: The command that produces a general Stage-1 model (quoted in errors).
 GENERAL_COMMAND = "python scripts/train.py stage=audio2coeff data.root=DATA out={out}"
 #: ExpressionPoseLSTM constructor arguments a config may set.
@@ -388,7 +391,8 @@ def predict_audio(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: int 
     is averaged with the others for frame ``t``
     (:func:`~talkinghead.audio.augment.average_over_rates`). The head pose is the pass over the
     audio as it is: averaged over the rates the predicted head moved less, and the demo's
-    keyframe-matched pose fell from HS 0.93 to 0.70. Why (README, session 26): a network
+    keyframe-matched pose fell from HS 0.93 to 0.70. Likewise a fine-tuned soup's pose comes
+    from ``model.pose_network`` (one run's weights, :data:`POSE_WEIGHTS_FILE`) when it has one. Why (README, session 26): a network
     trained on synthetic voices reacts to details of a real voice that a small change of rate
     moves; the average keeps what all rates agree on. On the synthetic held-out persons, rates
     0.92-1.08 raised the lip-sync correlation 0.896 -> 0.913, on 31.mp4 (cross-validated) 0.314 -> 0.342;
@@ -405,6 +409,10 @@ def predict_audio(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: int 
         return _predict_at_rate(model, played, frames, chunk_frames, device, general, general_weight).numpy()
 
     out = predict(audio, num_frames)  # [N, 70] the audio as it is: the head pose comes from this pass alone
+    pose_network = getattr(model, "pose_network", None)  # a soup's: one run's weights, not the average
+    if pose_network is not None and len(out):
+        pose_network.to(device).eval()
+        out[:, EXP_DIM:] = _predict_at_rate(pose_network, audio, num_frames, chunk_frames, device, None, 0.0)[:, EXP_DIM:].numpy()
     others = tuple(rate for rate in rates if rate != 1.0)
     if others:
         ones = len(rates) - len(others)  # how often rate 1.0 is listed (0: the expression averages the others only)

@@ -12,14 +12,15 @@ Steps, each skipped when already finished (rerunning the same command resumes th
 3. ``refiner``     -- Stage 2 likewise from ``GENERAL/refiner`` into ``OUT/refiner``.
 
 A stage is finished when its directory holds ``done.json`` (written last, atomically, by the
-stage's trainer); an interrupted stage resumes from its newest checkpoint. Delete a stage's
-directory to fine-tune it again from scratch. One progress bar follows the job's steps; the
+stage's trainer); an interrupted stage resumes from its newest checkpoint. A finished Stage 1 is
+done again when its settings (``audio2coeff.finetune``, ``audio2coeff.loss``, ``seed``) or the
+general model's content changed since. Delete a stage's directory to fine-tune it again from
+scratch. One progress bar follows the job's steps; the
 current stage's training bar is shown beneath it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from talkinghead.data.clip import read_clip
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.preprocess.pipeline import preprocess_from_config
 from talkinghead.stagedir import DONE_FILE, MODEL_FILE, is_done
-from talkinghead.train.audio2coeff import general_digest, train_audio2coeff
+from talkinghead.train.audio2coeff import is_trained, train_audio2coeff
 from talkinghead.train.refiner import train_refiner
 from talkinghead.video.io import probe_media
 
@@ -111,17 +112,15 @@ def _train_stage(stage: str, clip, out_dir: Path, cfg, init_dir: Path) -> Path:
     return train_refiner([clip], out_dir, cfg, mode="finetune", init_dir=init_dir)
 
 
-def _stale(stage_dir: Path, general: str | os.PathLike) -> bool:
-    """Whether a finished Stage-1 fine-tuning started from another general model than the one in
-    ``general`` now (its ``model.json`` ``init_digest``; :func:`general_digest`): then it is done
-    again. Stage 2 and fine-tunings from before session 26 (no digest) count as current."""
-    if stage_dir.name != "audio2coeff":
-        return False
-    try:
-        recorded = json.loads((stage_dir / MODEL_FILE).read_text()).get("init_digest")
-        return recorded is not None and recorded != general_digest(Path(general).expanduser() / stage_dir.name)
-    except (OSError, ValueError):
-        return False
+def _stale(stage_dir: Path, clip_dir: Path, cfg, general: str | os.PathLike) -> bool:
+    """Whether a finished Stage-1 fine-tuning must be done again: its ``done.json`` was written
+    with other settings (``audio2coeff.finetune``, ``audio2coeff.loss``, seed) or from another
+    general model than the one in ``general`` now (its content, not its path:
+    :func:`~talkinghead.train.audio2coeff.is_trained`). Stage 2 is never stale here."""
+    if stage_dir.name != "audio2coeff" or not (Path(general).expanduser() / stage_dir.name / MODEL_FILE).is_file():
+        return False  # a missing general model is reported by require_general
+    clip = read_clip(clip_dir, load_audio=False)  # its name is part of the run's identity
+    return not is_trained(stage_dir, [clip], cfg, mode="finetune", init_dir=Path(general).expanduser() / stage_dir.name)
 
 
 def finetune_person(
@@ -145,7 +144,7 @@ def finetune_person(
     if needs_clip and video is None:
         ensure_clip(person, None, cfg)  # raises: nothing to fine-tune on
     steps = (["preprocess"] if needs_clip else []) + list(stages)
-    todo = [s for s in stages if not is_done(out / s) or _stale(out / s, general)]
+    todo = [s for s in stages if not is_done(out / s) or _stale(out / s, person, cfg, general)]
     # Check what is cheap to check before the long steps: the general models exist.
     data_root = cfg_get(cfg, "data.root")
     general_dirs = {stage: require_general(general, stage, data_root) for stage in todo}
@@ -171,7 +170,7 @@ def finetune_person(
         for stage in stages:
             bar.set_postfix_str(stage)
             if stage not in todo:
-                log.info("%s: already fine-tuned from this general model (done.json); skipping", out / stage)
+                log.info("%s: already fine-tuned with these settings from this general model (done.json); skipping", out / stage)
                 skipped.append(stage)
             else:
                 if stage == "audio2coeff" and not clip.meta.has_audio:

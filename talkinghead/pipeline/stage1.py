@@ -34,6 +34,7 @@ from talkinghead.face.coeffs import EXP_DIM, from_stage1_output
 from talkinghead.models.audio2coeff import (
     GENERAL_COMMAND,
     GENERAL_WEIGHTS_FILE,
+    POSE_WEIGHTS_FILE,
     RESIDUAL_FILE,
     ExpressionPoseLSTM,
     load_network,
@@ -72,6 +73,8 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
     model = load_network(info["model"], model_dir / WEIGHTS_FILE, cmvn=info.get("cmvn", False), speed_ensemble=speeds)
     residual = model_dir / RESIDUAL_FILE
     model.residual = WindowRidge.load(residual) if residual.is_file() else None  # per-person ridge + blend
+    pose_path = model_dir / POSE_WEIGHTS_FILE  # a soup's head pose: one run's weights (predict_audio)
+    model.pose_network = load_network(info["model"], pose_path, cmvn=model.cmvn) if pose_path.is_file() else None
     model.general, model.general_weight = None, float(info.get("general_weight", 0.0))
     model.general_weight_other_voices = float(info.get("general_weight_other_voices", model.general_weight))
     if max(model.general_weight, model.general_weight_other_voices) > 0.0:  # fine-tuned: blended with the general model
@@ -80,6 +83,8 @@ def load_audio2coeff(model_dir: str | os.PathLike, device: str | torch.device = 
             raise TrainingError(f"{general_path} is missing (model.json general_weight={model.general_weight}); "
                                 f"fine-tune this model again, or set general_weight to 0 in {model_dir / 'model.json'}")
         model.general = load_network(info["model"], general_path, cmvn=model.cmvn).to(resolve_device(device))  # its rates: the model's
+    if model.pose_network is not None:
+        model.pose_network.to(resolve_device(device))
     return model.to(resolve_device(device)).eval()
 
 

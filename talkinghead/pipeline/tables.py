@@ -4,7 +4,7 @@
     python scripts/reproduce_tables.py experiment=paper data.root=DIR general=DIR   # real data, GPU
 
 For every evaluated person (default: the corpus's held-out persons) the person's fine-tuned
-models are used (``PERSON/finetuned``; fine-tuned first when missing and ``finetune=true``),
+models are used (``PERSON/finetuned``; with ``finetune=true`` fine-tuned first unless current),
 next to the general models (``general``), on the person's held-out frames 300-399:
 
 1. **Stage 1, general vs fine-tuned** (the paper: personalisation improves lip sync and head
@@ -239,11 +239,11 @@ def reproduce_tables_from_config(cfg) -> str:
     progress = bool(cfg_get(cfg, "progress", True))
 
     for person in persons:
-        if not all(is_done(person / "finetuned" / stage) for stage in ("audio2coeff", "refiner")):
-            if not bool(cfg_get(cfg, "finetune", True)):
-                raise InputError(f"{person} has no fine-tuned models; run python scripts/finetune.py person={person} "
-                                 f"general={general} (or set finetune=true)")
+        if bool(cfg_get(cfg, "finetune", True)):  # skips what is current: same settings, same general model
             finetune_person(person, cfg, general=general, progress=progress)
+        elif not all(is_done(person / "finetuned" / stage) for stage in ("audio2coeff", "refiner")):
+            raise InputError(f"{person} has no fine-tuned models; run python scripts/finetune.py person={person} "
+                             f"general={general} (or set finetune=true)")
     try:  # the baseline gets the person's reference expression exactly when the general model does
         centered = bool(read_model_json(check_trained(general / "audio2coeff")).get("center_expression", False))
         baseline = fit_loudness_baseline(list_clips(root, "train"), center_expression=centered)

@@ -10,6 +10,7 @@ one model (``"audio2coeff"``), Adam with betas (0.5, 0.999), the loss of
     OUT/model.json            constructor kwargs + stage + mode + what the run was trained on
     OUT/checkpoints/          resumable state (the loop's)
     OUT/tb/                   TensorBoard
+    OUT/run.json              written first: the fingerprint of the run the checkpoints belong to
     OUT/done.json             written last, atomically: final metrics + the run's fingerprint
 
 Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
@@ -39,14 +40,20 @@ Modes (config ``audio2coeff.train`` vs ``audio2coeff.finetune``):
     training, :func:`fit_person_ridge`, saved as ``person_ridge.npz`` and applied by inference;
     without early stopping its blend is judged by a second fine-tuning on the first five sixths
     of the frames, in ``person_ridge_selection/``), ``voice_gate`` (the ridge applies only to
-    driving audio in the person's own voice, :mod:`talkinghead.models.linear`).
+    driving audio in the person's own voice, :mod:`talkinghead.models.linear`), ``soup`` (N:
+    the exported network is the weight average of N fine-tunings from the general weights with
+    other seeds; the other N - 1 are whole runs in ``soup/member_k``, :func:`_soup_members`; the
+    head pose comes from the run's own weights, kept as ``pose_weights.safetensors``: averaged
+    weights move the head less).
     Without early stopping the held-out frames 300-399 are validated and logged only (nothing
     is selected by them). CMVN and centring are the general model's, and so is the speed ensemble
     of inference (``speed_ensemble``, written to ``model.json``; see
     :func:`talkinghead.models.audio2coeff.predict_audio`) unless ``audio2coeff.finetune`` sets one.
 
 Rerunning the same call resumes from the newest checkpoint; a run whose ``done.json``
-fingerprint (architecture, schedule, seed, data) matches is not repeated.
+fingerprint (architecture, schedule, seed, data, the starting model's content) matches is not
+repeated. Checkpoints whose ``run.json`` fingerprint differs (a killed or finished run of other
+settings) are deleted first instead of resumed.
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ from talkinghead.models.audio2coeff import (
     MODEL_NAME,
     RESIDUAL_FILE,
     ExpressionPoseLSTM,
+    POSE_WEIGHTS_FILE,
     NormalizedExpressionPoseLSTM,
     check_speed_ensemble,
     load_network,
@@ -88,9 +96,10 @@ from talkinghead.models.audio2coeff import (
 )
 from talkinghead.models.linear import select_person_blend
 from talkinghead.train import checkpoint as ckpt
-from talkinghead.stagedir import AUDIO2COEFF, DONE_FILE, MODEL_FILE, WEIGHTS_FILE, write_json_atomic
+from talkinghead.stagedir import AUDIO2COEFF, DONE_FILE, MODEL_FILE, RUN_FILE, WEIGHTS_FILE, write_json_atomic
+from talkinghead.weights import average_weights
 from talkinghead.train.distributed import barrier, is_main, unwrap
-from talkinghead.train.loop import Trainer, TrainerConfig, seed_everything
+from talkinghead.train.loop import Trainer, TrainerConfig, mix_seed, seed_everything
 
 __all__ = [
     "STAGE",
@@ -99,6 +108,7 @@ __all__ = [
     "NormalizedExpressionPoseLSTM",
     "Audio2CoeffTask",
     "train_audio2coeff",
+    "is_trained",
     "general_digest",
     "read_model_json",
     "write_json_atomic",
@@ -113,6 +123,9 @@ LOSS_KEYS = ("pose_weight", "pose_smooth_weight", "expression_smooth_weight")
 MODES = ("general", "finetune")
 #: Inside a fine-tuned run: the blend judge of the person ridge (:func:`_selection_network`).
 SELECTION_DIR = "person_ridge_selection"
+#: Inside a fine-tuned run with ``soup`` > 1: the other fine-tunings whose weights are averaged
+#: with the run's own (``soup/member_1``, ...; :func:`_soup_members`).
+SOUP_DIR = "soup"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,11 +300,11 @@ SCHEDULE_KEYS = ("lr", "lr_schedule", "min_lr_ratio", "batch_size", "val_batch_s
                  "random_offset", "frames", "val_frames", "max_steps", "grad_clip", "input_norm", "ema_decay",
                  "center_expression", "cmvn", "augment", "extra_speakers", "train_layers", "anchor_weight",
                  "early_stop", "general_weight", "general_weight_other_voices", "person_ridge", "voice_gate",
-                 "speed_ensemble")
+                 "speed_ensemble", "soup")
 #: The keys one mode's section does not state, with what their absence means in that mode.
 _UNUSED_IN_MODE = {
     "general": {"train_layers": None, "anchor_weight": 0.0, "early_stop": None, "general_weight": 0.0,
-                "general_weight_other_voices": None, "person_ridge": False, "voice_gate": None},
+                "general_weight_other_voices": None, "person_ridge": False, "voice_gate": None, "soup": 1},
     "finetune": {"center_expression": None, "cmvn": None, "speed_ensemble": None,  # None: the general model's
                  "augment": None, "extra_speakers": None},
 }
@@ -409,25 +422,104 @@ def fit_person_ridge(judge: ExpressionPoseLSTM, clip: PersonClip | str | os.Path
     return ridge
 
 
-def _selection_network(clip: PersonClip, frames: slice, out_dir: Path, cfg, init_dir: Path, model_kwargs, cmvn: bool):
-    """The person ridge's blend judge under the fixed-step recipe: the same fine-tuning on the
-    first five sixths of ``frames`` only (``out_dir``, resumable like any run)."""
-    from omegaconf import OmegaConf  # local: only person_ridge fine-tuning needs it
+def _variant_config(cfg, updates: Mapping[str, Any]):
+    """A copy of ``cfg`` with the dotted keys of ``updates`` replaced."""
+    from omegaconf import OmegaConf  # local: only the fine-tuning's extra runs need it
 
+    variant = OmegaConf.create(to_plain(cfg))
+    for key, value in updates.items():
+        OmegaConf.update(variant, key, value, merge=False)
+    return variant
+
+
+def _selection_network(clip: PersonClip, frames: slice, out_dir: Path, cfg, init_dir: Path, model_kwargs, cmvn: bool):
+    """The person ridge's blend judge under the fixed-step recipe: the same fine-tuning (its soup
+    included) on the first five sixths of ``frames`` only (``out_dir``, resumable like any run)."""
     split = person_ridge_split(frames)
-    selection_cfg = OmegaConf.create(to_plain(cfg))
-    OmegaConf.update(selection_cfg, f"{STAGE}.finetune.frames", [frames.start, split], merge=False)
-    OmegaConf.update(selection_cfg, f"{STAGE}.finetune.val_frames", [split, frames.stop], merge=False)
-    OmegaConf.update(selection_cfg, f"{STAGE}.finetune.person_ridge", False, merge=False)
-    OmegaConf.update(selection_cfg, f"{STAGE}.finetune.general_weight_other_voices", None, merge=False)  # judged on the own voice
+    selection_cfg = _variant_config(cfg, {
+        f"{STAGE}.finetune.frames": [frames.start, split],
+        f"{STAGE}.finetune.val_frames": [split, frames.stop],
+        f"{STAGE}.finetune.person_ridge": False,
+        f"{STAGE}.finetune.general_weight_other_voices": None,  # judged on the own voice
+    })
     train_audio2coeff([clip], out_dir, selection_cfg, mode="finetune", init_dir=init_dir,
                       desc=f"{STAGE} (finetune on {frames.start}-{split - 1}: the person ridge's blend judge)")
     return load_network(model_kwargs, out_dir / WEIGHTS_FILE, cmvn)
 
 
+def _soup_members(clips, out_dir: Path, cfg, init_dir: Path, soup: int, seed: int, desc: str) -> list[Path]:
+    """The other ``soup - 1`` fine-tunings of a soup: the same recipe from the same general
+    weights with seeds ``mix_seed(seed, k)`` (batch order, augmentation), each a resumable run in
+    ``out_dir/soup/member_k``; returns their weight files. Only their networks are used: no
+    person ridge, no blend with the general model (the soup's own run does both)."""
+    member_cfg = _variant_config(cfg, {
+        f"{STAGE}.finetune.soup": 1,
+        f"{STAGE}.finetune.person_ridge": False,
+        f"{STAGE}.finetune.general_weight": 0.0,
+        f"{STAGE}.finetune.general_weight_other_voices": None,
+    })
+    paths = []
+    for k in range(1, soup):
+        member_cfg.seed = mix_seed(seed, k)
+        member_dir = out_dir / SOUP_DIR / f"member_{k}"
+        train_audio2coeff(clips, member_dir, member_cfg, mode="finetune", init_dir=init_dir,
+                          desc=f"{desc}: soup member {k + 1} of {soup}")
+        paths.append(member_dir / WEIGHTS_FILE)
+    return paths
+
+
 # ----------------------------------------------------------------------------------------------
 # The job
 # ----------------------------------------------------------------------------------------------
+
+
+def _run_identity(clips, cfg, mode: str, init_dir) -> dict[str, Any]:
+    """What identifies a Stage-1 run, checked: the mode's schedule, seed, loss weights, the
+    architecture (fine-tuning: the general model's), the starting model's folder, ``model.json``
+    and content digest (:func:`general_digest`), and the ``fingerprint`` of the schedule, seed,
+    loss, architecture, digest and the clips' names (written to ``run.json`` and ``done.json``;
+    a finished run with the same fingerprint is not repeated). The folder's path is not part of
+    it: the same general model found through another path is the same start."""
+    if mode not in MODES:
+        raise ConfigError(f"audio2coeff mode={mode!r}; use general or finetune")
+    sched = _schedule(cfg, mode)
+    seed = int(cfg_get(cfg, "seed", 0))
+    loss_weights = to_plain(cfg_get(cfg, f"{STAGE}.loss", {})) or {}
+    unknown = sorted(set(loss_weights) - set(LOSS_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key {STAGE}.loss.{unknown[0]}; valid keys: {', '.join(LOSS_KEYS)}")
+    init_info = None
+    if init_dir is not None:
+        init_dir = Path(init_dir).expanduser()
+        init_info = read_model_json(init_dir, GENERAL_COMMAND.format(out=init_dir))
+    if mode == "finetune":  # the architecture is the general model's
+        if init_dir is None:
+            raise ConfigError("audio2coeff fine-tuning needs init_dir (the general model directory); set general=DIR")
+        model_kwargs = dict(init_info["model"])
+    else:
+        model_kwargs = _model_kwargs_from_config(cfg)
+        if init_dir is not None and init_info["model"] != model_kwargs:
+            raise ConfigError(f"audio2coeff.model {model_kwargs} differs from {init_dir / MODEL_FILE}; use the same architecture")
+    init_content = general_digest(init_dir) if init_dir is not None else None  # retrained in place counts
+    fingerprint = _fingerprint({
+        "mode": mode, "model": model_kwargs, "sched": sched, "loss": loss_weights, "seed": seed,
+        "clips": [_clip_name(c) for c in clips], "init_content": init_content,
+    })
+    return {"sched": sched, "seed": seed, "loss": loss_weights, "model": model_kwargs, "init_dir": init_dir,
+            "init_info": init_info, "init_content": init_content, "fingerprint": fingerprint}
+
+
+def is_trained(out_dir: str | os.PathLike, clips, cfg, mode: str = "general", init_dir=None) -> bool:
+    """Whether ``train_audio2coeff(clips, out_dir, cfg, mode, init_dir)`` would find its work
+    done: ``out_dir`` holds weights and a ``done.json`` written by a run of the same settings
+    from the same starting model (``pipeline/finetune.py`` asks this before skipping a person's
+    Stage 1)."""
+    out_dir = Path(out_dir).expanduser()
+    try:
+        done = json.loads((out_dir / DONE_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (out_dir / WEIGHTS_FILE).is_file() and done.get("fingerprint") == _run_identity(clips, cfg, mode, init_dir)["fingerprint"]
 
 
 def train_audio2coeff(
@@ -453,32 +545,13 @@ def train_audio2coeff(
             ``val_frames`` (held-out frames) for fine-tuning.
         desc: the progress line's label (default ``"audio2coeff (MODE)"``).
     """
-    if mode not in MODES:
-        raise ConfigError(f"audio2coeff mode={mode!r}; use general or finetune")
     if not clips:
         raise ConfigError("no training clips for audio2coeff; check data.root (it needs persons with split 'train')")
     out_dir = Path(out_dir).expanduser()
-    sched = _schedule(cfg, mode)
-    seed = int(cfg_get(cfg, "seed", 0))
-    loss_weights = to_plain(cfg_get(cfg, f"{STAGE}.loss", {})) or {}
-    unknown = sorted(set(loss_weights) - set(LOSS_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown config key {STAGE}.loss.{unknown[0]}; valid keys: {', '.join(LOSS_KEYS)}")
-
-    # Architecture: fine-tuning keeps the general model's.
-    init_weights: Path | None = None
-    if init_dir is not None:
-        init_dir = Path(init_dir).expanduser()
-        init_info = read_model_json(init_dir, GENERAL_COMMAND.format(out=init_dir))
-        init_weights = init_dir / WEIGHTS_FILE
-    if mode == "finetune":
-        if init_dir is None:
-            raise ConfigError("audio2coeff fine-tuning needs init_dir (the general model directory); set general=DIR")
-        model_kwargs = dict(init_info["model"])
-    else:
-        model_kwargs = _model_kwargs_from_config(cfg)
-        if init_dir is not None and init_info["model"] != model_kwargs:
-            raise ConfigError(f"audio2coeff.model {model_kwargs} differs from {init_dir / MODEL_FILE}; use the same architecture")
+    run = _run_identity(clips, cfg, mode, init_dir)
+    sched, seed, loss_weights, model_kwargs = run["sched"], run["seed"], run["loss"], run["model"]
+    init_dir, init_info, init_digest = run["init_dir"], run["init_info"], run["init_content"]
+    init_weights = init_dir / WEIGHTS_FILE if init_dir is not None else None
 
     general_weight = float(sched["general_weight"] or 0.0) if mode == "finetune" else 0.0
     if not 0.0 <= general_weight <= 1.0:
@@ -497,6 +570,13 @@ def train_audio2coeff(
     if other_voices != general_weight and not (sched["person_ridge"] and voice_gate is not None):
         raise ConfigError(f"{STAGE}.finetune.general_weight_other_voices={other_voices} needs person_ridge=true and a "
                           "voice_gate (the gate tells the person's voice from others); or set it to null")
+    soup = sched["soup"]
+    if isinstance(soup, bool) or not isinstance(soup, int) or soup < 1:
+        raise ConfigError(f"{STAGE}.finetune.soup={soup!r} must be an integer >= 1 (1: one fine-tuning; "
+                          "N: N fine-tunings from the general weights with other seeds, weights averaged)")
+    if mode == "general" and soup != 1:
+        raise ConfigError(f"{STAGE}.train.soup={soup}: a soup averages fine-tunings of one general model; "
+                          f"set {STAGE}.finetune.soup instead")
     if mode == "finetune" and sched["person_ridge"] and len(clips) != 1:
         raise ConfigError(f"{STAGE}.finetune.person_ridge fits one person's ridge; fine-tune one clip at a time")
     if val_clips is None:
@@ -507,27 +587,33 @@ def train_audio2coeff(
         frames = frames if frames is not None else person.train_slice
         val_frames = val_frames if val_frames is not None else person.test_slice
     trained_frames = None if frames is None else [frames.start, frames.stop]  # recorded in model.json
-    init_digest = general_digest(init_dir) if init_weights else None  # its content: retrained in place counts
-    fingerprint = _fingerprint({
-        "mode": mode, "model": model_kwargs, "sched": sched, "loss": loss_weights, "seed": seed,
-        "clips": [_clip_name(c) for c in clips], "init": str(init_weights) if init_weights else None,
-        "init_content": init_digest,
-    })
+    fingerprint = run["fingerprint"]
     done_path = out_dir / DONE_FILE
     if done_path.is_file():
         try:
             done = json.loads(done_path.read_text())
         except json.JSONDecodeError:
             done = {}
-        if done.get("fingerprint") == fingerprint and (out_dir / WEIGHTS_FILE).is_file():
+        if done.get("fingerprint") == fingerprint and (out_dir / WEIGHTS_FILE).is_file():  # = is_trained
             log.info("%s: already trained (done.json matches); skipping", out_dir)
             return out_dir
-        if is_main() and (out_dir / "checkpoints").is_dir():  # a finished run of another configuration or start:
-            log.info("%s: trained before with other settings or another general model; training afresh", out_dir)
-            shutil.rmtree(out_dir / "checkpoints")  # resuming its last checkpoint would only re-export it
-    if is_main() and done_path.exists():
-        done_path.unlink()  # the directory is being (re)trained: no longer marked finished
+    if is_main():
+        if done_path.exists():
+            done_path.unlink()  # the directory is being (re)trained: no longer marked finished
+        # Checkpoints resume only the run they belong to (run.json, written before the first
+        # step): those of other settings or another general model, finished or killed, go.
+        try:
+            recorded = json.loads((out_dir / RUN_FILE).read_text()).get("fingerprint")
+        except (OSError, ValueError):
+            recorded = None
+        if recorded != fingerprint and (out_dir / "checkpoints").is_dir():
+            log.info("%s: its checkpoints are of other settings or another general model; training afresh", out_dir)
+            shutil.rmtree(out_dir / "checkpoints")
+        write_json_atomic(out_dir / RUN_FILE, {"fingerprint": fingerprint})
     barrier()
+
+    desc = desc or f"{STAGE} ({mode})"
+    soup_paths = _soup_members(clips, out_dir, cfg, init_dir, soup, seed, desc) if soup > 1 else []
 
     seed_everything(seed)
     model = NormalizedExpressionPoseLSTM(**model_kwargs)
@@ -628,7 +714,7 @@ def train_audio2coeff(
         max_steps=int(sched["max_steps"]),
         batch_size=int(sched["batch_size"]),
         seed=seed,
-        desc=desc or f"{STAGE} ({mode})",
+        desc=desc,
     )
     if sched["val_batch_size"]:
         trainer_overrides["val_batch_size"] = int(sched["val_batch_size"])
@@ -644,6 +730,12 @@ def train_audio2coeff(
     if best_step is not None:
         metrics = {**metrics, "best_step": best_step, f"best_val_{task.monitor}": task.best[0]}
         log.info("early stopping: best validation at step %d of %d", best_step, trainer.step)
+    if soup_paths:  # the soup: this run's weights averaged with its members' (the head pose keeps this run's)
+        if trainer.is_main:
+            ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / POSE_WEIGHTS_FILE,
+                                metadata={"stage": STAGE, "mode": mode, "role": "pose"})
+        average_weights(MODEL_NAME, task.inference_model, soup_paths)
+        log.info("%s: weights averaged over %d fine-tunings (soup)", out_dir, soup)
 
     # The person ridge's blend judge (every rank runs it, as any training): a network that has
     # not trained on the holdout of the blend, 250-299; with early stopping the model itself.
@@ -675,6 +767,7 @@ def train_audio2coeff(
             "frames": trained_frames,
             "init": str(init_weights) if init_weights else None,
             "init_digest": init_digest,
+            "soup": soup,
             "format_version": 1,
         }
         ckpt.export_weights({MODEL_NAME: task.inference_model}, out_dir / WEIGHTS_FILE, metadata={"stage": STAGE, "mode": mode})
@@ -698,6 +791,10 @@ def train_audio2coeff(
             (out_dir / RESIDUAL_FILE).unlink()
         if not (mode == "finetune" and sched["person_ridge"] and selection is not None) and (out_dir / SELECTION_DIR).exists():
             shutil.rmtree(out_dir / SELECTION_DIR)  # left by an earlier configuration
+        if soup == 1 and (out_dir / SOUP_DIR).exists():
+            shutil.rmtree(out_dir / SOUP_DIR)  # ditto
+        if soup == 1 and (out_dir / POSE_WEIGHTS_FILE).exists():
+            (out_dir / POSE_WEIGHTS_FILE).unlink()
         write_json_atomic(out_dir / MODEL_FILE, info)
         write_json_atomic(done_path, {"fingerprint": fingerprint, "metrics": metrics, "steps": trainer.step})
     barrier()
