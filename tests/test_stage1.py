@@ -338,6 +338,7 @@ def test_finetune_starts_from_the_general_model(corpus, general_run, tmp_path):
     # The blend was chosen with a second fine-tuning on the first five sixths (250 of 0-299) ...
     selection = json.loads((out / "person_ridge_selection" / "model.json").read_text())
     assert selection["frames"] == [0, 250] and not (out / "person_ridge_selection" / "person_ridge.npz").exists()
+    assert info["soup"] == 3 and selection["soup"] == 1  # the model is a soup, its judge one run (README)
     # ... and the ridge carries the person's voice: another voice gets the network alone.
     assert info["person_ridge"]["voice_gate"] == [0.35, 0.5] and distance is not None
     # Another voice also leans on the general model more (general_weight 0.25 -> _other_voices 0.75).
