@@ -519,12 +519,16 @@ def is_trained(out_dir: str | os.PathLike, clips, cfg, mode: str = "general", in
     done: ``out_dir`` holds weights and a ``done.json`` written by a run of the same settings
     from the same starting model (``pipeline/finetune.py`` asks this before skipping a person's
     Stage 1)."""
-    out_dir = Path(out_dir).expanduser()
+    return _finished_as(Path(out_dir).expanduser(), _run_identity(clips, cfg, mode, init_dir)["fingerprint"])
+
+
+def _finished_as(out_dir: Path, fingerprint: str) -> bool:
+    """``out_dir`` holds weights and a ``done.json`` with ``fingerprint``."""
     try:
         done = json.loads((out_dir / DONE_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return (out_dir / WEIGHTS_FILE).is_file() and done.get("fingerprint") == _run_identity(clips, cfg, mode, init_dir)["fingerprint"]
+    return (out_dir / WEIGHTS_FILE).is_file() and done.get("fingerprint") == fingerprint
 
 
 def train_audio2coeff(
@@ -594,14 +598,9 @@ def train_audio2coeff(
     trained_frames = None if frames is None else [frames.start, frames.stop]  # recorded in model.json
     fingerprint = run["fingerprint"]
     done_path = out_dir / DONE_FILE
-    if done_path.is_file():
-        try:
-            done = json.loads(done_path.read_text())
-        except json.JSONDecodeError:
-            done = {}
-        if done.get("fingerprint") == fingerprint and (out_dir / WEIGHTS_FILE).is_file():  # = is_trained
-            log.info("%s: already trained (done.json matches); skipping", out_dir)
-            return out_dir
+    if _finished_as(out_dir, fingerprint):
+        log.info("%s: already trained (done.json matches); skipping", out_dir)
+        return out_dir
     if is_main():
         if done_path.exists():
             done_path.unlink()  # the directory is being (re)trained: no longer marked finished
