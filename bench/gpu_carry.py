@@ -55,6 +55,19 @@ PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x8
 MIB = 2**20
 
 
+def carry_phone_model(out: Path) -> Path:
+    """The three files of pocketsphinx's English acoustic model that Stage-1's phone features read
+    (1.7 MB; the pocketsphinx wheel, 30 MB with its language models, is not carried):
+    ``bench/gpu_check.sh`` points ``TALKINGHEAD_PHONE_MODEL`` at them."""
+    from talkinghead.audio.phones import MODEL_FILES, default_model_dir
+
+    source = default_model_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copyfile(source / name, out / name)
+    return out
+
+
 class CarryError(Exception):
     """A one-line problem with the carry (missing clip, download failure, over the size limit)."""
 
@@ -193,6 +206,8 @@ def main(argv=None) -> int:
         if args.no_ffmpeg:
             for stale in (args.out / "whl").glob("imageio_ffmpeg-*.whl"):
                 stale.unlink()
+        phone_model = carry_phone_model(args.out / "phone_model")
+        print(f"phone model {phone_model} ({dir_bytes(phone_model) / MIB:.1f} MiB)", flush=True)
         packed = pack_clip(args.clip, args.out / "inputs" / "clip31.npz", args.frames, args.quality)
         if args.video.is_file():
             shutil.copyfile(args.video, packed.with_suffix(".mp4"))

@@ -41,5 +41,8 @@ PYEOF
 tail -n 3 "$OUT_DIR/install.log"
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
+# Stage 1's phone features read pocketsphinx's acoustic model; the image lacks pocketsphinx, so
+# bench/gpu_carry.py carries the model's files.
+if [ -d .carry/phone_model ]; then export TALKINGHEAD_PHONE_MODEL="$PWD/.carry/phone_model"; fi
 "$PY" bench/gpu_check.py --out "$OUT_DIR" "$@" 2>&1 | tee "$OUT_DIR/log.txt"
 exit "${PIPESTATUS[0]}"

@@ -38,10 +38,11 @@ def preset(name: str) -> tuple[dict, dict]:
 
 def bench_training(model_kwargs: dict, batch: int, window: int, device, seconds: float, min_iters: int) -> float:
     torch.manual_seed(0)
-    task = Audio2CoeffTask(ExpressionPoseLSTM(**model_kwargs).to(device).train())
+    model = ExpressionPoseLSTM(**model_kwargs)
+    task = Audio2CoeffTask(model.to(device).train())
     task.configure_optimizers()
     data = {
-        "windows": torch.randn(batch, window, 28, 12, device=device) * 10,
+        "windows": torch.randn(batch, window, *model.window_shape, device=device) * 10,
         "target": torch.randn(batch, window, 70, device=device) * 0.3,
     }
     steps_per_s = calls_per_second(lambda: task.training_step(data, 0), device, seconds, min_iters)
@@ -55,7 +56,7 @@ def bench_inference(model_kwargs: dict, audio_seconds: float, device, seconds: f
     audio = (0.1 * rng.standard_normal(int(audio_seconds * 16000))).astype(np.float32)
     frames = int(audio_seconds * 25)
     with_features = calls_per_second(lambda: predict_expression_pose(model, audio, device=device), device, seconds, min_iters)
-    windows = torch.from_numpy(frame_windows(audio))[None].to(device)  # [1, N, 28, 12]
+    windows = torch.from_numpy(frame_windows(audio, features=model.features))[None].to(device)  # [1, N, 28, C]
 
     @torch.no_grad()
     def network_only():

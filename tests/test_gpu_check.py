@@ -133,3 +133,18 @@ def test_an_overrunning_section_is_stopped_and_keeps_its_figures(tmp_path):
     assert results["render"]["status"] == "error" and "SectionTimeout" in results["render"]["error"]
     assert results["render"]["figures"] == {"rows": [1, 2]}
     assert results["fit"]["status"] == "ok" and results["fit"]["figures"] == {"x": 1}
+
+
+def test_carried_phone_model_gives_the_same_phone_posteriors(tmp_path, monkeypatch):
+    """The three files the carry copies are all the phone features read: pointed at them through
+    TALKINGHEAD_PHONE_MODEL (what gpu_check.sh does), the posteriors are unchanged."""
+    from talkinghead.audio import phones
+
+    audio = (0.1 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
+    shipped = phones.phone_log_posteriors(audio)
+    carried = gpu_carry.carry_phone_model(tmp_path / "phone_model")
+    assert sorted(p.name for p in carried.iterdir()) == sorted(phones.MODEL_FILES)
+    monkeypatch.setenv(phones.MODEL_DIR_ENV, str(carried))
+    monkeypatch.setitem(sys.modules, "pocketsphinx", None)  # as on the GPU image: not installed
+    assert phones.default_model_dir() == carried
+    assert np.array_equal(phones.AcousticModel(carried).log_posteriors(audio), shipped)

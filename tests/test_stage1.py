@@ -227,10 +227,11 @@ def test_train_script_writes_the_run_directory(general_run, corpus):
     tiny_train = compose_config("train", ["debug=tiny"]).audio2coeff.train
     assert info["extra_speakers"] == tiny_train.extra_speakers.count and info["cmvn"] is True
     clips = [corpus / f"train_{i}" for i in range(3)] + speech_clips(tiny_train.extra_speakers.count, 40, 1)
-    windows = Stage1WindowDataset(clips, cmvn=True, augment=dict(tiny_train.augment), seed=0).windows
+    windows = Stage1WindowDataset(clips, cmvn=True, augment=dict(tiny_train.augment), seed=0,
+                                  features=model.features).windows  # [M, 16, 28, C]
     assert info["input_norm"] is True
-    torch.testing.assert_close(model.input_mean, windows.reshape(-1, 12).mean(0), atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(model.input_std, windows.reshape(-1, 12).std(0), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(model.input_mean, windows.reshape(-1, model.window_shape[1]).mean(0), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(model.input_std, windows.reshape(-1, model.window_shape[1]).std(0), atol=1e-4, rtol=1e-5)
 
 
 def test_finished_run_is_skipped_on_rerun(corpus, general_run, monkeypatch):
@@ -505,17 +506,18 @@ def test_finetune_recipe_freezes_pulls_and_stops_early(corpus, general_run, tmp_
     assert best % 5 == 0 and done["steps"] == best + 3 * 5  # three validations without improvement
     before, after = load_audio2coeff(general_run).state_dict(), load_audio2coeff(out).state_dict()
     for key in before:
-        if key.startswith(("audio_encoder.", "audio_fc.")):
+        if key.startswith(("audio_encoder.", "phone_encoder.", "audio_fc.")):
             assert torch.equal(before[key], after[key]), key  # frozen (BatchNorm statistics too)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("lstm."))
     # Fine-tuning lowered the loss on the person's training frames 0-249.
+    tuned = load_audio2coeff(out)
     data = Stage1WindowDataset([corpus / "heldout_0"], window=16, stride=16, frames=slice(0, 250),
-                               center_expression=bool(load_audio2coeff(out).expression_centered))
+                               center_expression=bool(tuned.expression_centered), cmvn=tuned.cmvn, features=tuned.features)
     from talkinghead.models.audio2coeff import stage1_loss
 
     def loss(model_dir):
         with torch.no_grad():
-            pred, _ = load_audio2coeff(model_dir)(data.windows[:240].reshape(15, 16, 28, 12))
+            pred, _ = load_audio2coeff(model_dir)(data.windows[:240].reshape(15, 16, *tuned.window_shape))
         return float(stage1_loss(pred, data.target[:240].reshape(15, 16, 70))["expression"])
 
     assert loss(out) < loss(general_run)
@@ -534,12 +536,13 @@ def test_cmvn_and_augmentation_travel_with_the_model(corpus, tmp_path):
     assert info["cmvn"] is True
     model = load_audio2coeff(out)
     assert model.cmvn is True
+    model.speed_ensemble = (1.0,)  # one pass, so the direct call below is the same computation
     clip = read_clip(corpus / "heldout_0")
     ref = reference_expression(clip)
     expression, _ = predict_expression_pose(model, clip.audio, expression_reference=ref)
     quieter, _ = predict_expression_pose(model, clip.audio * np.float32(0.3), expression_reference=ref)
     np.testing.assert_allclose(quieter, expression, atol=1e-3)
-    windows = torch.from_numpy(frame_windows(clip.audio, cmvn=True))[None]
+    windows = torch.from_numpy(frame_windows(clip.audio, cmvn=True, features=model.features))[None]
     with torch.no_grad():
         direct = model(windows)[0][0, :, :64].numpy() + ref
     np.testing.assert_allclose(expression, direct, atol=1e-4)
@@ -557,7 +560,7 @@ def test_input_standardisation_equals_the_plain_network_on_standardised_input():
     model.set_input_stats(windows)
     plain = ExpressionPoseLSTM(width=0.125, fc_dim=16, embed_dim=8, hidden=8, layers=1).eval()
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("input_", "expression_centered"))})
-    standardised = (windows - windows.reshape(-1, 12).mean(0)) / windows.reshape(-1, 12).std(0)
+    standardised = (windows - windows.reshape(-1, model.window_shape[1]).mean(0)) / windows.reshape(-1, model.window_shape[1]).std(0)
     with torch.no_grad():
         torch.testing.assert_close(model(windows)[0], plain(standardised)[0], atol=1e-5, rtol=1e-4)
     assert isinstance(model, ExpressionPoseLSTM)
@@ -595,7 +598,7 @@ def test_chunked_inference_equals_one_pass(general_run, corpus):
     model.speed_ensemble = (1.0,)
     one_exp, one_pose = predict_expression_pose(model, audio, chunk_frames=10_000, expression_reference=reference)
     with torch.no_grad():
-        raw, _ = model(torch.from_numpy(frame_windows(audio, cmvn=model.cmvn))[None])  # CMVN: the CPU preset
+        raw, _ = model(torch.from_numpy(frame_windows(audio, cmvn=model.cmvn, features=model.features))[None])  # CMVN: the CPU preset
     np.testing.assert_allclose(one_pose[:, 5], raw[0, :, 69].numpy() + 0.5, atol=1e-5)
     assert bool(model.expression_centered)  # the CPU preset's default
     np.testing.assert_allclose(one_exp, raw[0, :, :64].numpy() + reference, atol=1e-5)

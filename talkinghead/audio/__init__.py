@@ -1,6 +1,7 @@
-"""Audio: loading/resampling to 16 kHz mono, MFCC, and per-video-frame MFCC windows."""
+"""Audio: loading/resampling to 16 kHz mono, MFCC, phone posteriors, and per-video-frame windows of them."""
 
 from talkinghead.audio.features import (
+    AUDIO_FEATURES,
     FPS,
     NUM_FEATURES,
     PAD_SECONDS,
@@ -14,8 +15,10 @@ from talkinghead.audio.features import (
     num_video_frames,
 )
 from talkinghead.audio.io import check_not_silent, load_audio, peak_dbfs, save_wav
+from talkinghead.audio.phones import phone_log_posteriors
 
 __all__ = [
+    "AUDIO_FEATURES",
     "FPS",
     "NUM_FEATURES",
     "PAD_SECONDS",
@@ -30,5 +33,6 @@ __all__ = [
     "num_mfcc_rows",
     "num_video_frames",
     "peak_dbfs",
+    "phone_log_posteriors",
     "save_wav",
 ]

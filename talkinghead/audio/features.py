@@ -52,6 +52,7 @@ import numpy as np
 import scipy.fft
 
 from talkinghead.audio.augment import cmvn_stats
+from talkinghead.audio.phones import NUM_PHONES, phone_log_posteriors
 from talkinghead.errors import ConfigError, InputError
 
 # Settings of python_speech_features.mfcc (defaults) = the method's settings.
@@ -245,19 +246,70 @@ def voice_distance(person: tuple[np.ndarray, np.ndarray], driving: tuple[np.ndar
     return float(np.sqrt(np.mean(z * z)))
 
 
+#: Stage-1 input features per 10 ms row (``audio2coeff.model.features``): ``mfcc`` (the paper's
+#: 12 cepstra), ``phones`` (the 42 phone log posteriors of :mod:`talkinghead.audio.phones`, an
+#: acoustic model trained on real speech) or ``mfcc+phones`` (both, the cepstra first).
+AUDIO_FEATURES = ("mfcc", "phones", "mfcc+phones")
+
+
+def check_features(features: str, key: str = "audio2coeff.model.features") -> str:
+    """``features`` if it is one of :data:`AUDIO_FEATURES`, else a one-line :class:`ConfigError` naming ``key``."""
+    if features not in AUDIO_FEATURES:
+        raise ConfigError(f"{key}={features!r}; use one of {', '.join(AUDIO_FEATURES)}")
+    return features
+
+
+def window_columns(features: str = "mfcc") -> int:
+    """Values per window row for ``features``: 12 (mfcc), 42 (phones) or 54 (mfcc+phones)."""
+    check_features(features)
+    return (NUM_FEATURES if "mfcc" in features else 0) + (NUM_PHONES if "phones" in features else 0)
+
+
+def _window_rows(frame_start: int, frame_stop: int, num_samples: int, fps: float, sample_rate: int) -> np.ndarray:
+    """The padded-audio MFCC rows of each frame's window: int64 ``[n, 28]``."""
+    pad = _round_half_up(PAD_SECONDS * sample_rate)
+    total_rows = num_mfcc_rows(num_samples + 2 * pad, sample_rate)
+    starts = _window_start_rows(np.arange(frame_start, frame_stop), fps, sample_rate)  # [n]
+    return np.clip(starts[:, None] + np.arange(WINDOW_ROWS), 0, total_rows - 1)  # [n, 28]
+
+
 def _windows(audio: np.ndarray, frame_start: int, frame_stop: int, fps: float, sample_rate: int,
              stats: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Windows of frames ``[frame_start, frame_stop)``: float32 ``[n, 28, 12]`` (standardised
+    """MFCC windows of frames ``[frame_start, frame_stop)``: float32 ``[n, 28, 12]`` (standardised
     with ``stats = (mean [12], std [12])`` when given)."""
     pad = _round_half_up(PAD_SECONDS * sample_rate)
-    total_rows = num_mfcc_rows(audio.shape[0] + 2 * pad, sample_rate)
-    starts = _window_start_rows(np.arange(frame_start, frame_stop), fps, sample_rate)  # [n]
-    rows = np.clip(starts[:, None] + np.arange(WINDOW_ROWS), 0, total_rows - 1)  # [n, 28]
+    rows = _window_rows(frame_start, frame_stop, audio.shape[0], fps, sample_rate)  # [n, 28]
     first_row, last_row = int(rows.min()), int(rows.max())
     features = _mfcc_rows(audio, pad, first_row, last_row + 1, sample_rate)  # [rows, 12]
     if stats is not None:
         features = (features - stats[0]) / stats[1]
     return features[rows - first_row]  # [n, 28, 12]
+
+
+def _phone_windows(phone_rows: np.ndarray, frame_start: int, frame_stop: int, num_samples: int, fps: float,
+                   sample_rate: int) -> np.ndarray:
+    """Phone windows of frames ``[frame_start, frame_stop)`` from the utterance's phone rows
+    ``[R, 42]``: float32 ``[n, 28, 42]``. Row ``k`` of the padded audio is phone row ``k - 12``
+    (the padding holds no speech: rows before the first and past the last repeat the edge rows)."""
+    pad_rows = _round_half_up(PAD_SECONDS * sample_rate) // _frame_geometry(sample_rate)[1]
+    rows = _window_rows(frame_start, frame_stop, num_samples, fps, sample_rate) - pad_rows
+    return phone_rows[np.clip(rows, 0, len(phone_rows) - 1)]  # [n, 28, 42]
+
+
+def _utterance_phones(audio: np.ndarray, features: str, sample_rate: int) -> np.ndarray | None:
+    if "phones" not in features:
+        return None
+    return phone_log_posteriors(audio, sample_rate)  # [R, 42] over the whole utterance
+
+
+def _feature_windows(audio: np.ndarray, frame_start: int, frame_stop: int, fps: float, sample_rate: int,
+                     stats, phone_rows: np.ndarray | None, features: str) -> np.ndarray:
+    parts = []
+    if "mfcc" in features:
+        parts.append(_windows(audio, frame_start, frame_stop, fps, sample_rate, stats))
+    if phone_rows is not None:
+        parts.append(_phone_windows(phone_rows, frame_start, frame_stop, audio.shape[0], fps, sample_rate))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
 
 
 def frame_windows(
@@ -266,25 +318,31 @@ def frame_windows(
     fps: float = FPS,
     sample_rate: int = SAMPLE_RATE,
     cmvn: bool = False,
+    features: str = "mfcc",
 ) -> np.ndarray:
-    """Per-video-frame MFCC windows of mono ``audio [S]``: float32 ``[N, 28, 12]``.
+    """Per-video-frame windows of mono ``audio [S]``: float32 ``[N, 28, C]`` (``C`` =
+    :func:`window_columns` ``(features)``: 12 MFCC, 42 phone posteriors, or both side by side).
 
     Window ``t`` holds MFCC rows ``[4t, 4t + 28)`` of the audio padded with 0.12 s of zeros at
     both ends (from 120 ms before frame ``t``'s time to 160 ms after; frame ``t``'s time is the
     start of row 12); rows past the end repeat the last row. ``N`` defaults to
     :func:`num_video_frames` ``(len(audio))``; pass the video's frame count to match a video.
     At other frame rates window ``t`` starts at row ``round(t * 100 / fps)``. ``cmvn``: standardise
-    with the utterance's own cepstral statistics (:func:`utterance_cmvn`).
+    the MFCC with the utterance's own cepstral statistics (:func:`utterance_cmvn`). Phone rows
+    (:mod:`talkinghead.audio.phones`) cover the same 10 ms rows; they are normalised per
+    utterance by their own front end.
     """
     audio = _check_mono(audio)
+    columns = window_columns(features)
     if num_frames is None:
         num_frames = num_video_frames(audio.shape[0], fps, sample_rate)
     if num_frames < 0:
         raise InputError(f"num_frames must be >= 0, got {num_frames}")
     if num_frames == 0:
-        return np.zeros((0, WINDOW_ROWS, NUM_FEATURES), dtype=np.float32)
-    stats = utterance_cmvn(audio, sample_rate) if cmvn else None
-    return _windows(audio, 0, num_frames, fps, sample_rate, stats)
+        return np.zeros((0, WINDOW_ROWS, columns), dtype=np.float32)
+    stats = utterance_cmvn(audio, sample_rate) if cmvn and "mfcc" in features else None
+    phone_rows = _utterance_phones(audio, features, sample_rate)
+    return _feature_windows(audio, 0, num_frames, fps, sample_rate, stats, phone_rows, features)
 
 
 def iter_frame_windows(
@@ -294,18 +352,24 @@ def iter_frame_windows(
     fps: float = FPS,
     sample_rate: int = SAMPLE_RATE,
     cmvn: bool = False,
+    features: str = "mfcc",
 ) -> Iterator[np.ndarray]:
-    """Yield :func:`frame_windows` in consecutive float32 blocks ``[n <= chunk_frames, 28, 12]``.
+    """Yield :func:`frame_windows` in consecutive float32 blocks ``[n <= chunk_frames, 28, C]``.
 
-    Each block is computed from the slice of audio it needs, so peak memory depends on
-    ``chunk_frames`` (default 1,500 frames = 60 s), not on the audio length. The concatenation
-    of the blocks equals ``frame_windows(audio, num_frames, fps, sample_rate)`` exactly.
+    Each block of MFCC windows is computed from the slice of audio it needs, so peak memory
+    depends on ``chunk_frames`` (default 1,500 frames = 60 s), not on the audio length; phone
+    posteriors are computed once for the whole utterance (42 values per 10 ms: 60 MB per hour).
+    The concatenation of the blocks equals ``frame_windows(audio, num_frames, fps, sample_rate)``
+    exactly.
     """
     audio = _check_mono(audio)
+    window_columns(features)
     if chunk_frames < 1:
         raise InputError(f"chunk_frames must be >= 1, got {chunk_frames}")
     if num_frames is None:
         num_frames = num_video_frames(audio.shape[0], fps, sample_rate)
-    stats = utterance_cmvn(audio, sample_rate) if cmvn else None  # over the whole utterance
+    stats = utterance_cmvn(audio, sample_rate) if cmvn and "mfcc" in features else None  # over the whole utterance
+    phone_rows = _utterance_phones(audio, features, sample_rate)
     for frame_start in range(0, num_frames, chunk_frames):
-        yield _windows(audio, frame_start, min(frame_start + chunk_frames, num_frames), fps, sample_rate, stats)
+        yield _feature_windows(audio, frame_start, min(frame_start + chunk_frames, num_frames), fps, sample_rate,
+                               stats, phone_rows, features)

@@ -36,7 +36,9 @@ deviation from the person's reference expression, which inference adds back
 
 ``cmvn=True`` standardises each clip's windows with its own cepstral statistics (per-utterance
 CMVN, :func:`talkinghead.audio.features.frame_windows`); a model trained so applies the same
-at inference (``model.cmvn``). ``augment`` (an :class:`~talkinghead.audio.augment.AugmentConfig`
+at inference (``model.cmvn``). ``features`` (``mfcc``, ``phones`` or ``mfcc+phones``: the
+model's ``features``) picks the window columns (:func:`talkinghead.audio.features.frame_windows`).
+``augment`` (an :class:`~talkinghead.audio.augment.AugmentConfig`
 with ``copies > 0``) adds ``copies`` channel/room versions of every clip's audio
 (:func:`~talkinghead.audio.augment.augment_audio`, generator seeded from ``(seed, clip, copy)``:
 the same seed gives the same data); a speed-perturbed copy has its targets time-warped (frame
@@ -54,7 +56,7 @@ import torch
 from torch.utils.data import Dataset
 
 from talkinghead.audio.augment import AugmentConfig, augment_audio
-from talkinghead.audio.features import frame_windows
+from talkinghead.audio.features import check_features, frame_windows
 from talkinghead.data.clip import PersonClip, read_clip
 from talkinghead.errors import ConfigError, InputError
 from talkinghead.face.coeffs import EXP_DIM, SLICES, stage1_target
@@ -95,7 +97,7 @@ def reference_expression(clip: PersonClip | str | os.PathLike) -> np.ndarray:
 
 
 def load_clip_frames(clip: PersonClip | str | os.PathLike, frames: slice | None = None,
-                     center_expression: bool = False, cmvn: bool = False) -> ClipFrames:
+                     center_expression: bool = False, cmvn: bool = False, features: str = "mfcc") -> ClipFrames:
     """MFCC windows (from the clip's whole audio; CMVN over it when ``cmvn``) and Stage-1
     targets of ``frames`` of a clip (expression relative to :func:`reference_expression` when
     ``center_expression``).
@@ -109,7 +111,7 @@ def load_clip_frames(clip: PersonClip | str | os.PathLike, frames: slice | None 
         raise InputError(f"{clip.root}: this clip has no audio track; Stage 1 trains on clips with speech")
     start, stop = _frame_range(clip, frames)
     windows = frame_windows(clip.audio, clip.num_frames, fps=clip.meta.fps, sample_rate=clip.meta.sample_rate,
-                            cmvn=cmvn)
+                            cmvn=cmvn, features=features)
     target = stage1_target(np.asarray(clip.coeffs[start:stop], dtype=np.float32))  # [F, 70]
     if center_expression:
         target[:, :EXP_DIM] -= reference_expression(clip)
@@ -118,7 +120,7 @@ def load_clip_frames(clip: PersonClip | str | os.PathLike, frames: slice | None 
 
 def augmented_clip_frames(clip: PersonClip | str | os.PathLike, rng: np.random.Generator, augment: AugmentConfig,
                           frames: slice | None = None, center_expression: bool = False,
-                          cmvn: bool = False) -> ClipFrames:
+                          cmvn: bool = False, features: str = "mfcc") -> ClipFrames:
     """Like :func:`load_clip_frames` for one random channel/room version of the clip's audio
     (:func:`~talkinghead.audio.augment.augment_audio`); a speed change time-warps the targets."""
     if not isinstance(clip, PersonClip):
@@ -128,7 +130,8 @@ def augmented_clip_frames(clip: PersonClip | str | os.PathLike, rng: np.random.G
     start, stop = _frame_range(clip, frames)
     audio, factor = augment_audio(clip.audio, rng, augment, clip.meta.sample_rate)
     num_frames = int(round(clip.num_frames / factor))
-    windows = frame_windows(audio, num_frames, fps=clip.meta.fps, sample_rate=clip.meta.sample_rate, cmvn=cmvn)
+    windows = frame_windows(audio, num_frames, fps=clip.meta.fps, sample_rate=clip.meta.sample_rate, cmvn=cmvn,
+                            features=features)
     target = stage1_target(np.asarray(clip.coeffs, dtype=np.float32))  # [N, 70]
     if center_expression:
         target[:, :EXP_DIM] -= reference_expression(clip)
@@ -155,6 +158,7 @@ class Stage1WindowDataset(Dataset):
         center_expression: expression targets relative to each clip's reference expression
             (see the module docstring).
         cmvn: per-utterance cepstral mean/variance normalisation of each clip's windows.
+        features: the window columns, ``mfcc``, ``phones`` or ``mfcc+phones`` (the model's).
         augment: channel/room augmentation (``AugmentConfig`` or its mapping; ``copies``
             versions per clip, 0 = off), seeded from ``seed``.
     """
@@ -170,6 +174,7 @@ class Stage1WindowDataset(Dataset):
         cmvn: bool = False,
         augment: AugmentConfig | dict | None = None,
         seed: int = 0,
+        features: str = "mfcc",
     ):
         if not isinstance(window, int) or window < 1:
             raise ConfigError(f"audio2coeff window={window!r} must be a positive number of frames (e.g. 16)")
@@ -181,15 +186,17 @@ class Stage1WindowDataset(Dataset):
         self.center_expression = bool(center_expression)
 
         self.cmvn = bool(cmvn)
+        self.features = check_features(features)
         augment = AugmentConfig.coerce(augment)
         self.copies = augment.copies
         parts = []
         for index, clip in enumerate(clips):
             clip = clip if isinstance(clip, PersonClip) else read_clip(clip)
-            parts.append(load_clip_frames(clip, frames, self.center_expression, self.cmvn))
+            parts.append(load_clip_frames(clip, frames, self.center_expression, self.cmvn, self.features))
             for copy in range(1, augment.copies + 1):
                 rng = np.random.default_rng([int(seed), index, copy])
-                parts.append(augmented_clip_frames(clip, rng, augment, frames, self.center_expression, self.cmvn))
+                parts.append(augmented_clip_frames(clip, rng, augment, frames, self.center_expression, self.cmvn,
+                                                   self.features))
         usable = [p for p in parts if len(p.target) >= window]
         self.clip_names = list(dict.fromkeys(p.name for p in usable))  # augmented copies share a name
         self.skipped = [p.name for p in parts if len(p.target) < window]
@@ -230,6 +237,7 @@ class Stage1WindowDataset(Dataset):
             f"{type(self).__name__}({len(self.clip_names)} clips, {len(self)} sequences of {self.window} frames, "
             f"stride {self.stride}{', random offset' if self.random_offset else ''}"
             f"{', centred expression' if self.center_expression else ''}{', CMVN' if self.cmvn else ''}"
+            f"{f', {self.features} windows' if self.features != 'mfcc' else ''}"
             f"{f', {self.copies} augmented copies per clip' if self.copies else ''})"
         )
 

@@ -1,8 +1,12 @@
-"""Stage 1: audio (MFCC windows) -> expression and head pose (method.md section 4).
+"""Stage 1: audio (MFCC or phone-posterior windows) -> expression and head pose (method.md section 4).
 
-:class:`ExpressionPoseLSTM` maps a sequence of 28 x 12 MFCC windows, one per video frame, to a
+:class:`ExpressionPoseLSTM` maps a sequence of audio windows, one per video frame, to a
 70-d vector per frame in the layout of :func:`talkinghead.face.coeffs.stage1_target`:
 64 expression coefficients, 3 Euler angles, 3 translations (translation z shifted by -0.5).
+The paper's windows are 28 x 12 MFCC (``features="mfcc"``); ``features="phones"`` (the CPU
+preset's default) feeds 28 x 42 phone log posteriors of an acoustic model trained on real speech
+(:mod:`talkinghead.audio.phones`) through a phone encoder instead of the CNN, and
+``"mfcc+phones"`` feeds both (the CNN sees the MFCC columns, the phone encoder the rest).
 
 Architecture at its default width (the authors' ``ATC_net``)::
 
@@ -12,6 +16,8 @@ Architecture at its default width (the authors' ``ATC_net``)::
                    conv3x3 128->256, 256->256, 256->512, BN, ReLU each
       [512, 26, 5] max-pool 3, stride 2, no padding                -> [512, 12, 2]
       flatten 512 * 12 * 2 = 12,288 -> linear 2048, ReLU -> linear 256, ReLU
+    (features="phones": [28, 42] flattened -> linear phone_dim, ReLU, in place of the CNN;
+     "mfcc+phones": CNN output and phone encoder output concatenated before the linear 2048)
     3-layer LSTM (hidden 256, zero initial state) over time -> linear 256 -> 70
 
 ``width`` scales the conv channels and ``fc_dim``/``embed_dim``/``hidden``/``layers`` shrink
@@ -36,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from talkinghead.audio.augment import average_over_rates
-from talkinghead.audio.features import iter_frame_windows, num_video_frames
+from talkinghead.audio.features import check_features, iter_frame_windows, num_video_frames
+from talkinghead.audio.phones import NUM_PHONES
 from talkinghead.errors import ConfigError, InputError, TrainingError
 from talkinghead.stagedir import AUDIO2COEFF as STAGE, MODEL_FILE, WEIGHTS_FILE
 from talkinghead.face.coeffs import EXP_DIM, POSE_DIM
@@ -89,6 +96,10 @@ class ExpressionPoseLSTM(nn.Module):
         layers: LSTM layers (3).
         out_dim: output size per frame (70 = 64 expression + 6 pose).
         window_shape: MFCC window ``(rows, cepstra)`` per frame (28, 12).
+        features: the audio input, ``mfcc`` (the paper's), ``phones`` or ``mfcc+phones``
+            (:data:`talkinghead.audio.features.AUDIO_FEATURES`); the input window is then
+            ``[rows, 12]``, ``[rows, 42]`` or ``[rows, 54]`` (:attr:`window_shape`).
+        phone_dim: width of the phone encoder's output (phone features only).
     """
 
     def __init__(
@@ -100,12 +111,20 @@ class ExpressionPoseLSTM(nn.Module):
         layers: int = 3,
         out_dim: int = STAGE1_DIM,
         window_shape: tuple[int, int] = WINDOW_SHAPE,
+        features: str = "mfcc",
+        phone_dim: int = 128,
     ):
         super().__init__()
         if width <= 0:
             raise ValueError(f"width must be > 0, got {width}")
         c1, c2, c3, c4, c5 = (max(1, round(c * width)) for c in BASE_CHANNELS)
-        self.window_shape = tuple(window_shape)
+        self.features = check_features(features)
+        self.uses_mfcc = "mfcc" in self.features
+        #: Phone-posterior columns at the end of each window row (0: MFCC only).
+        self.phone_columns = NUM_PHONES if "phones" in self.features else 0
+        mfcc_shape = tuple(window_shape)
+        #: The input window per frame: ``(rows, MFCC columns + phone columns)``.
+        self.window_shape = (mfcc_shape[0], (mfcc_shape[1] if self.uses_mfcc else 0) + self.phone_columns)
         self.hidden = hidden
         self.layers = layers
         self.out_dim = out_dim
@@ -119,11 +138,19 @@ class ExpressionPoseLSTM(nn.Module):
             _conv_bn_relu(c4, c5),
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
-        out_h, out_w = encoder_output_shape(self.window_shape)
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f"MFCC window {self.window_shape} is too small for the audio CNN")
-        #: Flattened CNN output per frame (12,288 at width 1.0 for 28 x 12 windows).
-        self.flat_dim = c5 * out_h * out_w
+        out_h, out_w = encoder_output_shape(mfcc_shape)
+        if self.uses_mfcc and (out_h < 1 or out_w < 1):
+            raise ValueError(f"MFCC window {mfcc_shape} is too small for the audio CNN")
+        if not self.uses_mfcc:
+            # phones only: no CNN. It is built above all the same, so that the layers after it draw
+            # the same initial weights for every choice of features (comparisons start equal).
+            self.audio_encoder = None
+        if self.phone_columns:
+            self.phone_encoder = nn.Sequential(nn.Linear(self.window_shape[0] * self.phone_columns, phone_dim),
+                                               nn.ReLU(inplace=True))
+        #: Per-frame input of audio_fc: the flattened CNN output (12,288 at width 1.0 for 28 x 12
+        #: windows) and/or the phone encoder's output.
+        self.flat_dim = (c5 * out_h * out_w if self.uses_mfcc else 0) + (phone_dim if self.phone_columns else 0)
         self.audio_fc = nn.Sequential(
             nn.Linear(self.flat_dim, fc_dim),
             nn.ReLU(inplace=True),
@@ -152,17 +179,23 @@ class ExpressionPoseLSTM(nn.Module):
             shape = tuple(windows.shape) if hasattr(windows, "shape") else type(windows).__name__
             raise InputError(
                 f"Stage-1 input 'windows' must be a tensor [B, T, {self.window_shape[0]}, {self.window_shape[1]}] "
-                f"of MFCC windows, got {shape}; build them with the audio feature windows (one per frame)"
+                f"of {self.features} windows, got {shape}; build them with "
+                f"talkinghead.audio.features.frame_windows(..., features={self.features!r}) (one per frame)"
             )
 
     def encode_audio(self, windows: torch.Tensor) -> torch.Tensor:
-        """Per-frame audio embedding: ``[B, T, 28, 12]`` -> ``[B, T, embed_dim]`` (the CNN runs
-        once over all B*T windows)."""
+        """Per-frame audio embedding: ``[B, T, 28, C]`` -> ``[B, T, embed_dim]`` (the CNN and the
+        phone encoder run once over all B*T windows)."""
         self._check_windows(windows)
         b, t = windows.shape[:2]
-        x = windows.reshape(b * t, 1, *self.window_shape)  # [B*T, 1, 28, 12]
-        x = self.audio_encoder(x)  # [B*T, C, 12, 2]
-        x = self.audio_fc(x.flatten(1))  # [B*T, embed]
+        x = windows.reshape(b * t, 1, *self.window_shape)  # [B*T, 1, 28, C]
+        parts = []
+        if self.uses_mfcc:
+            mfcc = x[..., :x.shape[-1] - self.phone_columns] if self.phone_columns else x  # [B*T, 1, 28, 12]
+            parts.append(self.audio_encoder(mfcc).flatten(1))  # [B*T, c5 * 12 * 2]
+        if self.phone_columns:
+            parts.append(self.phone_encoder(x[..., -self.phone_columns:].flatten(1)))  # [B*T, phone_dim]
+        x = self.audio_fc(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))  # [B*T, embed]
         return x.reshape(b, t, -1)
 
     def forward(self, windows: torch.Tensor, state: LSTMState | None = None) -> tuple[torch.Tensor, LSTMState]:
@@ -275,13 +308,13 @@ POSE_WEIGHTS_FILE = "pose_weights.safetensors"
 #: The command that produces a general Stage-1 model (quoted in errors).
 GENERAL_COMMAND = "python scripts/train.py stage=audio2coeff data.root=DATA out={out}"
 #: ExpressionPoseLSTM constructor arguments a config may set.
-MODEL_KEYS = ("width", "fc_dim", "embed_dim", "hidden", "layers")
+MODEL_KEYS = ("width", "fc_dim", "embed_dim", "hidden", "layers", "features", "phone_dim")
 
 
 class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
-    """:class:`ExpressionPoseLSTM` that first standardises each of the 12 cepstral columns of
-    its MFCC windows: ``(windows - input_mean) / input_std`` (buffers ``[12]``, saved with
-    the weights; identity until :meth:`set_input_stats`).
+    """:class:`ExpressionPoseLSTM` that first standardises each column of its windows (the 12
+    cepstra and/or the 42 phone log posteriors): ``(windows - input_mean) / input_std`` (buffers
+    ``[C]``, saved with the weights; identity until :meth:`set_input_stats`).
 
     Why: raw MFCC columns differ in offset (-17 .. +1) and spread (8 .. 26); the first conv has
     no bias and its BatchNorm removes one offset per channel, not per column. On the synthetic
@@ -304,9 +337,9 @@ class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        cepstra = self.window_shape[1]
-        self.register_buffer("input_mean", torch.zeros(cepstra))
-        self.register_buffer("input_std", torch.ones(cepstra))
+        columns = self.window_shape[1]
+        self.register_buffer("input_mean", torch.zeros(columns))
+        self.register_buffer("input_std", torch.ones(columns))
         # True: the expression output is relative to the person's reference expression
         # (trained with Stage1WindowDataset(center_expression=True); inference adds it back).
         self.register_buffer("expression_centered", torch.tensor(False))
@@ -315,8 +348,8 @@ class NormalizedExpressionPoseLSTM(ExpressionPoseLSTM):
 
     @torch.no_grad()
     def set_input_stats(self, windows: torch.Tensor) -> None:
-        """Per-cepstrum mean and std of ``windows [..., 12]`` (e.g. all training windows)."""
-        flat = windows.reshape(-1, windows.shape[-1]).double()  # [M, 12]
+        """Per-column mean and std of ``windows [..., C]`` (e.g. all training windows)."""
+        flat = windows.reshape(-1, windows.shape[-1]).double()  # [M, C]
         self.input_mean.copy_(flat.mean(dim=0))
         self.input_std.copy_(flat.std(dim=0).clamp_min(1e-3))
 
@@ -366,7 +399,7 @@ def _predict_at_rate(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: i
     outputs = []
     use_general = general is not None and general_weight > 0.0
     for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames,
-                                    cmvn=bool(getattr(model, "cmvn", False))):  # [n, 28, 12]
+                                    cmvn=bool(getattr(model, "cmvn", False)), features=model.features):  # [n, 28, C]
         windows = torch.from_numpy(block)[None].to(device)
         pred, state = model(windows, state)  # [1, n, 70]
         if use_general:

@@ -692,14 +692,16 @@ def train_audio2coeff(
             raise ConfigError(f"{STAGE}.train.extra_speakers.articulation: {err}") from None
     window, stride = int(sched["window"]), int(sched["stride"])
     train_set = Stage1WindowDataset(clips, window, stride, frames, random_offset=bool(sched["random_offset"]),
-                                    center_expression=center, cmvn=model.cmvn, augment=sched["augment"], seed=seed)
+                                    center_expression=center, cmvn=model.cmvn, augment=sched["augment"], seed=seed,
+                                    features=model.features)
     if len(train_set) == 0:
         raise ConfigError(
             f"no {window}-frame windows in the training clips' frames "
             f"{'all' if frames is None else f'{frames.start}-{frames.stop - 1}'}; "
             "check data.root, use a longer clip, or lower audio2coeff window"
         )
-    val_set = (Stage1WindowDataset(val_clips, window, window, val_frames, center_expression=center, cmvn=model.cmvn)
+    val_set = (Stage1WindowDataset(val_clips, window, window, val_frames, center_expression=center, cmvn=model.cmvn,
+                                   features=model.features)
                if val_clips else None)
     if early and (val_set is None or len(val_set) == 0):
         log.warning("%s: early stopping has no %d-frame window in frames %s; training without it", out_dir, window, val_frames)
