@@ -38,6 +38,11 @@ Windows
     per-utterance cepstral mean and variance normalisation, for speaker and channel
     independence (README). The padding rows are normalised with the same statistics.
 
+    ``features="phones"`` gives the same 28 rows of phone log posteriors instead (42 per row,
+    :mod:`talkinghead.audio.phones`, whose rows start every 160 samples as the MFCC rows do;
+    padded-audio row ``k`` is phone row ``k - 12``, the edge rows repeated outside the audio), and
+    ``"mfcc+phones"`` both side by side ``[N, 28, 54]`` (Stage 1's ``audio2coeff.model.features``).
+
     :func:`iter_frame_windows` yields the same windows in blocks, each computed from only the
     audio slice it needs (plus one sample of pre-emphasis context), so memory stays bounded for
     long audio; the blocks concatenate to exactly :func:`frame_windows`.

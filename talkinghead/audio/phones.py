@@ -205,7 +205,7 @@ class AcousticModel:
 
 @lru_cache(maxsize=2)
 def acoustic_model(model_dir: str | None = None) -> AcousticModel:
-    """The (cached) acoustic model of ``model_dir`` (default: pocketsphinx's English model)."""
+    """The acoustic model of ``model_dir`` (default: :func:`default_model_dir`), cached per folder."""
     return AcousticModel(model_dir or default_model_dir())
 
 
@@ -217,4 +217,4 @@ def phone_log_posteriors(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> n
     audio = np.asarray(audio, np.float32)
     if audio.ndim != 1:
         raise InputError(f"phone posteriors need mono audio [samples], got shape {audio.shape}")
-    return acoustic_model().log_posteriors(audio)
+    return acoustic_model(str(default_model_dir())).log_posteriors(audio)
