@@ -345,9 +345,7 @@ def frame_windows(
         raise InputError(f"num_frames must be >= 0, got {num_frames}")
     if num_frames == 0:
         return np.zeros((0, WINDOW_ROWS, columns), dtype=np.float32)
-    stats = utterance_cmvn(audio, sample_rate) if cmvn and "mfcc" in features else None
-    phone_rows = _utterance_phones(audio, features, sample_rate)
-    return _feature_windows(audio, 0, num_frames, fps, sample_rate, stats, phone_rows, features)
+    return next(iter_frame_windows(audio, num_frames, num_frames, fps, sample_rate, cmvn, features))  # one block
 
 
 def iter_frame_windows(
@@ -368,7 +366,7 @@ def iter_frame_windows(
     exactly.
     """
     audio = _check_mono(audio)
-    window_columns(features)
+    check_features(features)
     if chunk_frames < 1:
         raise InputError(f"chunk_frames must be >= 1, got {chunk_frames}")
     if num_frames is None:

@@ -392,10 +392,12 @@ def check_speed_ensemble(rates, key: str) -> tuple[float, ...]:
 
 @torch.no_grad()
 def _predict_at_rate(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: int, chunk_frames: int,
-                     device: torch.device, general: ExpressionPoseLSTM | None, general_weight: float) -> torch.Tensor:
+                     device: torch.device, general: ExpressionPoseLSTM | None, general_weight: float,
+                     pose_network: ExpressionPoseLSTM | None = None) -> torch.Tensor:
     """The network's output ``[num_frames, 70]`` (float32, CPU) for ``audio`` as one utterance:
-    blocks of ``chunk_frames`` windows, the LSTM state carried across them."""
-    state = general_state = None
+    blocks of ``chunk_frames`` windows, the LSTM state carried across them. ``pose_network``
+    (same inputs): its pose replaces the model's, computed from the same windows."""
+    state = general_state = pose_state = None
     outputs = []
     use_general = general is not None and general_weight > 0.0
     for block in iter_frame_windows(audio, chunk_frames=chunk_frames, num_frames=num_frames,
@@ -405,6 +407,9 @@ def _predict_at_rate(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: i
         if use_general:
             general_pred, general_state = general(windows, general_state)
             pred = blend_with_general(pred, general_pred, general_weight)
+        if pose_network is not None:
+            pose_pred, pose_state = pose_network(windows, pose_state)
+            pred = torch.cat([pred[..., :EXP_DIM], pose_pred[..., EXP_DIM:]], dim=-1)
         outputs.append(pred[0].float().cpu())
     return torch.cat(outputs) if outputs else torch.zeros(0, model.out_dim)
 
@@ -438,14 +443,14 @@ def predict_audio(model: ExpressionPoseLSTM, audio: np.ndarray, num_frames: int 
     device = torch.device(device) if not isinstance(device, torch.device) else device
     rates = tuple(getattr(model, "speed_ensemble", (1.0,)) or (1.0,))
 
-    def predict(played: np.ndarray, frames: int) -> np.ndarray:
-        return _predict_at_rate(model, played, frames, chunk_frames, device, general, general_weight).numpy()
+    def predict(played: np.ndarray, frames: int, pose_network: ExpressionPoseLSTM | None = None) -> np.ndarray:
+        return _predict_at_rate(model, played, frames, chunk_frames, device, general, general_weight,
+                                pose_network).numpy()
 
-    out = predict(audio, num_frames)  # [N, 70] the audio as it is: the head pose comes from this pass alone
     pose_network = getattr(model, "pose_network", None)  # a soup's: one run's weights, not the average
-    if pose_network is not None and len(out):
+    if pose_network is not None:
         pose_network.to(device).eval()
-        out[:, EXP_DIM:] = _predict_at_rate(pose_network, audio, num_frames, chunk_frames, device, None, 0.0)[:, EXP_DIM:].numpy()
+    out = predict(audio, num_frames, pose_network)  # [N, 70] the audio as it is: the head pose comes from this pass alone
     others = tuple(rate for rate in rates if rate != 1.0)
     if others:
         ones = len(rates) - len(others)  # how often rate 1.0 is listed (0: the expression averages the others only)
